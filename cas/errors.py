@@ -1,0 +1,70 @@
+"""Errors raised by the store, typed by whose fault they are.
+
+`ClientError` subclasses mean the caller asked for something the store
+refuses (unknown session, conflicting bytes, …); each carries a stable `code`
+that HTTP layers map to a status. `StorageError` means the store itself
+failed (disk, index) and the caller did nothing wrong.
+"""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    code = "store_error"
+
+    def __init__(self, detail: str, **extra: object) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+
+class ClientError(StoreError):
+    code = "bad_request"
+
+
+class UnknownSession(ClientError):
+    code = "unknown_upload"
+
+
+class UnknownFile(ClientError):
+    code = "unknown_file"
+
+
+class ChunkOutOfRange(ClientError):
+    code = "chunk_index_out_of_range"
+
+
+class WrongChunkSize(ClientError):
+    code = "wrong_chunk_size"
+
+
+class ChunkConflict(ClientError):
+    """Different bytes were sent for an index that already holds a chunk."""
+
+    code = "chunk_conflict"
+
+
+class SessionNotOpen(ClientError):
+    """The session is completing, completed, rejected, cancelled or expired."""
+
+    code = "upload_not_open"
+
+
+class IncompleteUpload(ClientError):
+    code = "chunks_missing"
+
+
+class ChecksumMismatch(ClientError):
+    code = "checksum_mismatch"
+
+
+class TooLarge(ClientError):
+    code = "too_large"
+
+
+class StorageError(StoreError):
+    code = "storage_error"
+
+
+class CorruptObject(StorageError):
+    code = "corrupt_object"

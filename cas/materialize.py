@@ -1,0 +1,87 @@
+"""Writing a completed file out as an ordinary file, for tools that want a path."""
+
+from __future__ import annotations
+
+import os
+import re
+import unicodedata
+from pathlib import Path
+
+from .errors import StorageError
+from .objects import ObjectStore, fsync_dir
+
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]")
+_MAX_NAME_BYTES = 200
+
+
+def safe_filename(name: str) -> str:
+    """A single path component derived from a client's filename.
+
+    Keeps only the last component of any path the client sent, removes control
+    and reserved characters, refuses names made of dots, and bounds the length
+    so that a name never leaves its directory or trips filesystem limits.
+    """
+    name = unicodedata.normalize("NFC", name).replace("\\", "/").split("/")[-1]
+    name = _UNSAFE.sub("_", name).strip().lstrip(".")
+    if not name:
+        return "file"
+    encoded = name.encode()
+    if len(encoded) > _MAX_NAME_BYTES:
+        stem, dot, ext = name.rpartition(".")
+        ext = (dot + ext) if dot and len(ext.encode()) <= 16 else ""
+        keep = _MAX_NAME_BYTES - len(ext.encode())
+        name = encoded[:keep].decode(errors="ignore") + ext
+    return name
+
+
+def materialize(
+    objects: ObjectStore,
+    entries: list[tuple[str, int]],
+    dest: Path,
+    *,
+    within: Path,
+) -> Path:
+    """Copy the chunks of `entries` into `dest` with copy_file_range.
+
+    The copy is written to a temp name and renamed, so `dest` either does not
+    exist or holds the whole file. `within` is the directory `dest` must stay
+    inside.
+    """
+    dest = dest.resolve()
+    if not dest.is_relative_to(within.resolve()):
+        raise StorageError(f"refusing to write outside {within}: {dest}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.part")
+    try:
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            for digest, length in entries:
+                src = os.open(objects.path(digest), os.O_RDONLY)
+                try:
+                    _copy_range(src, out, length)
+                finally:
+                    os.close(src)
+            if objects.durable:
+                os.fsync(out)
+        finally:
+            os.close(out)
+        os.rename(tmp, dest)
+        if objects.durable:
+            fsync_dir(dest.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise StorageError(f"could not materialise {dest}: {exc}") from exc
+    return dest
+
+
+def _copy_range(src: int, out: int, length: int) -> None:
+    offset = 0
+    while offset < length:
+        try:
+            n = os.copy_file_range(src, out, length - offset, offset)
+        except OSError:
+            # Cross-device or unsupported: fall back to an ordinary copy.
+            n = os.sendfile(out, src, offset, length - offset)
+        if n == 0:
+            raise StorageError("object shorter than its manifest entry")
+        offset += n

@@ -1,0 +1,128 @@
+"""Records kept in the LMDB index, encoded with msgspec (MessagePack).
+
+Every record carries a tenant so that multi-tenant features need no
+migration. Adding a field with a default is a compatible change; anything
+else bumps `FORMAT_VERSION`.
+"""
+
+from __future__ import annotations
+
+import struct
+from enum import StrEnum
+from typing import TypeVar
+
+import msgspec
+
+FORMAT_VERSION = 1
+DEFAULT_TENANT = "default"
+
+
+class SessionState(StrEnum):
+    OPEN = "open"
+    COMPLETING = "completing"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class ChunkRecord(msgspec.Struct, frozen=True):
+    size: int
+    # Number of manifest entries (in live sessions and files) that use it.
+    refs: int
+    created: float
+    # When refs last dropped to zero; garbage collection waits a grace period.
+    released: float | None = None
+
+
+class Session(msgspec.Struct, frozen=True):
+    id: str
+    tenant: str
+    filename: str
+    size: int
+    chunk_size: int
+    total_chunks: int
+    state: SessionState
+    created: float
+    updated: float
+    expires: float
+    received_chunks: int = 0
+    received_bytes: int = 0
+    sha256: str | None = None
+    metadata: dict[str, object] = {}
+    # Chosen when completion starts, so a retried completion reuses it.
+    file_id: str | None = None
+    job_id: str | None = None
+    reason: str | None = None
+
+
+class FileRecord(msgspec.Struct, frozen=True):
+    id: str
+    tenant: str
+    session_id: str
+    filename: str
+    size: int
+    blake3: str
+    chunk_count: int
+    created: float
+    sha256: str | None = None
+    path: str | None = None
+    metadata: dict[str, object] = {}
+
+
+class Job(msgspec.Struct, frozen=True):
+    id: str
+    tenant: str
+    session_id: str
+    file_id: str
+    state: JobState
+    created: float
+    updated: float
+
+
+# A manifest entry: raw 32-byte BLAKE3 then the chunk length, big-endian.
+_ENTRY = struct.Struct(">32sQ")
+
+
+def pack_entry(digest: str, length: int) -> bytes:
+    return _ENTRY.pack(bytes.fromhex(digest), length)
+
+
+def unpack_entry(raw: bytes) -> tuple[str, int]:
+    digest, length = _ENTRY.unpack(raw)
+    return digest.hex(), length
+
+
+def pack_manifest(entries: list[tuple[str, int]]) -> bytes:
+    return b"".join(pack_entry(d, n) for d, n in entries)
+
+
+def unpack_manifest(raw: bytes) -> list[tuple[str, int]]:
+    return [(d.hex(), n) for d, n in _ENTRY.iter_unpack(raw)]
+
+
+_encoder = msgspec.msgpack.Encoder()
+
+
+def encode(record: msgspec.Struct) -> bytes:
+    return _encoder.encode(record)
+
+
+T = TypeVar("T")
+
+_decoders: dict[type, msgspec.msgpack.Decoder] = {}
+
+
+def decode(kind: type[T], raw: bytes) -> T:
+    dec = _decoders.get(kind)
+    if dec is None:
+        dec = _decoders[kind] = msgspec.msgpack.Decoder(kind)
+    return dec.decode(raw)
