@@ -1,0 +1,68 @@
+"""The Quart application: API surfaces, error handling and the store's lifetime."""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+from quart_schema import Info, QuartSchema
+from quart_trio import QuartTrio
+
+from ingestd import cas
+from ingestd.cas.records import FORMAT_VERSION
+
+from . import problems, seed_api
+from .config import Config
+from .runtime import Runtime, runtime
+
+log = logging.getLogger("ingestd")
+
+# Room for multipart headers and fields around a chunk of max_chunk_size.
+MULTIPART_OVERHEAD = 64 << 10
+
+
+class Health(msgspec.Struct):
+    status: str
+    formatVersion: int
+
+
+def create_app(config: Config, store: cas.Store | None = None) -> QuartTrio:
+    """Build the app. With `store` given, the caller owns it (tests do this)."""
+    app = QuartTrio(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = config.limits.max_chunk_size + MULTIPART_OVERHEAD
+    app.config["QUART_SCHEMA_CONVERSION_PREFERENCE"] = "msgspec"
+    QuartSchema(
+        app,
+        info=Info(title="ingestd", version="0.1.0", description="Resumable, deduplicating ingest of large AI files."),
+        openapi_path="/openapi.json",
+        swagger_ui_path="/docs",
+        redoc_ui_path=None,
+        scalar_ui_path=None,
+        conversion_preference="msgspec",
+    )
+    rt = Runtime(config, store)
+    app.extensions["ingestd"] = rt
+
+    @app.before_serving
+    async def _open() -> None:
+        await rt.run(rt.open)
+        app.nursery.start_soon(_maintain)
+
+    async def _maintain() -> None:
+        try:
+            await rt.maintain()
+        except Exception:  # never let housekeeping take the daemon down
+            log.exception("maintenance loop stopped")
+
+    @app.after_serving
+    async def _close() -> None:
+        await rt.run(rt.close)
+
+    @app.get("/healthz")
+    async def healthz() -> Health:
+        """Liveness: answers once the store is open."""
+        return Health(status="ok" if runtime().store else "starting", formatVersion=FORMAT_VERSION)
+
+    app.register_blueprint(seed_api.bp)
+    problems.register(app)
+    return app

@@ -1,0 +1,185 @@
+"""Configuration: `config.toml`, then environment overrides, then CLI flags.
+
+Every key can be overridden by ``INGESTD_<SECTION>_<KEY>`` (for example
+``INGESTD_SERVER_PORT=9000``). The original specification's ``UPLOADS_DIR``,
+``COMPLETED_DIR`` and ``CHUNK_SIZE`` are honoured too, below the ``INGESTD_``
+names. Sizes may be integers (bytes) or strings such as ``"64 MiB"``.
+Relative paths are taken from the current directory.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+PositiveSize = Annotated[int, msgspec.Meta(gt=0)]
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the key."""
+
+
+class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    host: str = "127.0.0.1"
+    port: Port = 8000
+
+
+class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    data_dir: str = "data"
+    # Empty means <data_dir>/completed.
+    completed_dir: str = ""
+    chunk_size: PositiveSize = 1 << 20
+    durability: Literal["fsync", "none"] = "fsync"
+    materialize: Literal["copy", "none"] = "copy"
+    # Open sessions expire this long after creation; their chunks are released.
+    session_ttl: Seconds = 7 * 24 * 3600.0
+    # Unreferenced chunks are deleted only after this long.
+    gc_grace: Seconds = 3600.0
+    # How often expiry and garbage collection run.
+    maintenance_interval: Seconds = 60.0
+
+
+class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    max_file_size: PositiveSize = 1 << 40
+    max_chunk_size: PositiveSize = 64 << 20
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
+    limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.storage.data_dir).absolute()
+
+    @property
+    def completed_dir(self) -> Path:
+        if self.storage.completed_dir:
+            return Path(self.storage.completed_dir).absolute()
+        return self.data_dir / "completed"
+
+
+SIZE_KEYS = {("storage", "chunk_size"), ("limits", "max_file_size"), ("limits", "max_chunk_size")}
+SEED_ENV = {
+    "UPLOADS_DIR": ("storage", "data_dir"),
+    "COMPLETED_DIR": ("storage", "completed_dir"),
+    "CHUNK_SIZE": ("storage", "chunk_size"),
+}
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1 << 10, "m": 1000**2, "mb": 1000**2,
+          "mib": 1 << 20, "g": 1000**3, "gb": 1000**3, "gib": 1 << 30, "t": 1000**4,
+          "tb": 1000**4, "tib": 1 << 40}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(value: str) -> int:
+    match = _SIZE_RE.match(value)
+    unit = match and _UNITS.get(match.group(2).lower())
+    if not match or unit is None:
+        raise ValueError(f"{value!r} is not a size (examples: 1048576, \"1 MiB\", \"64MiB\")")
+    return int(float(match.group(1)) * unit)
+
+
+def _sections() -> dict[str, type[msgspec.Struct]]:
+    return {f.name: f.type for f in msgspec.structs.fields(Config)}
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[tuple[str, str], Any] | None = None,
+) -> Config:
+    environ = os.environ if environ is None else environ
+    raw: dict[str, dict[str, Any]] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+    sections = _sections()
+    for name, value in raw.items():
+        if name not in sections:
+            raise ConfigError(f"unknown config section [{name}] (known: {', '.join(sections)})")
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {name!r} must be a table [{name}]")
+
+    def set_key(section: str, key: str, value: Any, origin: str) -> None:
+        fields = {f.name for f in msgspec.structs.fields(sections[section])}
+        if key not in fields:
+            raise ConfigError(f"{origin}: unknown key {section}.{key}")
+        raw.setdefault(section, {})[key] = value
+
+    for env_name, (section, key) in SEED_ENV.items():
+        if env_name in environ:
+            set_key(section, key, environ[env_name], env_name)
+    for env_name, value in environ.items():
+        if not env_name.startswith("INGESTD_"):
+            continue
+        rest = env_name[len("INGESTD_") :].lower()
+        section, _, key = rest.partition("_")
+        if section not in sections:
+            continue  # other INGESTD_* variables (e.g. for tools) are not config
+        set_key(section, key, value, env_name)
+    for (section, key), value in (overrides or {}).items():
+        if value is not None:
+            set_key(section, key, value, "command line")
+
+    for section, key in SIZE_KEYS:
+        value = raw.get(section, {}).get(key)
+        if isinstance(value, str):
+            try:
+                raw[section][key] = parse_size(value)
+            except ValueError as exc:
+                raise ConfigError(f"invalid config {section}.{key}: {exc}") from None
+
+    try:
+        # strict=False lets environment strings become ints, floats and bools.
+        config = msgspec.convert(raw, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid config: {_name_key(str(exc))}") from None
+    _check(config)
+    return config
+
+
+def _name_key(message: str) -> str:
+    # msgspec says "... - at `$.server.port`"; say "server.port: ..." instead.
+    match = re.search(r"^(.*) - at `\$\.(.+)`$", message)
+    if match:
+        return f"{match.group(2)}: {match.group(1)}"
+    return message
+
+
+def _check(config: Config) -> None:
+    if config.storage.chunk_size > config.limits.max_chunk_size:
+        raise ConfigError(
+            f"invalid config storage.chunk_size: {config.storage.chunk_size} is larger than "
+            f"limits.max_chunk_size ({config.limits.max_chunk_size})"
+        )
+    if not is_loopback(config.server.host):
+        raise ConfigError(
+            f"invalid config server.host: {config.server.host!r} is not a loopback address, "
+            "and authentication is not available yet; ingestd only serves loopback"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

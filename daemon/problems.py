@@ -1,0 +1,91 @@
+"""RFC 9457 problem responses, and the mapping from errors to HTTP statuses."""
+
+from __future__ import annotations
+
+import errno
+import logging
+
+from quart import Quart, Response
+from quart_schema import RequestSchemaValidationError
+from werkzeug.exceptions import HTTPException
+
+from ingestd import cas
+
+log = logging.getLogger("ingestd")
+
+PROBLEM_JSON = "application/problem+json"
+
+# Status for each store error a client can cause.
+CLIENT_STATUS: dict[type[cas.ClientError], int] = {
+    cas.UnknownSession: 404,
+    cas.UnknownFile: 404,
+    cas.ChunkOutOfRange: 400,
+    cas.WrongChunkSize: 400,
+    cas.ChunkConflict: 409,
+    cas.SessionNotOpen: 409,
+    cas.IncompleteUpload: 409,
+    cas.ChecksumMismatch: 422,
+    cas.TooLarge: 413,
+}
+
+
+class ApiError(Exception):
+    """A client error found by the HTTP layer itself (malformed request, …)."""
+
+    def __init__(self, status: int, code: str, detail: str, **extra: object) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.extra = extra
+
+
+def problem(status: int, code: str, detail: str, **extra: object) -> Response:
+    import json
+
+    from werkzeug.http import HTTP_STATUS_CODES
+
+    body = {
+        "type": f"https://ingestd.dev/problems/{code}",
+        "title": HTTP_STATUS_CODES.get(status, "Error"),
+        "status": status,
+        "code": code,
+        "detail": detail,
+        **extra,
+    }
+    return Response(json.dumps(body), status=status, content_type=PROBLEM_JSON)
+
+
+def _http_code(exc: HTTPException) -> str:
+    return (exc.name or "error").lower().replace(" ", "_")
+
+
+def register(app: Quart) -> None:
+    @app.errorhandler(ApiError)
+    async def _api_error(exc: ApiError) -> Response:
+        return problem(exc.status, exc.code, exc.detail, **exc.extra)
+
+    @app.errorhandler(cas.ClientError)
+    async def _client_error(exc: cas.ClientError) -> Response:
+        status = next((s for t, s in CLIENT_STATUS.items() if isinstance(exc, t)), 400)
+        return problem(status, exc.code, exc.detail, **exc.extra)
+
+    @app.errorhandler(cas.StorageError)
+    async def _storage_error(exc: cas.StorageError) -> Response:
+        cause = exc.__cause__
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            return problem(507, "storage_full", "the server's storage is full")
+        log.error("storage error: %s", exc.detail)
+        return problem(500, exc.code, exc.detail)
+
+    @app.errorhandler(RequestSchemaValidationError)
+    async def _invalid_request(exc: RequestSchemaValidationError) -> Response:
+        return problem(400, "invalid_request", f"the request body is invalid: {exc.validation_error}")
+
+    @app.errorhandler(HTTPException)
+    async def _http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        detail = exc.description or exc.name
+        if status == 413:
+            return problem(413, "too_large", "the request body is larger than this server accepts")
+        return problem(status, _http_code(exc), detail)

@@ -1,0 +1,203 @@
+"""The original REST API (`/api/upload/*`), with its request and response shapes.
+
+Clients written against the original specification keep working unchanged:
+fixed-size chunks sent as multipart form posts, status by upload id, and a
+synchronous `complete` answering with the file's path and metadata.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+import msgspec
+from quart import Blueprint, request
+from quart_schema import DataSource, document_request, document_response, validate_request
+
+from ingestd import cas
+
+from .filetypes import file_type
+from .multipart import read_form
+from .problems import ApiError
+from .runtime import runtime
+
+bp = Blueprint("seed", __name__, url_prefix="/api/upload")
+
+Sha256Hex = Annotated[str, msgspec.Meta(pattern="^[0-9a-fA-F]{64}$")]
+
+
+class InitRequest(msgspec.Struct):
+    filename: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+    totalSize: Annotated[int, msgspec.Meta(ge=0)]
+    checksum: Sha256Hex | None = None
+
+
+class InitResponse(msgspec.Struct):
+    uploadId: str
+    chunkSize: int
+
+
+class ChunkForm(msgspec.Struct):
+    uploadId: str
+    chunkIndex: int
+    totalChunks: int
+    chunk: bytes
+
+
+class ChunkResponse(msgspec.Struct):
+    success: bool
+    receivedChunks: int
+    message: str
+
+
+class StatusResponse(msgspec.Struct):
+    uploadId: str
+    totalChunks: int
+    receivedChunks: list[int]
+    isComplete: bool
+    state: str
+
+
+class CompleteMetadata(msgspec.Struct):
+    uploadId: str
+    filename: str
+    size: int
+    fileType: str
+    timestamp: str
+
+
+class CompleteResponse(msgspec.Struct):
+    success: bool
+    filepath: str
+    metadata: CompleteMetadata
+    downstreamJobId: str
+
+
+class Problem(msgspec.Struct):
+    type: str
+    title: str
+    status: int
+    code: str
+    detail: str
+
+
+@bp.post("/init")
+@validate_request(InitRequest)
+@document_response(InitResponse)
+@document_response(Problem, 413)
+async def init(data: InitRequest) -> InitResponse:
+    """Start an upload; the answer says which chunk size to cut the file into."""
+    rt = runtime()
+    if data.totalSize > rt.config.limits.max_file_size:
+        raise ApiError(
+            413,
+            "file_too_large",
+            f"totalSize {data.totalSize} exceeds the limit of {rt.config.limits.max_file_size} bytes",
+            limit=rt.config.limits.max_file_size,
+        )
+    session = await rt.run(
+        rt.store.create_session,
+        filename=data.filename,
+        size=data.totalSize,
+        chunk_size=rt.config.storage.chunk_size,
+        sha256=data.checksum,
+    )
+    return InitResponse(uploadId=session.id, chunkSize=session.chunk_size)
+
+
+def _int_field(fields: dict[str, str], name: str) -> int:
+    try:
+        return int(fields[name])
+    except ValueError:
+        raise ApiError(400, "invalid_field", f"field {name!r} must be an integer") from None
+
+
+@bp.post("/chunk")
+@document_request(ChunkForm, source=DataSource.FORM_MULTIPART)
+@document_response(ChunkResponse)
+@document_response(Problem, 400)
+@document_response(Problem, 409)
+async def chunk() -> ChunkResponse:
+    """Send one chunk (multipart: uploadId, chunkIndex, totalChunks, chunk).
+
+    Chunks may arrive in any order and in parallel. Re-sending a chunk with
+    the same bytes succeeds without rewriting anything; different bytes for
+    an index already stored are refused with 409.
+    """
+    rt = runtime()
+    form = await read_form(
+        request.headers.get("Content-Type"),
+        request.body,
+        max_file_bytes=rt.config.limits.max_chunk_size,
+    )
+    missing = [n for n in ("uploadId", "chunkIndex", "totalChunks") if n not in form.fields]
+    if "chunk" not in form.files:
+        missing.append("chunk")
+    if missing:
+        raise ApiError(
+            400, "missing_field", f"missing form field(s): {', '.join(missing)}", missing=missing
+        )
+    upload_id = form.fields["uploadId"]
+    index = _int_field(form.fields, "chunkIndex")
+    total = _int_field(form.fields, "totalChunks")
+    session = await rt.run(rt.store.session, upload_id)
+    if total != session.total_chunks:
+        raise ApiError(
+            400,
+            "total_chunks_mismatch",
+            f"totalChunks is {total}, but this upload has {session.total_chunks} chunks "
+            f"of {session.chunk_size} bytes",
+            expected=session.total_chunks,
+        )
+    ack = await rt.run(rt.store.put_chunk, upload_id, index, form.files["chunk"])
+    return ChunkResponse(
+        success=True,
+        receivedChunks=ack.received_chunks,
+        message="Chunk uploaded successfully" if ack.stored else "Chunk already received",
+    )
+
+
+@bp.get("/status/<upload_id>")
+@document_response(StatusResponse)
+@document_response(Problem, 404)
+async def status(upload_id: str) -> StatusResponse:
+    """Which chunks the server holds, so that a client resends only the others."""
+    rt = runtime()
+    session = await rt.run(rt.store.session, upload_id)
+    if session.state == cas.SessionState.COMPLETED:
+        received = list(range(session.total_chunks))
+    else:
+        received = sorted(await rt.run(rt.store.received, upload_id))
+    return StatusResponse(
+        uploadId=session.id,
+        totalChunks=session.total_chunks,
+        receivedChunks=received,
+        isComplete=session.state == cas.SessionState.COMPLETED,
+        state=str(session.state),
+    )
+
+
+@bp.post("/complete/<upload_id>")
+@document_response(CompleteResponse)
+@document_response(Problem, 409)
+@document_response(Problem, 422)
+async def complete(upload_id: str) -> CompleteResponse:
+    """Verify every chunk is present (and the checksum, if one was declared),
+    record the file and queue its processing job."""
+    rt = runtime()
+    session = await rt.run(rt.store.session, upload_id)
+    kind = file_type(session.filename)
+    done = await rt.run(rt.store.complete, upload_id, metadata={"fileType": kind})
+    file = done.file
+    return CompleteResponse(
+        success=True,
+        filepath=file.path or f"/v1/files/{file.id}/content",
+        metadata=CompleteMetadata(
+            uploadId=session.id,
+            filename=file.filename,
+            size=file.size,
+            fileType=str(file.metadata.get("fileType", kind)),
+            timestamp=datetime.fromtimestamp(file.created, UTC).isoformat(),
+        ),
+        downstreamJobId=done.job.id,
+    )

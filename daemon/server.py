@@ -1,0 +1,57 @@
+"""Serving the app with hypercorn's trio worker until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from .app import create_app
+from .config import Config
+
+log = logging.getLogger("ingestd")
+
+
+def hypercorn_config(config: Config) -> HypercornConfig:
+    hc = HypercornConfig()
+    host = config.server.host
+    hc.bind = [f"[{host}]:{config.server.port}" if ":" in host else f"{host}:{config.server.port}"]
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("hypercorn.error")
+    hc.graceful_timeout = 10
+    # Bodies are bounded per route by the app; allow the largest chunk through h11.
+    hc.h11_max_incomplete_size = 64 * 1024
+    return hc
+
+
+async def serve(config: Config) -> None:
+    app = create_app(config)
+    stop = trio.Event()
+    # The receiver stays installed for the whole shutdown, so a second signal
+    # (a supervisor repeating itself) does not interrupt a clean stop.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+
+        async def watch() -> None:
+            async for signum in signals:
+                if not stop.is_set():
+                    log.info("received %s, shutting down", signal.Signals(signum).name)
+                stop.set()
+
+        print(
+            f"ingestd serving http://{config.server.host}:{config.server.port} "
+            f"(data in {config.data_dir})",
+            file=sys.stderr,
+            flush=True,
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            await hypercorn_serve(app, hypercorn_config(config), shutdown_trigger=stop.wait)
+            nursery.cancel_scope.cancel()
+
+
+def run(config: Config) -> None:
+    trio.run(serve, config)
