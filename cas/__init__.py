@@ -58,4 +58,5 @@ __all__ = [
     "UnknownFile",
     "UnknownSession",
     "WrongChunkSize",
+    "safe_filename",
 ]

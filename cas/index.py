@@ -160,7 +160,7 @@ class GroupCommitter:
                         child.commit()
             self.commits += 1
             self.ops += len(batch)
-        except (OSError, lmdb.Error) as exc:
+        except Exception as exc:  # noqa: BLE001 - the writer thread must outlive any failure
             for p in batch:
                 if p.error is None or not isinstance(p.error, StoreError):
                     p.error = StorageError(f"index commit failed: {exc}")

@@ -102,6 +102,13 @@ class ObjectStore:
         except FileNotFoundError:
             pass
 
+    def age(self, digest: str, now: float) -> float | None:
+        """Seconds since the object was last written, or None if it is absent."""
+        try:
+            return now - self.path(digest).stat().st_mtime
+        except FileNotFoundError:
+            return None
+
     def iter_hashes(self):
         for first in sorted(os.scandir(self.objects_dir), key=lambda e: e.name):
             if not first.is_dir():
@@ -169,6 +176,9 @@ class ObjectWriter:
                 existed = False
             except FileExistsError:
                 existed = True
+                # Refresh the age the orphan sweep judges by: this object is
+                # about to be attached again.
+                os.utime(final)
             os.unlink(self._tmp)
         except OSError as exc:
             self.abort()

@@ -264,9 +264,7 @@ class Store:
             if session.state == SessionState.COMPLETED:
                 return session
             if session.state != SessionState.OPEN:
-                raise SessionNotOpen(
-                    f"upload {session_id} is {session.state}", state=session.state
-                )
+                raise SessionNotOpen(f"upload {session_id} is {session.state}", state=session.state)
             if session.received_chunks != session.total_chunks:
                 missing = self._missing(txn, session)
                 raise IncompleteUpload(
@@ -342,7 +340,9 @@ class Store:
         return Completion(self.index.write(finish), file, job)
 
     def _completion(self, session: Session) -> Completion:
-        return Completion(session, self.file(session.file_id, session.tenant), self.job(session.job_id))
+        return Completion(
+            session, self.file(session.file_id, session.tenant), self.job(session.job_id)
+        )
 
     def _missing(self, txn: lmdb.Transaction, session: Session) -> list[int]:
         prefix = _part_prefix(session.id)
@@ -368,7 +368,9 @@ class Store:
         return whole.hexdigest(), sha.hexdigest() if sha else None
 
     def _materialize(self, session: Session, entries: list[tuple[str, int]]) -> Path:
-        dest = self.completed_dir / session.tenant / session.file_id / safe_filename(session.filename)
+        dest = (
+            self.completed_dir / session.tenant / session.file_id / safe_filename(session.filename)
+        )
         return materialize(self.objects, entries, dest, within=self.completed_dir)
 
     def _reopen(self, txn: lmdb.Transaction, session_id: str) -> None:
@@ -441,6 +443,44 @@ class Store:
                     self.objects.delete(key.hex())
                     count += 1
                     freed += chunk.size
+            return count, freed
+
+        return self.index.write(op)
+
+    def sweep_orphans(self, grace: float) -> tuple[int, int]:
+        """Delete objects on disk that no chunk record names, older than `grace`.
+
+        An object is written before it is attached to a session; if the attach
+        is refused (a conflicting re-send) or the process dies in between, the
+        object has no record. The disk walk runs outside the writer; each
+        candidate is re-checked inside one write operation before it goes.
+        Returns (objects deleted, bytes freed).
+        """
+        now = time.time()  # object ages are file mtimes, i.e. wall-clock time
+        chunks = self.index.db["chunks"]
+        candidates = []
+        with self.index.reader() as txn:
+            for digest in self.objects.iter_hashes():
+                if txn.get(bytes.fromhex(digest), db=chunks) is None:
+                    age = self.objects.age(digest, now)
+                    if age is not None and age > grace:
+                        candidates.append(digest)
+        if not candidates:
+            return 0, 0
+
+        def op(txn: lmdb.Transaction) -> tuple[int, int]:
+            count = freed = 0
+            for digest in candidates:
+                if txn.get(bytes.fromhex(digest), db=chunks) is not None:
+                    continue
+                try:
+                    st = self.objects.path(digest).stat()
+                except FileNotFoundError:
+                    continue
+                if time.time() - st.st_mtime > grace:
+                    self.objects.delete(digest)
+                    count += 1
+                    freed += st.st_size
             return count, freed
 
         return self.index.write(op)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 
 import msgspec
-from quart_schema import Info, QuartSchema
-from quart_trio import QuartTrio
-
+import trio
 from ingestd import cas
 from ingestd.cas.records import FORMAT_VERSION
+from quart_schema import Info, QuartSchema
+from quart_trio import QuartTrio
 
 from . import problems, seed_api
 from .config import Config
@@ -33,7 +33,11 @@ def create_app(config: Config, store: cas.Store | None = None) -> QuartTrio:
     app.config["QUART_SCHEMA_CONVERSION_PREFERENCE"] = "msgspec"
     QuartSchema(
         app,
-        info=Info(title="ingestd", version="0.1.0", description="Resumable, deduplicating ingest of large AI files."),
+        info=Info(
+            title="ingestd",
+            version="0.1.0",
+            description="Resumable, deduplicating ingest of large AI files.",
+        ),
         openapi_path="/openapi.json",
         swagger_ui_path="/docs",
         redoc_ui_path=None,
@@ -48,14 +52,15 @@ def create_app(config: Config, store: cas.Store | None = None) -> QuartTrio:
         await rt.run(rt.open)
         app.nursery.start_soon(_maintain)
 
+    maintenance = trio.CancelScope()
+
     async def _maintain() -> None:
-        try:
+        with maintenance:
             await rt.maintain()
-        except Exception:  # never let housekeeping take the daemon down
-            log.exception("maintenance loop stopped")
 
     @app.after_serving
     async def _close() -> None:
+        maintenance.cancel()
         await rt.run(rt.close)
 
     @app.get("/healthz")

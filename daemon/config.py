@@ -75,9 +75,22 @@ SEED_ENV = {
     "COMPLETED_DIR": ("storage", "completed_dir"),
     "CHUNK_SIZE": ("storage", "chunk_size"),
 }
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1 << 10, "m": 1000**2, "mb": 1000**2,
-          "mib": 1 << 20, "g": 1000**3, "gb": 1000**3, "gib": 1 << 30, "t": 1000**4,
-          "tb": 1000**4, "tib": 1 << 40}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1 << 10,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1 << 20,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1 << 30,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "tib": 1 << 40,
+}
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 
 
@@ -85,7 +98,7 @@ def parse_size(value: str) -> int:
     match = _SIZE_RE.match(value)
     unit = match and _UNITS.get(match.group(2).lower())
     if not match or unit is None:
-        raise ValueError(f"{value!r} is not a size (examples: 1048576, \"1 MiB\", \"64MiB\")")
+        raise ValueError(f'{value!r} is not a size (examples: 1048576, "1 MiB", "64MiB")')
     return int(float(match.group(1)) * unit)
 
 

@@ -10,8 +10,22 @@ from pathlib import PurePosixPath
 
 DATASET_SUFFIXES = {".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet", ".arrow", ".txt"}
 MODEL_SUFFIXES = {
-    ".safetensors", ".gguf", ".ggml", ".pt", ".pth", ".bin", ".ckpt", ".onnx", ".pkl",
-    ".pickle", ".h5", ".keras", ".pb", ".tflite", ".mlmodel", ".msgpack",
+    ".safetensors",
+    ".gguf",
+    ".ggml",
+    ".pt",
+    ".pth",
+    ".bin",
+    ".ckpt",
+    ".onnx",
+    ".pkl",
+    ".pickle",
+    ".h5",
+    ".keras",
+    ".pb",
+    ".tflite",
+    ".mlmodel",
+    ".msgpack",
 }
 COMPRESSION_SUFFIXES = {".gz", ".zst", ".bz2", ".xz"}
 

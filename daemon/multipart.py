@@ -78,7 +78,9 @@ async def read_form(
                     )
                 if isinstance(current, Field):
                     if len(text) > MAX_FIELD_BYTES:
-                        raise ApiError(400, "malformed_multipart", f"field {current.name!r} is too long")
+                        raise ApiError(
+                            400, "malformed_multipart", f"field {current.name!r} is too long"
+                        )
                     if not event.more_data:
                         try:
                             form.fields[current.name] = text.decode()

@@ -5,11 +5,10 @@ from __future__ import annotations
 import errno
 import logging
 
+from ingestd import cas
 from quart import Quart, Response
 from quart_schema import RequestSchemaValidationError
 from werkzeug.exceptions import HTTPException
-
-from ingestd import cas
 
 log = logging.getLogger("ingestd")
 
@@ -80,7 +79,9 @@ def register(app: Quart) -> None:
 
     @app.errorhandler(RequestSchemaValidationError)
     async def _invalid_request(exc: RequestSchemaValidationError) -> Response:
-        return problem(400, "invalid_request", f"the request body is invalid: {exc.validation_error}")
+        return problem(
+            400, "invalid_request", f"the request body is invalid: {exc.validation_error}"
+        )
 
     @app.errorhandler(HTTPException)
     async def _http_error(exc: HTTPException) -> Response:

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import trio
-from quart import current_app
-
 from ingestd.cas import Store
+from quart import current_app
 
 from .config import Config
 
 T = TypeVar("T")
+log = logging.getLogger("ingestd")
 
 
 class Runtime:
@@ -47,12 +48,33 @@ class Runtime:
         )
 
     async def maintain(self) -> None:
-        """Expire old sessions and collect garbage, forever."""
+        """Expire old sessions and collect garbage, forever.
+
+        Expiry and reference-count collection run every `maintenance_interval`;
+        the orphan sweep walks every object on disk, so it runs once per
+        `gc_grace` (and at the first pass after start-up, to clean up after a crash).
+        """
         s = self.config.storage
+        last_sweep = -float("inf")
         while True:
             await trio.sleep(s.maintenance_interval)
-            await self.run(self.store.expire_sessions)
-            await self.run(self.store.collect_garbage, s.gc_grace)
+            try:
+                expired = await self.run(self.store.expire_sessions)
+                deleted, freed = await self.run(self.store.collect_garbage, s.gc_grace)
+                if trio.current_time() - last_sweep >= s.gc_grace:
+                    orphans, orphan_bytes = await self.run(self.store.sweep_orphans, s.gc_grace)
+                    last_sweep = trio.current_time()
+                    deleted, freed = deleted + orphans, freed + orphan_bytes
+            except Exception:  # housekeeping must never take the daemon down
+                log.exception("maintenance pass failed; retrying next interval")
+                continue
+            if expired or deleted:
+                log.info(
+                    "expired %d sessions; deleted %d objects (%d bytes)",
+                    len(expired),
+                    deleted,
+                    freed,
+                )
 
 
 def runtime() -> Runtime:

@@ -11,10 +11,9 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import msgspec
+from ingestd import cas
 from quart import Blueprint, request
 from quart_schema import DataSource, document_request, document_response, validate_request
-
-from ingestd import cas
 
 from .filetypes import file_type
 from .multipart import read_form
@@ -92,7 +91,8 @@ async def init(data: InitRequest) -> InitResponse:
         raise ApiError(
             413,
             "file_too_large",
-            f"totalSize {data.totalSize} exceeds the limit of {rt.config.limits.max_file_size} bytes",
+            f"totalSize {data.totalSize} exceeds the limit of "
+            f"{rt.config.limits.max_file_size} bytes",
             limit=rt.config.limits.max_file_size,
         )
     session = await rt.run(

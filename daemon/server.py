@@ -22,8 +22,12 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     hc.bind = [f"[{host}]:{config.server.port}" if ":" in host else f"{host}:{config.server.port}"]
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
-    hc.graceful_timeout = 10
-    # Bodies are bounded per route by the app; allow the largest chunk through h11.
+    # In-flight requests get this long to finish on SIGINT/SIGTERM. It is also
+    # how long an idle keep-alive connection can hold up a stop: with
+    # quart-trio on hypercorn's trio worker such a connection is not closed at
+    # shutdown, so keep the wait short.
+    hc.graceful_timeout = 3
+    # Bounds the request line and headers h11 buffers; bodies are streamed.
     hc.h11_max_incomplete_size = 64 * 1024
     return hc
 

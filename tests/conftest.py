@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+import pytest
+from ingestd.daemon.app import create_app
+from ingestd.daemon.config import load_config
+
+
+@pytest.fixture
+def make_config(tmp_path):
+    def make(**env: str):
+        base = {
+            "INGESTD_STORAGE_DATA_DIR": str(tmp_path / "data"),
+            "INGESTD_STORAGE_DURABILITY": "none",
+        }
+        return load_config(None, environ={**base, **env})
+
+    return make
+
+
+@pytest.fixture
+async def app(make_config):
+    app = create_app(make_config(INGESTD_STORAGE_CHUNK_SIZE="1024"))
+    async with app.test_app() as test_app:
+        yield test_app
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()

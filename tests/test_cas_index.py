@@ -1,0 +1,99 @@
+import threading
+
+import lmdb
+import pytest
+from ingestd.cas import Index, Session, SessionState, StorageError, records
+
+pytestmark = pytest.mark.unit
+
+
+def _session(i: int) -> Session:
+    return Session(
+        id=f"s{i}",
+        tenant="default",
+        filename=f"f{i}.jsonl",
+        size=10,
+        chunk_size=4,
+        total_chunks=3,
+        state=SessionState.OPEN,
+        created=1.0,
+        updated=1.0,
+        expires=2.0,
+        metadata={"k": [1, "two"]},
+    )
+
+
+def test_record_round_trip_through_lmdb(tmp_path):
+    index = Index(tmp_path / "idx")
+    s = _session(1)
+    index.write(lambda txn: index.put(txn, "sessions", b"s1", s))
+    index.close()
+    index = Index(tmp_path / "idx")
+    with index.reader() as txn:
+        assert index.get(txn, "sessions", b"s1", Session) == s
+    assert index.format_version() == records.FORMAT_VERSION
+    index.close()
+
+
+def test_manifest_packing_round_trip():
+    entries = [("ab" * 32, 1 << 20), ("cd" * 32, 7)]
+    assert records.unpack_manifest(records.pack_manifest(entries)) == entries
+
+
+def test_newer_format_is_refused(tmp_path):
+    env = lmdb.open(str(tmp_path / "idx"), max_dbs=8)
+    with env.begin(write=True, db=env.open_db(b"meta")) as txn:
+        txn.put(b"format_version", b"99")
+    env.close()
+    with pytest.raises(StorageError, match="format 99"):
+        Index(tmp_path / "idx")
+
+
+def test_failing_op_does_not_undo_others_in_its_group(tmp_path):
+    index = Index(tmp_path / "idx")
+    gate = threading.Event()
+    results = {}
+
+    def blocker(txn):
+        gate.wait(5)
+
+    def good(i):
+        return lambda txn: index.put(txn, "sessions", f"s{i}".encode(), _session(i))
+
+    def bad(txn):
+        index.put(txn, "sessions", b"half-written", _session(99))
+        raise ValueError("refused")
+
+    def call(name, op):
+        try:
+            results[name] = index.write(op)
+        except ValueError as exc:
+            results[name] = exc
+
+    first = threading.Thread(target=call, args=("blocker", blocker))
+    first.start()
+    threads = [threading.Thread(target=call, args=(f"good{i}", good(i))) for i in range(5)]
+    threads.append(threading.Thread(target=call, args=("bad", bad)))
+    for t in threads:
+        t.start()
+    while len(index.writer._queue) < 6:  # all queued behind the blocker
+        threading.Event().wait(0.01)
+    gate.set()
+    for t in [first, *threads]:
+        t.join(5)
+    assert isinstance(results["bad"], ValueError)
+    with index.reader() as txn:
+        assert index.get(txn, "sessions", b"half-written", Session) is None
+        for i in range(5):
+            assert index.get(txn, "sessions", f"s{i}".encode(), Session) == _session(i)
+    # The six queued operations shared one commit.
+    assert index.writer.commits == 2
+    index.close()
+
+
+def test_write_after_close_is_a_storage_error(tmp_path):
+    index = Index(tmp_path / "idx")
+    writer = index.writer
+    index.close()
+    with pytest.raises(StorageError):
+        writer.submit(lambda txn: None)

@@ -1,0 +1,231 @@
+import hashlib
+import io
+import os
+import random
+
+import blake3
+import pytest
+from ingestd.cas import (
+    ChecksumMismatch,
+    ChunkConflict,
+    ChunkOutOfRange,
+    IncompleteUpload,
+    ManifestReader,
+    SessionNotOpen,
+    SessionState,
+    Store,
+    UnknownSession,
+    WrongChunkSize,
+    safe_filename,
+)
+
+pytestmark = pytest.mark.unit
+
+CHUNK = 1000
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def store(tmp_path, clock):
+    with Store(tmp_path / "data", durability="none", clock=clock, session_ttl=100) as s:
+        yield s
+
+
+def upload(store: Store, data: bytes, name: str = "f.bin", **kw):
+    session = store.create_session(filename=name, size=len(data), chunk_size=CHUNK, **kw)
+    order = list(range(session.total_chunks))
+    random.shuffle(order)
+    for i in order:
+        store.put_chunk(session.id, i, data[i * CHUNK : (i + 1) * CHUNK])
+    return session
+
+
+def test_full_upload_records_file_and_job(store):
+    data = os.urandom(3500)
+    s = upload(store, data, sha256=hashlib.sha256(data).hexdigest())
+    done = store.complete(s.id)
+    assert done.file.blake3 == blake3.blake3(data).hexdigest()
+    assert done.file.size == 3500 and done.file.chunk_count == 4
+    assert done.job.state == "queued" and done.job.file_id == done.file.id
+    assert open(done.file.path, "rb").read() == data
+    assert store.session(s.id).state == SessionState.COMPLETED
+    with store.open_file(done.file.id) as reader:
+        assert reader.read() == data
+    # Completing again is idempotent.
+    again = store.complete(s.id)
+    assert (again.file.id, again.job.id) == (done.file.id, done.job.id)
+
+
+def test_same_bytes_twice_are_stored_once(store):
+    data = os.urandom(4000)
+    store.complete(upload(store, data).id)
+    before = sorted(store.objects.iter_hashes())
+    second = store.complete(upload(store, data).id)
+    assert sorted(store.objects.iter_hashes()) == before
+    assert open(second.file.path, "rb").read() == data
+
+
+def test_chunk_rules(store):
+    s = store.create_session(filename="a", size=2500, chunk_size=CHUNK)
+    with pytest.raises(ChunkOutOfRange):
+        store.put_chunk(s.id, 3, b"x" * 500)
+    with pytest.raises(WrongChunkSize):
+        store.put_chunk(s.id, 0, b"x" * 999)
+    with pytest.raises(WrongChunkSize):
+        store.put_chunk(s.id, 2, b"x" * 1000)  # the last chunk is 500 bytes
+    first = store.put_chunk(s.id, 0, b"a" * CHUNK)
+    repeat = store.put_chunk(s.id, 0, b"a" * CHUNK)
+    assert first.stored and not repeat.stored and repeat.received_chunks == 1
+    with pytest.raises(ChunkConflict):
+        store.put_chunk(s.id, 0, b"b" * CHUNK)
+    assert store.received(s.id) == {0: (first.hash, CHUNK)}
+    with pytest.raises(IncompleteUpload) as exc:
+        store.complete(s.id)
+    assert exc.value.extra["missing"] == [1, 2]
+    with pytest.raises(UnknownSession):
+        store.session("nope")
+    with pytest.raises(UnknownSession):
+        store.session(s.id, tenant="other-team")
+
+
+def test_checksum_mismatch_rejects_and_releases(store, clock):
+    data = os.urandom(2000)
+    s = upload(store, data, sha256="0" * 64)
+    with pytest.raises(ChecksumMismatch):
+        store.complete(s.id)
+    rejected = store.session(s.id)
+    assert rejected.state == SessionState.REJECTED and "sha256" in rejected.reason
+    with pytest.raises(SessionNotOpen):
+        store.put_chunk(s.id, 0, data[:CHUNK])
+    clock.now += 10
+    assert store.collect_garbage(grace=5) == (2, 2000)
+    assert list(store.objects.iter_hashes()) == []
+
+
+def test_expiry_releases_chunks_but_keeps_shared_ones(store, clock):
+    shared = os.urandom(CHUNK)
+    kept = store.complete(upload(store, shared).id)
+    s = upload(store, shared + os.urandom(CHUNK))
+    clock.now += 101
+    assert store.expire_sessions() == [s.id]
+    assert store.session(s.id).state == SessionState.EXPIRED
+    assert store.received(s.id) == {}
+    clock.now += 10
+    # Only the chunk no file uses goes; the shared one stays.
+    assert store.collect_garbage(grace=5) == (1, CHUNK)
+    with store.open_file(kept.file.id) as reader:
+        assert reader.read() == shared
+
+
+def test_garbage_waits_for_grace_period(store, clock):
+    s = upload(store, os.urandom(CHUNK))
+    store.cancel(s.id)
+    clock.now += 1
+    assert store.collect_garbage(grace=5) == (0, 0)
+    clock.now += 5
+    assert store.collect_garbage(grace=5) == (1, CHUNK)
+
+
+def test_chunk_attached_again_after_release_is_revived(store, clock):
+    data = os.urandom(CHUNK)
+    store.cancel(upload(store, data).id)
+    again = upload(store, data)
+    clock.now += 100
+    assert store.collect_garbage(grace=5) == (0, 0)
+    assert store.complete(again.id).file.size == CHUNK
+
+
+def test_orphan_sweep_deletes_only_old_unrecorded_objects(store):
+    s = store.create_session(filename="a", size=CHUNK, chunk_size=CHUNK)
+    kept = store.put_chunk(s.id, 0, b"a" * CHUNK)
+    # A refused re-send leaves its object behind with no chunk record.
+    with pytest.raises(ChunkConflict):
+        store.put_chunk(s.id, 0, b"b" * CHUNK)
+    orphan = blake3.blake3(b"b" * CHUNK).hexdigest()
+    assert sorted(store.objects.iter_hashes()) == sorted([kept.hash, orphan])
+    assert store.sweep_orphans(grace=60) == (0, 0)  # too young to judge
+    old = store.objects.path(orphan).stat().st_mtime - 120
+    for digest in (kept.hash, orphan):
+        os.utime(store.objects.path(digest), (old, old))
+    assert store.sweep_orphans(grace=60) == (1, CHUNK)
+    assert list(store.objects.iter_hashes()) == [kept.hash]
+    assert store.complete(s.id).file.size == CHUNK
+
+
+def test_crash_mid_completion_reopens_session(tmp_path, clock):
+    data = os.urandom(2500)
+    with Store(tmp_path, durability="none", clock=clock) as store:
+        s = upload(store, data)
+        store._hash = lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt)
+        with pytest.raises(KeyboardInterrupt):
+            store.complete(s.id)
+        assert store.session(s.id).state == SessionState.OPEN
+    with Store(tmp_path, durability="none", clock=clock) as store:
+        assert store.complete(s.id).file.size == 2500
+
+
+def test_empty_file(store):
+    s = store.create_session(filename="empty", size=0, chunk_size=CHUNK)
+    done = store.complete(s.id)
+    assert done.file.size == 0 and open(done.file.path, "rb").read() == b""
+
+
+def test_materialized_path_stays_inside_completed_dir(store):
+    s = upload(store, b"x" * 10, name="../../../etc/passwd")
+    path = store.complete(s.id).file.path
+    assert path.startswith(str(store.completed_dir.resolve()))
+    assert path.endswith("/passwd")
+
+
+@pytest.mark.parametrize(
+    ("raw", "safe"),
+    [
+        ("../../x", "x"),
+        ("..", "file"),
+        ("a\\b\\c.csv", "c.csv"),
+        ("a\x00b", "a_b"),
+        (".hidden", "hidden"),
+        ("ok name.jsonl", "ok name.jsonl"),
+        ("", "file"),
+    ],
+)
+def test_safe_filename(raw, safe):
+    assert safe_filename(raw) == safe
+
+
+def test_safe_filename_bounds_length():
+    name = safe_filename("é" * 300 + ".parquet")
+    assert len(name.encode()) <= 200 and name.endswith(".parquet")
+
+
+def test_reader_seeks_across_chunk_boundaries(store):
+    data = os.urandom(10_000)
+    lengths = [1, 999, 4096, 3000, 1904]
+    entries, offset = [], 0
+    for n in lengths:
+        entries.append((store.objects.put(data[offset : offset + n]).hash, n))
+        offset += n
+    reader = ManifestReader(store.objects, entries)
+    rng = random.Random(7)
+    for _ in range(200):
+        pos = rng.randrange(0, 10_001)
+        n = rng.randrange(0, 6000)
+        reader.seek(pos)
+        assert reader.read(n) == data[pos : pos + n]
+        assert reader.tell() == min(pos + n, 10_000)
+    assert reader.seek(-10, io.SEEK_END) == 9_990
+    assert reader.read() == data[-10:]
+    buffered = io.BufferedReader(ManifestReader(store.objects, entries), buffer_size=333)
+    assert buffered.read() == data
