@@ -30,6 +30,10 @@ class UnknownFile(ClientError):
     code = "unknown_file"
 
 
+class UnknownJob(ClientError):
+    code = "unknown_job"
+
+
 class ChunkOutOfRange(ClientError):
     code = "chunk_index_out_of_range"
 
@@ -56,6 +60,18 @@ class IncompleteUpload(ClientError):
 
 class ChecksumMismatch(ClientError):
     code = "checksum_mismatch"
+
+
+class ChunkHashMismatch(ChecksumMismatch):
+    """A chunk's bytes do not hash to the BLAKE3 the client declared for it."""
+
+    code = "chunk_hash_mismatch"
+
+
+class InvalidLayout(ClientError):
+    """A declared chunk list does not fit the upload (sizes, bounds, hashes)."""
+
+    code = "invalid_chunk_list"
 
 
 class TooLarge(ClientError):

@@ -23,7 +23,9 @@ from . import records
 from .errors import StorageError, StoreError
 from .objects import fsync_dir
 
-DATABASES = ("meta", "chunks", "sessions", "parts", "files", "manifests", "jobs")
+# "declared" holds the chunk list a client announced for a session
+# (session/index -> hash, length); "parts" the chunks actually attached.
+DATABASES = ("meta", "chunks", "sessions", "parts", "declared", "files", "manifests", "jobs")
 DEFAULT_MAP_SIZE = 1 << 38  # 256 GiB of address space; the file grows as needed
 
 WriteOp = Callable[[lmdb.Transaction], Any]
@@ -42,7 +44,7 @@ class Index:
         self.path.mkdir(parents=True, exist_ok=True)
         self.env = lmdb.open(
             str(self.path),
-            max_dbs=len(DATABASES) + 4,
+            max_dbs=32,  # room for databases later features add
             map_size=map_size,
             sync=durable,
             metasync=durable,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import blake3
 
-from .errors import ChecksumMismatch, CorruptObject, StorageError
+from .errors import ChunkHashMismatch, CorruptObject, StorageError
 
 HASH_HEX_LEN = 64
 _READ_SIZE = 1 << 20
@@ -154,7 +154,7 @@ class ObjectWriter:
         digest = self._hasher.hexdigest()
         if self._expected is not None and digest != self._expected:
             self.abort()
-            raise ChecksumMismatch(
+            raise ChunkHashMismatch(
                 f"chunk hashes to {digest}, not the declared {self._expected}",
                 actual=digest,
                 expected=self._expected,

@@ -56,6 +56,9 @@ class Session(msgspec.Struct, frozen=True):
     expires: float
     received_chunks: int = 0
     received_bytes: int = 0
+    # True when the client declared the chunk list (variable-length chunks);
+    # otherwise chunks are `chunk_size` bytes, the last one shorter.
+    declared: bool = False
     sha256: str | None = None
     metadata: dict[str, object] = {}
     # Chosen when completion starts, so a retried completion reuses it.
@@ -86,6 +89,10 @@ class Job(msgspec.Struct, frozen=True):
     state: JobState
     created: float
     updated: float
+    # Why the job failed, in words a client can act on.
+    error: str | None = None
+    # Per-plugin (or per-stage) results, keyed by name.
+    results: dict[str, object] = {}
 
 
 # A manifest entry: raw 32-byte BLAKE3 then the chunk length, big-endian.

@@ -7,9 +7,11 @@ so it is durable when the call returns.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,18 +25,21 @@ from . import records
 from .errors import (
     ChecksumMismatch,
     ChunkConflict,
+    ChunkHashMismatch,
     ChunkOutOfRange,
     IncompleteUpload,
+    InvalidLayout,
     SessionNotOpen,
     StorageError,
     TooLarge,
     UnknownFile,
+    UnknownJob,
     UnknownSession,
     WrongChunkSize,
 )
 from .index import DEFAULT_MAP_SIZE, Index
 from .materialize import materialize, safe_filename
-from .objects import ObjectStore, PutResult
+from .objects import ObjectStore, PutResult, is_hash
 from .reader import ManifestReader
 from .records import (
     DEFAULT_TENANT,
@@ -111,7 +116,8 @@ class Store:
             map_size=map_size,
             group_commit=group_commit,
         )
-        self._recover()
+        self._locks_guard = threading.Lock()
+        self._completion_locks: dict[str, tuple[threading.Lock, int]] = {}
 
     def close(self) -> None:
         self.index.close()
@@ -133,11 +139,25 @@ class Store:
         tenant: str = DEFAULT_TENANT,
         sha256: str | None = None,
         metadata: dict[str, object] | None = None,
+        chunks: list[tuple[str, int]] | None = None,
+        min_chunk_size: int = 1,
+        max_chunk_size: int | None = None,
     ) -> Session:
+        """Open an upload session.
+
+        Without `chunks` the layout is fixed: `chunk_size` bytes per chunk, the
+        last one shorter. With `chunks` — the client's list of (BLAKE3, length)
+        — the layout is that list; every chunk but the last must be within
+        `min_chunk_size..max_chunk_size`. Chunks of the list that the store
+        already holds are attached at once, in the same transaction, so the
+        client never sends them (see `missing`).
+        """
         if size < 0:
             raise TooLarge("size must not be negative")
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
+        if chunks is not None:
+            self._check_layout(size, chunks, min_chunk_size, max_chunk_size or size or 1)
         now = self.clock()
         session = Session(
             id=new_id(),
@@ -145,16 +165,65 @@ class Store:
             filename=filename,
             size=size,
             chunk_size=chunk_size,
-            total_chunks=-(-size // chunk_size),
+            total_chunks=len(chunks) if chunks is not None else -(-size // chunk_size),
             state=SessionState.OPEN,
             created=now,
             updated=now,
             expires=now + self.session_ttl,
+            declared=chunks is not None,
             sha256=sha256.lower() if sha256 else None,
             metadata=metadata or {},
         )
-        self.index.write(lambda txn: self.index.put(txn, "sessions", session.id.encode(), session))
-        return session
+
+        def op(txn: lmdb.Transaction) -> Session:
+            nonlocal session
+            if chunks is not None:
+                declared = self.index.db["declared"]
+                attached = attached_bytes = 0
+                for i, (digest, length) in enumerate(chunks):
+                    key = _part_key(session.id, i)
+                    txn.put(key, records.pack_entry(digest, length), db=declared)
+                    if self._live_chunk(txn, digest, length):
+                        self._add_ref(txn, digest, length)
+                        txn.put(key, records.pack_entry(digest, length), db=self.index.db["parts"])
+                        attached += 1
+                        attached_bytes += length
+                session = msgspec.structs.replace(
+                    session, received_chunks=attached, received_bytes=attached_bytes
+                )
+            self.index.put(txn, "sessions", session.id.encode(), session)
+            return session
+
+        return self.index.write(op)
+
+    @staticmethod
+    def _check_layout(
+        size: int, chunks: list[tuple[str, int]], min_size: int, max_size: int
+    ) -> None:
+        total = 0
+        for i, (digest, length) in enumerate(chunks):
+            if not is_hash(digest):
+                raise InvalidLayout(f"chunk {i}: {digest!r} is not a lowercase BLAKE3 hex digest")
+            last = i == len(chunks) - 1
+            if not (1 if last else min_size) <= length <= max_size:
+                raise InvalidLayout(
+                    f"chunk {i} is {length} bytes; chunks must be {min_size}..{max_size} bytes "
+                    "(the last one 1.."
+                    f"{max_size})",
+                    index=i,
+                )
+            total += length
+        if total != size:
+            raise InvalidLayout(f"the chunk sizes add up to {total}, not the upload size {size}")
+
+    def _live_chunk(self, txn: lmdb.Transaction, digest: str, length: int) -> bool:
+        """Whether the store holds this chunk and can attach it without its bytes."""
+        chunk = self.index.get(txn, "chunks", bytes.fromhex(digest), ChunkRecord)
+        if chunk is None or chunk.size != length:
+            return False
+        # An unreferenced chunk may be collected at any moment after its grace
+        # period; it is live only while its object is still on disk.
+        return chunk.refs > 0 or self.objects.exists(digest)
 
     def session(self, session_id: str, tenant: str = DEFAULT_TENANT) -> Session:
         with self.index.reader() as txn:
@@ -180,28 +249,71 @@ class Store:
                     out[int.from_bytes(key[len(prefix) :], "big")] = records.unpack_entry(value)
         return out
 
-    @staticmethod
-    def expected_length(session: Session, index: int) -> int:
+    def missing(self, session_id: str, tenant: str = DEFAULT_TENANT) -> list[int]:
+        """Indices whose bytes the client still has to send.
+
+        For a declared layout, an index is not missing when its chunk is
+        already in the store (it is attached at completion), and of several
+        indices with the same unknown chunk only the first is listed.
+        """
+        with self.index.reader() as txn:
+            session = self._session(txn, session_id, tenant)
+            present = self._present(txn, session_id)
+            if not session.declared:
+                return [i for i in range(session.total_chunks) if i not in present]
+            out: list[int] = []
+            wanted: set[str] = set()
+            for i, (digest, length) in self._declared(txn, session_id):
+                if i in present or digest in wanted:
+                    continue
+                if not self._live_chunk(txn, digest, length):
+                    wanted.add(digest)
+                    out.append(i)
+            return out
+
+    def expected_chunk(
+        self, session_id: str, index: int, tenant: str = DEFAULT_TENANT
+    ) -> tuple[str | None, int]:
+        """(declared BLAKE3 or None, length) of chunk `index`; refuses what cannot fit."""
+        with self.index.reader() as txn:
+            session = self._session(txn, session_id, tenant)
+            return self._expected(txn, session, index)
+
+    def _expected(
+        self, txn: lmdb.Transaction, session: Session, index: int
+    ) -> tuple[str | None, int]:
+        if session.state != SessionState.OPEN:
+            raise SessionNotOpen(f"upload {session.id} is {session.state}", state=session.state)
         if not 0 <= index < session.total_chunks:
             raise ChunkOutOfRange(
                 f"chunk index {index} is outside 0..{session.total_chunks - 1}",
                 total_chunks=session.total_chunks,
             )
+        if session.declared:
+            raw = txn.get(_part_key(session.id, index), db=self.index.db["declared"])
+            if raw is None:
+                raise StorageError(f"declared chunk {index} of {session.id} is missing")
+            return records.unpack_entry(raw)
         if index < session.total_chunks - 1:
-            return session.chunk_size
-        return session.size - session.chunk_size * (session.total_chunks - 1)
+            return None, session.chunk_size
+        return None, session.size - session.chunk_size * (session.total_chunks - 1)
 
     def check_chunk(self, session: Session, index: int, length: int) -> None:
         """Refuse a chunk before its bytes are stored, when that is already clear."""
-        if session.state != SessionState.OPEN:
-            raise SessionNotOpen(f"upload {session.id} is {session.state}", state=session.state)
-        expected = self.expected_length(session, index)
+        with self.index.reader() as txn:
+            self._check_length(txn, session, index, length)
+
+    def _check_length(
+        self, txn: lmdb.Transaction, session: Session, index: int, length: int
+    ) -> str | None:
+        digest, expected = self._expected(txn, session, index)
         if length != expected:
             raise WrongChunkSize(
                 f"chunk {index} must be {expected} bytes, got {length}",
                 expected=expected,
                 actual=length,
             )
+        return digest
 
     def put_chunk(
         self,
@@ -221,7 +333,13 @@ class Store:
 
         def op(txn: lmdb.Transaction) -> ChunkAck:
             session = self._session(txn, session_id, tenant)
-            self.check_chunk(session, index, put.size)
+            declared = self._check_length(txn, session, index, put.size)
+            if declared is not None and declared != put.hash:
+                raise ChunkHashMismatch(
+                    f"chunk {index} hashes to {put.hash}, not the declared {declared}",
+                    expected=declared,
+                    actual=put.hash,
+                )
             key = _part_key(session_id, index)
             existing = txn.get(key, db=self.index.db["parts"])
             if existing is not None:
@@ -256,96 +374,183 @@ class Store:
     ) -> Completion:
         """Verify a session's chunks, record the file and queue its job.
 
-        Idempotent: completing a completed session returns the same result.
+        `begin_completion` then `finish_completion`, in one call. Idempotent:
+        completing a completed session returns the same result.
+        """
+        self.begin_completion(session_id, tenant)
+        return self.finish_completion(session_id, metadata)
+
+    def begin_completion(self, session_id: str, tenant: str = DEFAULT_TENANT) -> Session:
+        """Check that every chunk is there and move the session to `completing`.
+
+        Quick: no bytes are read. Creates the session's job (state `queued`).
+        Chunks of a declared layout that the store holds by now (another index
+        of the same upload brought them) are attached here.
         """
 
-        def begin(txn: lmdb.Transaction) -> Session:
+        def op(txn: lmdb.Transaction) -> Session:
             session = self._session(txn, session_id, tenant)
-            if session.state == SessionState.COMPLETED:
+            if session.state in (SessionState.COMPLETING, SessionState.COMPLETED):
                 return session
             if session.state != SessionState.OPEN:
                 raise SessionNotOpen(f"upload {session_id} is {session.state}", state=session.state)
+            if session.received_chunks != session.total_chunks and session.declared:
+                session = self._attach_known(txn, session)
             if session.received_chunks != session.total_chunks:
-                missing = self._missing(txn, session)
+                present = self._present(txn, session_id)
+                missing = [i for i in range(session.total_chunks) if i not in present]
                 raise IncompleteUpload(
                     f"{len(missing)} of {session.total_chunks} chunks are missing",
                     missing=missing,
                 )
+            now = self.clock()
             session = msgspec.structs.replace(
                 session,
                 state=SessionState.COMPLETING,
                 file_id=session.file_id or new_id(),
                 job_id=session.job_id or new_id(),
-                updated=self.clock(),
+                updated=now,
             )
             self.index.put(txn, "sessions", session_id.encode(), session)
+            job = Job(
+                id=session.job_id,
+                tenant=session.tenant,
+                session_id=session.id,
+                file_id=session.file_id,
+                state=JobState.QUEUED,
+                created=now,
+                updated=now,
+            )
+            self.index.put(txn, "jobs", job.id.encode(), job)
             return session
 
-        session = self.index.write(begin)
-        if session.state == SessionState.COMPLETED:
-            return self._completion(session)
+        return self.index.write(op)
+
+    def _attach_known(self, txn: lmdb.Transaction, session: Session) -> Session:
+        present = self._present(txn, session.id)
+        added = added_bytes = 0
+        for i, (digest, length) in self._declared(txn, session.id):
+            if i not in present and self._live_chunk(txn, digest, length):
+                self._add_ref(txn, digest, length)
+                txn.put(
+                    _part_key(session.id, i),
+                    records.pack_entry(digest, length),
+                    db=self.index.db["parts"],
+                )
+                added += 1
+                added_bytes += length
+        return msgspec.structs.replace(
+            session,
+            received_chunks=session.received_chunks + added,
+            received_bytes=session.received_bytes + added_bytes,
+        )
+
+    def finish_completion(
+        self, session_id: str, metadata: dict[str, object] | None = None
+    ) -> Completion:
+        """Hash the content, check the declared sha256, materialise, record the file.
+
+        Runs on a `completing` session (after `begin_completion`, or after a
+        crash interrupted an earlier call). A sha256 mismatch rejects the
+        session and fails its job; any other failure puts the session back to
+        `open` so that completion can be retried.
+        """
+        with self._completion_lock(session_id):
+            session = self._session_any(session_id)
+            if session.state == SessionState.COMPLETED:
+                return self._completion(session)
+            if session.state != SessionState.COMPLETING:
+                raise SessionNotOpen(f"upload {session_id} is {session.state}", state=session.state)
+            try:
+                received = self.received(session_id)
+                entries = [received[i] for i in range(session.total_chunks)]
+                if sum(n for _, n in entries) != session.size:
+                    raise StorageError(f"manifest of {session_id} does not add up to its size")
+                digest, sha256 = self._hash(entries, with_sha256=session.sha256 is not None)
+                if session.sha256 is not None and sha256 != session.sha256:
+                    reason = f"content sha256 is {sha256}, the upload declared {session.sha256}"
+                    self._end_session(session_id, SessionState.REJECTED, reason)
+                    self.update_job(session.job_id, JobState.FAILED, error=reason)
+                    raise ChecksumMismatch(reason, expected=session.sha256, actual=sha256)
+                path = None
+                if self.materialize_mode == "copy":
+                    path = str(self._materialize(session, entries))
+            except ChecksumMismatch:
+                raise
+            except BaseException:
+                self.index.write(lambda txn: self._reopen(txn, session_id))
+                raise
+
+            now = self.clock()
+            file = FileRecord(
+                id=session.file_id,
+                tenant=session.tenant,
+                session_id=session.id,
+                filename=session.filename,
+                size=session.size,
+                blake3=digest,
+                chunk_count=len(entries),
+                created=now,
+                sha256=sha256,
+                path=path,
+                metadata={**session.metadata, **(metadata or {})},
+            )
+
+            def finish(txn: lmdb.Transaction) -> Session:
+                # The session's references to its chunks pass to the file as they are.
+                self.index.put(txn, "files", file.id.encode(), file)
+                txn.put(
+                    file.id.encode(), records.pack_manifest(entries), db=self.index.db["manifests"]
+                )
+                self._delete_parts(txn, session_id)
+                done = msgspec.structs.replace(session, state=SessionState.COMPLETED, updated=now)
+                self.index.put(txn, "sessions", session_id.encode(), done)
+                return done
+
+            return Completion(self.index.write(finish), file, self.job(session.job_id))
+
+    @contextlib.contextmanager
+    def _completion_lock(self, session_id: str):
+        # Two callers finishing the same session (a retried request, the job
+        # runner) must not both hash and record it; the second waits and
+        # then finds it completed. Entries live only while someone holds them.
+        with self._locks_guard:
+            lock, users = self._completion_locks.get(session_id, (threading.Lock(), 0))
+            self._completion_locks[session_id] = (lock, users + 1)
         try:
-            received = self.received(session_id)
-            entries = [received[i] for i in range(session.total_chunks)]
-            if sum(n for _, n in entries) != session.size:
-                raise StorageError(f"manifest of {session_id} does not add up to its size")
-            digest, sha256 = self._hash(entries, with_sha256=session.sha256 is not None)
-            if session.sha256 is not None and sha256 != session.sha256:
-                reason = f"content sha256 is {sha256}, the upload declared {session.sha256}"
-                self._end_session(session_id, SessionState.REJECTED, reason)
-                raise ChecksumMismatch(reason, expected=session.sha256, actual=sha256)
-            path = None
-            if self.materialize_mode == "copy":
-                path = str(self._materialize(session, entries))
-        except ChecksumMismatch:
-            raise
-        except BaseException:
-            self.index.write(lambda txn: self._reopen(txn, session_id))
-            raise
+            with lock:
+                yield
+        finally:
+            with self._locks_guard:
+                lock, users = self._completion_locks[session_id]
+                if users == 1:
+                    del self._completion_locks[session_id]
+                else:
+                    self._completion_locks[session_id] = (lock, users - 1)
 
-        now = self.clock()
-        file = FileRecord(
-            id=session.file_id,
-            tenant=session.tenant,
-            session_id=session.id,
-            filename=session.filename,
-            size=session.size,
-            blake3=digest,
-            chunk_count=len(entries),
-            created=now,
-            sha256=sha256,
-            path=path,
-            metadata={**session.metadata, **(metadata or {})},
-        )
-        job = Job(
-            id=session.job_id,
-            tenant=session.tenant,
-            session_id=session.id,
-            file_id=file.id,
-            state=JobState.QUEUED,
-            created=now,
-            updated=now,
-        )
+    def _session_any(self, session_id: str) -> Session:
+        with self.index.reader() as txn:
+            session = self.index.get(txn, "sessions", session_id.encode(), Session)
+        if session is None:
+            raise UnknownSession(f"no upload with id {session_id!r}")
+        return session
 
-        def finish(txn: lmdb.Transaction) -> Session:
-            # The session's references to its chunks pass to the file as they are.
-            self.index.put(txn, "files", file.id.encode(), file)
-            txn.put(file.id.encode(), records.pack_manifest(entries), db=self.index.db["manifests"])
-            self.index.put(txn, "jobs", job.id.encode(), job)
-            self._delete_parts(txn, session_id)
-            done = msgspec.structs.replace(session, state=SessionState.COMPLETED, updated=now)
-            self.index.put(txn, "sessions", session_id.encode(), done)
-            return done
-
-        return Completion(self.index.write(finish), file, job)
+    def completing_sessions(self) -> list[str]:
+        """Sessions whose completion was accepted but not finished (e.g. by a crash)."""
+        with self.index.reader() as txn:
+            return [
+                s.id
+                for _, raw in txn.cursor(db=self.index.db["sessions"])
+                if (s := records.decode(Session, raw)).state == SessionState.COMPLETING
+            ]
 
     def _completion(self, session: Session) -> Completion:
         return Completion(
             session, self.file(session.file_id, session.tenant), self.job(session.job_id)
         )
 
-    def _missing(self, txn: lmdb.Transaction, session: Session) -> list[int]:
-        prefix = _part_prefix(session.id)
+    def _present(self, txn: lmdb.Transaction, session_id: str) -> set[int]:
+        prefix = _part_prefix(session_id)
         present = set()
         cursor = txn.cursor(db=self.index.db["parts"])
         if cursor.set_range(prefix):
@@ -353,7 +558,16 @@ class Store:
                 if not key.startswith(prefix):
                     break
                 present.add(int.from_bytes(key[len(prefix) :], "big"))
-        return [i for i in range(session.total_chunks) if i not in present]
+        return present
+
+    def _declared(self, txn: lmdb.Transaction, session_id: str):
+        prefix = _part_prefix(session_id)
+        cursor = txn.cursor(db=self.index.db["declared"])
+        if cursor.set_range(prefix):
+            for key, value in cursor:
+                if not key.startswith(prefix):
+                    break
+                yield int.from_bytes(key[len(prefix) :], "big"), records.unpack_entry(value)
 
     def _hash(self, entries: list[tuple[str, int]], *, with_sha256: bool) -> tuple[str, str | None]:
         whole = blake3.blake3(max_threads=blake3.blake3.AUTO)
@@ -378,17 +592,6 @@ class Store:
         if session is not None and session.state == SessionState.COMPLETING:
             session = msgspec.structs.replace(session, state=SessionState.OPEN)
             self.index.put(txn, "sessions", session_id.encode(), session)
-
-    def _recover(self) -> None:
-        """Sessions caught mid-completion by a crash go back to open."""
-        with self.index.reader() as txn:
-            stuck = [
-                s.id
-                for _, raw in txn.cursor(db=self.index.db["sessions"])
-                if (s := records.decode(Session, raw)).state == SessionState.COMPLETING
-            ]
-        for session_id in stuck:
-            self.index.write(lambda txn, sid=session_id: self._reopen(txn, sid))
 
     # -- ending sessions, references and garbage ---------------------------
 
@@ -511,19 +714,26 @@ class Store:
         self.index.put(txn, "chunks", key, chunk)
 
     def _delete_parts(self, txn: lmdb.Transaction, session_id: str, release: bool = False) -> None:
+        """Drop a session's attached and declared chunk lists, optionally releasing refs."""
         prefix = _part_prefix(session_id)
-        db = self.index.db["parts"]
+        for digest in self._delete_prefix(txn, "parts", prefix):
+            if release:
+                self._release_ref(txn, digest)
+        self._delete_prefix(txn, "declared", prefix)
+
+    def _delete_prefix(self, txn: lmdb.Transaction, db_name: str, prefix: bytes) -> list[str]:
+        db = self.index.db[db_name]
         cursor = txn.cursor(db=db)
-        keys = []
+        keys, digests = [], []
         if cursor.set_range(prefix):
             for key, value in cursor:
                 if not key.startswith(prefix):
                     break
                 keys.append(key)
-                if release:
-                    self._release_ref(txn, records.unpack_entry(value)[0])
+                digests.append(records.unpack_entry(value)[0])
         for key in keys:
             txn.delete(key, db=db)
+        return digests
 
     # -- files and jobs ---------------------------------------------------
 
@@ -545,9 +755,91 @@ class Store:
         self.file(file_id, tenant)
         return ManifestReader(self.objects, self.manifest(file_id))
 
-    def job(self, job_id: str) -> Job:
+    def files(
+        self,
+        tenant: str = DEFAULT_TENANT,
+        *,
+        prefix: str = "",
+        after: str = "",
+        limit: int = 100,
+    ) -> list[FileRecord]:
+        """A tenant's files in id order, those after `after`, names starting with `prefix`.
+
+        A scan of the files database: fine for thousands of files; a name
+        index is the next step if tenants keep millions.
+        """
+        out: list[FileRecord] = []
+        with self.index.reader() as txn:
+            cursor = txn.cursor(db=self.index.db["files"])
+            start = after.encode() + b"\0" if after else b""
+            if not cursor.set_range(start):
+                return out
+            for _, raw in cursor:
+                file = records.decode(FileRecord, raw)
+                if file.tenant == tenant and file.filename.startswith(prefix):
+                    out.append(file)
+                    if len(out) >= limit:
+                        break
+        return out
+
+    def delete_file(self, file_id: str, tenant: str = DEFAULT_TENANT) -> FileRecord:
+        """Forget a file; its chunks are released, and collected once nothing uses them."""
+
+        def op(txn: lmdb.Transaction) -> FileRecord:
+            file = self.index.get(txn, "files", file_id.encode(), FileRecord)
+            if file is None or file.tenant != tenant:
+                raise UnknownFile(f"no file with id {file_id!r}")
+            raw = txn.pop(file_id.encode(), db=self.index.db["manifests"]) or b""
+            for digest, _ in records.unpack_manifest(raw):
+                self._release_ref(txn, digest)
+            txn.delete(file_id.encode(), db=self.index.db["files"])
+            return file
+
+        file = self.index.write(op)
+        if file.path:
+            # The materialised copy is derived data; remove it and its folder.
+            with contextlib.suppress(OSError):
+                os.unlink(file.path)
+                os.rmdir(os.path.dirname(file.path))
+        return file
+
+    def job(self, job_id: str, tenant: str | None = None) -> Job:
+        """A job by id; with `tenant`, another tenant's job is reported as unknown."""
         with self.index.reader() as txn:
             job = self.index.get(txn, "jobs", job_id.encode(), Job)
-        if job is None:
-            raise StorageError(f"job {job_id} is missing from the index")
+        if job is None or (tenant is not None and job.tenant != tenant):
+            raise UnknownJob(f"no job with id {job_id!r}")
         return job
+
+    def update_job(
+        self,
+        job_id: str,
+        state: JobState,
+        *,
+        error: str | None = None,
+        results: dict[str, object] | None = None,
+    ) -> Job:
+        def op(txn: lmdb.Transaction) -> Job:
+            job = self.index.get(txn, "jobs", job_id.encode(), Job)
+            if job is None:
+                raise UnknownJob(f"no job with id {job_id!r}")
+            job = msgspec.structs.replace(
+                job,
+                state=state,
+                error=error,
+                results=job.results if results is None else results,
+                updated=self.clock(),
+            )
+            self.index.put(txn, "jobs", job_id.encode(), job)
+            return job
+
+        return self.index.write(op)
+
+    def unfinished_jobs(self) -> list[Job]:
+        """Jobs queued or running, e.g. when a crash interrupted them."""
+        with self.index.reader() as txn:
+            return [
+                job
+                for _, raw in txn.cursor(db=self.index.db["jobs"])
+                if (job := records.decode(Job, raw)).state in (JobState.QUEUED, JobState.RUNNING)
+            ]

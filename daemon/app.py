@@ -11,8 +11,9 @@ from ingestd.cas.records import FORMAT_VERSION
 from quart_schema import Info, QuartSchema
 from quart_trio import QuartTrio
 
-from . import problems, seed_api
+from . import problems, seed_api, v1_api
 from .config import Config
+from .jobs import JobRunner
 from .runtime import Runtime, runtime
 
 log = logging.getLogger("ingestd")
@@ -45,22 +46,24 @@ def create_app(config: Config, store: cas.Store | None = None) -> QuartTrio:
         conversion_preference="msgspec",
     )
     rt = Runtime(config, store)
+    rt.jobs = JobRunner(rt)
     app.extensions["ingestd"] = rt
+    background = trio.CancelScope()
 
     @app.before_serving
     async def _open() -> None:
         await rt.run(rt.open)
-        app.nursery.start_soon(_maintain)
+        app.nursery.start_soon(_background)
 
-    maintenance = trio.CancelScope()
-
-    async def _maintain() -> None:
-        with maintenance:
-            await rt.maintain()
+    async def _background() -> None:
+        with background:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(rt.maintain)
+                nursery.start_soon(rt.jobs.run)
 
     @app.after_serving
     async def _close() -> None:
-        maintenance.cancel()
+        background.cancel()
         await rt.run(rt.close)
 
     @app.get("/healthz")
@@ -69,5 +72,6 @@ def create_app(config: Config, store: cas.Store | None = None) -> QuartTrio:
         return Health(status="ok" if runtime().store else "starting", formatVersion=FORMAT_VERSION)
 
     app.register_blueprint(seed_api.bp)
+    app.register_blueprint(v1_api.bp)
     problems.register(app)
     return app

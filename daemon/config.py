@@ -46,6 +46,11 @@ class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     gc_grace: Seconds = 3600.0
     # How often expiry and garbage collection run.
     maintenance_interval: Seconds = 60.0
+    # Bounds for variable-length (content-defined) chunks a client declares
+    # in /v1; clients cut files with FastCDC at these sizes.
+    cdc_min_size: PositiveSize = 256 << 10
+    cdc_avg_size: PositiveSize = 1 << 20
+    cdc_max_size: PositiveSize = 4 << 20
 
 
 class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -69,7 +74,6 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         return self.data_dir / "completed"
 
 
-SIZE_KEYS = {("storage", "chunk_size"), ("limits", "max_file_size"), ("limits", "max_chunk_size")}
 SEED_ENV = {
     "UPLOADS_DIR": ("storage", "data_dir"),
     "COMPLETED_DIR": ("storage", "completed_dir"),
@@ -100,6 +104,16 @@ def parse_size(value: str) -> int:
     if not match or unit is None:
         raise ValueError(f'{value!r} is not a size (examples: 1048576, "1 MiB", "64MiB")')
     return int(float(match.group(1)) * unit)
+
+
+def _size_keys() -> list[tuple[str, str]]:
+    """Keys typed as sizes accept strings such as "64 MiB"."""
+    return [
+        (section, f.name)
+        for section, struct in _sections().items()
+        for f in msgspec.structs.fields(struct)
+        if f.type == PositiveSize
+    ]
 
 
 def _sections() -> dict[str, type[msgspec.Struct]]:
@@ -151,7 +165,7 @@ def load_config(
         if value is not None:
             set_key(section, key, value, "command line")
 
-    for section, key in SIZE_KEYS:
+    for section, key in _size_keys():
         value = raw.get(section, {}).get(key)
         if isinstance(value, str):
             try:
@@ -180,6 +194,17 @@ def _check(config: Config) -> None:
     if config.storage.chunk_size > config.limits.max_chunk_size:
         raise ConfigError(
             f"invalid config storage.chunk_size: {config.storage.chunk_size} is larger than "
+            f"limits.max_chunk_size ({config.limits.max_chunk_size})"
+        )
+    s = config.storage
+    if not s.cdc_min_size <= s.cdc_avg_size <= s.cdc_max_size:
+        raise ConfigError(
+            "invalid config storage.cdc_avg_size: need cdc_min_size <= cdc_avg_size <= "
+            f"cdc_max_size, got {s.cdc_min_size}, {s.cdc_avg_size}, {s.cdc_max_size}"
+        )
+    if s.cdc_max_size > config.limits.max_chunk_size:
+        raise ConfigError(
+            f"invalid config storage.cdc_max_size: {s.cdc_max_size} is larger than "
             f"limits.max_chunk_size ({config.limits.max_chunk_size})"
         )
     if not is_loopback(config.server.host):

@@ -18,6 +18,8 @@ PROBLEM_JSON = "application/problem+json"
 CLIENT_STATUS: dict[type[cas.ClientError], int] = {
     cas.UnknownSession: 404,
     cas.UnknownFile: 404,
+    cas.UnknownJob: 404,
+    cas.InvalidLayout: 400,
     cas.ChunkOutOfRange: 400,
     cas.WrongChunkSize: 400,
     cas.ChunkConflict: 409,
@@ -31,11 +33,20 @@ CLIENT_STATUS: dict[type[cas.ClientError], int] = {
 class ApiError(Exception):
     """A client error found by the HTTP layer itself (malformed request, …)."""
 
-    def __init__(self, status: int, code: str, detail: str, **extra: object) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        *,
+        headers: dict[str, str] | None = None,
+        **extra: object,
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.code = code
         self.detail = detail
+        self.headers = headers or {}
         self.extra = extra
 
 
@@ -62,7 +73,9 @@ def _http_code(exc: HTTPException) -> str:
 def register(app: Quart) -> None:
     @app.errorhandler(ApiError)
     async def _api_error(exc: ApiError) -> Response:
-        return problem(exc.status, exc.code, exc.detail, **exc.extra)
+        response = problem(exc.status, exc.code, exc.detail, **exc.extra)
+        response.headers.update(exc.headers)
+        return response
 
     @app.errorhandler(cas.ClientError)
     async def _client_error(exc: cas.ClientError) -> Response:

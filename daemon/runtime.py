@@ -24,6 +24,7 @@ class Runtime:
         self._owns_store = store is None
         # Store calls block on disk and on group commits; bound the threads.
         self.limiter = trio.CapacityLimiter(64)
+        self.jobs: Any = None  # the app's JobRunner (daemon/jobs.py imports this module)
 
     def open(self) -> None:
         if self.store is None:

@@ -188,6 +188,7 @@ async def complete(upload_id: str) -> CompleteResponse:
     session = await rt.run(rt.store.session, upload_id)
     kind = file_type(session.filename)
     done = await rt.run(rt.store.complete, upload_id, metadata={"fileType": kind})
+    rt.jobs.submit(done.job.id)
     file = done.file
     return CompleteResponse(
         success=True,

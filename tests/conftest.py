@@ -11,6 +11,11 @@ def make_config(tmp_path):
         base = {
             "INGESTD_STORAGE_DATA_DIR": str(tmp_path / "data"),
             "INGESTD_STORAGE_DURABILITY": "none",
+            # Small chunks keep API tests fast and multi-chunk.
+            "INGESTD_STORAGE_CHUNK_SIZE": "1024",
+            "INGESTD_STORAGE_CDC_MIN_SIZE": "256",
+            "INGESTD_STORAGE_CDC_AVG_SIZE": "1024",
+            "INGESTD_STORAGE_CDC_MAX_SIZE": "2048",
         }
         return load_config(None, environ={**base, **env})
 
@@ -19,7 +24,7 @@ def make_config(tmp_path):
 
 @pytest.fixture
 async def app(make_config):
-    app = create_app(make_config(INGESTD_STORAGE_CHUNK_SIZE="1024"))
+    app = create_app(make_config())
     async with app.test_app() as test_app:
         yield test_app
 

@@ -8,12 +8,16 @@ import pytest
 from ingestd.cas import (
     ChecksumMismatch,
     ChunkConflict,
+    ChunkHashMismatch,
     ChunkOutOfRange,
     IncompleteUpload,
+    InvalidLayout,
+    JobState,
     ManifestReader,
     SessionNotOpen,
     SessionState,
     Store,
+    UnknownFile,
     UnknownSession,
     WrongChunkSize,
     safe_filename,
@@ -174,6 +178,112 @@ def test_crash_mid_completion_reopens_session(tmp_path, clock):
         assert store.session(s.id).state == SessionState.OPEN
     with Store(tmp_path, durability="none", clock=clock) as store:
         assert store.complete(s.id).file.size == 2500
+
+
+def test_crash_after_completion_began_is_finished_on_restart(tmp_path, clock):
+    data = os.urandom(2500)
+    with Store(tmp_path, durability="none", clock=clock) as store:
+        s = upload(store, data)
+        begun = store.begin_completion(s.id)
+        assert begun.state == SessionState.COMPLETING
+        assert store.job(begun.job_id).state == JobState.QUEUED
+    # The process died here; the next one finds the session and finishes it.
+    with Store(tmp_path, durability="none", clock=clock) as store:
+        assert store.completing_sessions() == [s.id]
+        done = store.finish_completion(s.id)
+        assert done.file.blake3 == blake3.blake3(data).hexdigest()
+        assert store.completing_sessions() == []
+
+
+def layout(data: bytes, sizes: list[int]) -> list[tuple[str, int]]:
+    out, offset = [], 0
+    for n in sizes:
+        out.append((blake3.blake3(data[offset : offset + n]).hexdigest(), n))
+        offset += n
+    return out
+
+
+def declare(store, data, sizes, **kw):
+    return store.create_session(
+        filename="d.bin",
+        size=len(data),
+        chunk_size=CHUNK,
+        chunks=layout(data, sizes),
+        min_chunk_size=100,
+        max_chunk_size=4000,
+        **kw,
+    )
+
+
+def test_declared_layout_attaches_known_chunks_and_lists_the_rest(store):
+    data = os.urandom(3000)
+    sizes = [1200, 300, 1500]
+    first = declare(store, data, sizes)
+    assert store.missing(first.id) == [0, 1, 2]
+    assert store.put_chunk(first.id, 1, data[1200:1500]).stored
+    assert store.missing(first.id) == [0, 2]
+    # A second upload sharing chunk 1 gets it attached without bytes.
+    other = os.urandom(500) + data[1200:1500]
+    second = declare(store, other, [500, 300])
+    assert second.received_chunks == 1 and store.missing(second.id) == [0]
+    store.put_chunk(second.id, 0, other[:500])
+    with store.open_file(store.complete(second.id).file.id) as reader:
+        assert reader.read() == other
+
+
+def test_declared_layout_rejects_wrong_hashes_and_bad_lists(store):
+    data = os.urandom(2000)
+    s = declare(store, data, [1000, 1000])
+    with pytest.raises(ChunkHashMismatch):
+        store.put_chunk(s.id, 0, data[1000:])  # right size, wrong bytes
+    with pytest.raises(WrongChunkSize):
+        store.put_chunk(s.id, 0, data[:999])
+    assert store.received(s.id) == {}
+    with pytest.raises(InvalidLayout):
+        declare(store, data, [1000, 900])  # does not add up
+    with pytest.raises(InvalidLayout):
+        declare(store, data, [50, 1950])  # first chunk under the minimum
+    with pytest.raises(InvalidLayout):
+        store.create_session(filename="x", size=1, chunk_size=CHUNK, chunks=[("XYZ", 1)])
+
+
+def test_repeated_chunk_is_sent_once_and_filled_at_completion(store):
+    block = os.urandom(1000)
+    data = block + os.urandom(1000) + block
+    s = declare(store, data, [1000, 1000, 1000])
+    assert store.missing(s.id) == [0, 1]  # index 2 repeats index 0
+    store.put_chunk(s.id, 0, block)
+    store.put_chunk(s.id, 1, data[1000:2000])
+    assert store.missing(s.id) == []
+    done = store.complete(s.id)
+    with store.open_file(done.file.id) as reader:
+        assert reader.read() == data
+
+
+def test_delete_file_keeps_chunks_another_file_uses(store, clock):
+    shared = os.urandom(CHUNK)
+    a = store.complete(upload(store, shared + os.urandom(CHUNK)).id).file
+    b = store.complete(upload(store, shared).id).file
+    assert [f.id for f in store.files()] == sorted([a.id, b.id])
+    store.delete_file(a.id)
+    with pytest.raises(UnknownFile):
+        store.file(a.id)
+    assert a.path and not os.path.exists(a.path)
+    clock.now += 10
+    assert store.collect_garbage(grace=5) == (1, CHUNK)
+    with store.open_file(b.id) as reader:
+        assert reader.read() == shared
+
+
+def test_files_are_listed_by_prefix_and_paged(store):
+    ids = {store.complete(upload(store, os.urandom(10), name=f"{n}.csv").id).file.id for n in "abc"}
+    store.complete(upload(store, os.urandom(10), name="zz.json").id)
+    assert {f.filename for f in store.files(prefix="zz")} == {"zz.json"}
+    first = store.files(limit=2)
+    rest = store.files(after=first[-1].id, limit=10)
+    assert len(first) == 2 and len(rest) == 2
+    assert ids <= {f.id for f in first + rest}
+    assert store.files(tenant="other-team") == []
 
 
 def test_empty_file(store):

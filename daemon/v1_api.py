@@ -1,0 +1,543 @@
+"""The native API (`/v1`): dedup-aware uploads, asynchronous completion, files.
+
+A client may declare its chunk list (BLAKE3 and length of each chunk) when it
+creates an upload; chunks the store already has are attached at once and only
+the others are asked for. Chunks are raw `PUT` bodies, streamed to disk.
+See docs/api-v1.md for the whole contract.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+from urllib.parse import quote
+
+import msgspec
+import trio
+from ingestd import cas
+from quart import Blueprint, Response, request
+from quart_schema import (
+    document_headers,
+    document_querystring,
+    document_response,
+    validate_querystring,
+    validate_request,
+)
+
+from .problems import ApiError
+from .runtime import Runtime, runtime
+
+bp = Blueprint("v1", __name__, url_prefix="/v1")
+
+TENANT = cas.DEFAULT_TENANT  # until tokens bind requests to tenants
+FLUSH_BYTES = 1 << 20  # a chunk body is handed to the writer thread in pieces this big
+READ_BYTES = 1 << 20
+MAX_WAIT = 60.0
+
+HashHex = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
+Sha256Hex = Annotated[str, msgspec.Meta(pattern="^[0-9a-fA-F]{64}$")]
+
+
+class Problem(msgspec.Struct):
+    type: str
+    title: str
+    status: int
+    code: str
+    detail: str
+
+
+class Chunking(msgspec.Struct):
+    fixed_size: int
+    min_size: int
+    avg_size: int
+    max_size: int
+
+
+class Info(msgspec.Struct):
+    version: str
+    chunking: Chunking
+    max_file_size: int
+    max_chunk_size: int
+
+
+class ChunkSpec(msgspec.Struct):
+    hash: HashHex
+    size: Annotated[int, msgspec.Meta(ge=1)]
+
+
+class CreateUpload(msgspec.Struct):
+    filename: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+    size: Annotated[int, msgspec.Meta(ge=0)]
+    sha256: Sha256Hex | None = None
+    metadata: dict[str, Any] = {}
+    chunks: list[ChunkSpec] | None = None
+
+
+class UploadCreated(msgspec.Struct):
+    id: str
+    state: str
+    size: int
+    total_chunks: int
+    chunk_size: int
+    declared: bool
+    missing: list[int]
+    expires: float
+
+
+class UploadStatus(msgspec.Struct):
+    id: str
+    filename: str
+    state: str
+    size: int
+    total_chunks: int
+    received_chunks: int
+    received_bytes: int
+    missing: list[int]
+    expires: float
+    job_id: str | None
+    file_id: str | None
+    reason: str | None
+
+
+class ChunkStored(msgspec.Struct):
+    index: int
+    hash: str
+    size: int
+    stored: bool
+    received_chunks: int
+
+
+class CompletionAccepted(msgspec.Struct):
+    job_id: str
+    upload_id: str
+    state: str
+
+
+class JobInfo(msgspec.Struct):
+    id: str
+    upload_id: str
+    file_id: str
+    state: str
+    error: str | None
+    results: dict[str, Any]
+    created: float
+    updated: float
+
+
+class WaitQuery(msgspec.Struct):
+    wait: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+
+
+class ChunkSummary(msgspec.Struct):
+    count: int
+    min_size: int
+    max_size: int
+
+
+class FileInfo(msgspec.Struct):
+    id: str
+    filename: str
+    size: int
+    blake3: str
+    sha256: str | None
+    created: float
+    metadata: dict[str, Any]
+    upload_id: str
+    path: str | None
+    chunks: ChunkSummary | None = None
+
+
+class FilesQuery(msgspec.Struct):
+    prefix: str = ""
+    after: str = ""
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
+
+
+class FileList(msgspec.Struct):
+    files: list[FileInfo]
+    next: str | None
+
+
+class ChunkHeaders(msgspec.Struct):
+    content_digest: str | None = None
+
+
+def chunking(rt: Runtime) -> Chunking:
+    s = rt.config.storage
+    return Chunking(s.chunk_size, s.cdc_min_size, s.cdc_avg_size, s.cdc_max_size)
+
+
+@bp.get("/info")
+@document_response(Info)
+async def info() -> Info:
+    """Server facts a client needs before it cuts a file: chunking and limits."""
+    rt = runtime()
+    return Info(
+        version="0.1.0",
+        chunking=chunking(rt),
+        max_file_size=rt.config.limits.max_file_size,
+        max_chunk_size=rt.config.limits.max_chunk_size,
+    )
+
+
+# -- uploads ---------------------------------------------------------------
+
+
+@bp.post("/uploads")
+@validate_request(CreateUpload)
+@document_response(UploadCreated, 201)
+@document_response(Problem, 400)
+@document_response(Problem, 413)
+async def create_upload(data: CreateUpload) -> tuple[UploadCreated, int, dict[str, str]]:
+    """Create an upload. With `chunks`, only the indices in `missing` need sending."""
+    rt = runtime()
+    limit = rt.config.limits.max_file_size
+    if data.size > limit:
+        raise ApiError(
+            413,
+            "file_too_large",
+            f"size {data.size} exceeds the limit of {limit} bytes",
+            limit=limit,
+        )
+    c = chunking(rt)
+    session = await rt.run(
+        rt.store.create_session,
+        filename=data.filename,
+        size=data.size,
+        chunk_size=c.fixed_size,
+        tenant=TENANT,
+        sha256=data.sha256,
+        metadata=data.metadata,
+        chunks=None if data.chunks is None else [(ch.hash, ch.size) for ch in data.chunks],
+        min_chunk_size=c.min_size,
+        max_chunk_size=c.max_size,
+    )
+    missing = await rt.run(rt.store.missing, session.id, TENANT)
+    body = UploadCreated(
+        id=session.id,
+        state=str(session.state),
+        size=session.size,
+        total_chunks=session.total_chunks,
+        chunk_size=session.chunk_size,
+        declared=session.declared,
+        missing=missing,
+        expires=session.expires,
+    )
+    return body, 201, {"Location": f"/v1/uploads/{session.id}"}
+
+
+@bp.get("/uploads/<upload_id>")
+@document_response(UploadStatus)
+@document_response(Problem, 404)
+async def upload_status(upload_id: str) -> UploadStatus:
+    """State of an upload, and which chunk indices are still missing."""
+    rt = runtime()
+    session = await rt.run(rt.store.session, upload_id, TENANT)
+    missing: list[int] = []
+    if session.state == cas.SessionState.OPEN:
+        missing = await rt.run(rt.store.missing, upload_id, TENANT)
+    return UploadStatus(
+        id=session.id,
+        filename=session.filename,
+        state=str(session.state),
+        size=session.size,
+        total_chunks=session.total_chunks,
+        received_chunks=session.received_chunks,
+        received_bytes=session.received_bytes,
+        missing=missing,
+        expires=session.expires,
+        job_id=session.job_id,
+        file_id=session.file_id if session.state == cas.SessionState.COMPLETED else None,
+        reason=session.reason,
+    )
+
+
+_DIGEST_ITEM = re.compile(r"\s*([A-Za-z0-9_-]+)\s*=\s*:([A-Za-z0-9+/=]*):\s*")
+
+
+def declared_blake3(header: str | None) -> str | None:
+    """The BLAKE3 in a `Content-Digest: blake3=:<base64>:` header (RFC 9530 syntax)."""
+    if not header:
+        return None
+    for item in header.split(","):
+        match = _DIGEST_ITEM.fullmatch(item)
+        if match is None:
+            raise ApiError(400, "invalid_digest", f"malformed Content-Digest item {item.strip()!r}")
+        if match.group(1).lower() == "blake3":
+            try:
+                raw = base64.b64decode(match.group(2), validate=True)
+            except binascii.Error:
+                raise ApiError(
+                    400, "invalid_digest", "Content-Digest blake3 is not base64"
+                ) from None
+            if len(raw) != 32:
+                raise ApiError(400, "invalid_digest", "Content-Digest blake3 must be 32 bytes")
+            return raw.hex()
+    return None
+
+
+# `<index>` rather than `<int:index>`: quart-schema drops typed segments from
+# the OpenAPI path, and a bad index deserves a problem response, not a 404.
+@bp.put("/uploads/<upload_id>/chunks/<index>")
+@document_headers(ChunkHeaders)
+@document_response(ChunkStored)
+@document_response(Problem, 400)
+@document_response(Problem, 409)
+@document_response(Problem, 422)
+async def put_chunk(upload_id: str, index: str) -> ChunkStored:
+    """Store chunk `index` from the raw request body.
+
+    The server hashes the bytes itself; a body that does not match the
+    declared hash (from the upload's chunk list or a `Content-Digest:
+    blake3=:…:` header) is refused with 422 and not kept. Re-sending the same
+    bytes is harmless.
+    """
+    if not index.isdigit():
+        raise ApiError(400, "invalid_field", f"chunk index {index!r} is not a number")
+    return await _put_chunk(upload_id, int(index))
+
+
+async def _put_chunk(upload_id: str, index: int) -> ChunkStored:
+    rt = runtime()
+    store = rt.store
+    header_hash = declared_blake3(request.headers.get("Content-Digest"))
+    declared, length = await rt.run(store.expected_chunk, upload_id, index, TENANT)
+    if header_hash and declared and header_hash != declared:
+        raise ApiError(
+            422,
+            "chunk_hash_mismatch",
+            f"Content-Digest says {header_hash}, the upload declared {declared} for chunk {index}",
+        )
+    if request.content_length is not None and request.content_length != length:
+        raise cas.WrongChunkSize(
+            f"chunk {index} must be {length} bytes, got {request.content_length}",
+            expected=length,
+            actual=request.content_length,
+        )
+    writer = await rt.run(store.objects.writer, declared or header_hash)
+    try:
+        received = 0
+        pending = bytearray()
+        async for data in request.body:
+            received += len(data)
+            if received > length:
+                raise cas.WrongChunkSize(
+                    f"chunk {index} must be {length} bytes, got more", expected=length
+                )
+            pending += data
+            if len(pending) >= FLUSH_BYTES:
+                piece, pending = pending, bytearray()
+                await rt.run(writer.write, piece)
+        if received != length:
+            raise cas.WrongChunkSize(
+                f"chunk {index} must be {length} bytes, got {received}",
+                expected=length,
+                actual=received,
+            )
+    except BaseException:
+        await rt.run(writer.abort)
+        raise
+
+    def finish() -> cas.ChunkAck:
+        if pending:
+            writer.write(pending)
+        return store.attach_chunk(upload_id, index, writer.commit(), TENANT)
+
+    ack = await rt.run(finish)
+    return ChunkStored(ack.index, ack.hash, ack.size, ack.stored, ack.received_chunks)
+
+
+@bp.post("/uploads/<upload_id>/complete")
+@document_response(CompletionAccepted, 202)
+@document_response(Problem, 409)
+async def complete_upload(upload_id: str) -> tuple[CompletionAccepted, int, dict[str, str]]:
+    """Accept the upload for completion; follow the job for the outcome.
+
+    Answers at once (202). Verification (hashes, declared sha256), the file
+    record and processing happen in the job. Completing again returns the
+    same job.
+    """
+    rt = runtime()
+    session = await rt.run(rt.store.begin_completion, upload_id, TENANT)
+    job = await rt.run(rt.store.job, session.job_id)
+    if session.state == cas.SessionState.COMPLETING:
+        rt.jobs.submit(job.id)
+    body = CompletionAccepted(job_id=job.id, upload_id=session.id, state=str(job.state))
+    return body, 202, {"Location": f"/v1/jobs/{job.id}"}
+
+
+@bp.delete("/uploads/<upload_id>")
+@document_response(Problem, 409)
+async def cancel_upload(upload_id: str) -> tuple[str, int]:
+    """Cancel an open upload; its chunks are released."""
+    rt = runtime()
+    await rt.run(rt.store.cancel, upload_id, TENANT)
+    return "", 204
+
+
+# -- jobs ------------------------------------------------------------------
+
+
+@bp.get("/jobs/<job_id>")
+@validate_querystring(WaitQuery)
+@document_querystring(WaitQuery)
+@document_response(JobInfo)
+@document_response(Problem, 404)
+async def job_status(job_id: str, query_args: WaitQuery) -> JobInfo:
+    """A job's state and results. `?wait=SECONDS` answers when it finishes (≤ 60 s)."""
+    rt = runtime()
+    job = await rt.jobs.wait(job_id, TENANT, min(query_args.wait, MAX_WAIT))
+    return JobInfo(
+        id=job.id,
+        upload_id=job.session_id,
+        file_id=job.file_id,
+        state=str(job.state),
+        error=job.error,
+        results=job.results,
+        created=job.created,
+        updated=job.updated,
+    )
+
+
+# -- files -----------------------------------------------------------------
+
+
+def file_info(file: cas.FileRecord, manifest: list[tuple[str, int]] | None = None) -> FileInfo:
+    summary = None
+    if manifest is not None:
+        sizes = [n for _, n in manifest] or [0]
+        summary = ChunkSummary(len(manifest), min(sizes), max(sizes))
+    return FileInfo(
+        id=file.id,
+        filename=file.filename,
+        size=file.size,
+        blake3=file.blake3,
+        sha256=file.sha256,
+        created=file.created,
+        metadata=file.metadata,
+        upload_id=file.session_id,
+        path=file.path,
+        chunks=summary,
+    )
+
+
+@bp.get("/files")
+@validate_querystring(FilesQuery)
+@document_querystring(FilesQuery)
+@document_response(FileList)
+async def list_files(query_args: FilesQuery) -> FileList:
+    """Files in id order, optionally those whose name starts with `prefix`; paged."""
+    rt = runtime()
+    q = query_args
+    files = await rt.run(rt.store.files, TENANT, prefix=q.prefix, after=q.after, limit=q.limit + 1)
+    more = len(files) > q.limit
+    files = files[: q.limit]
+    return FileList([file_info(f) for f in files], files[-1].id if more else None)
+
+
+@bp.get("/files/<file_id>")
+@document_response(FileInfo)
+@document_response(Problem, 404)
+async def describe_file(file_id: str) -> FileInfo:
+    """A file's facts, metadata and a summary of its chunks."""
+    rt = runtime()
+    file = await rt.run(rt.store.file, file_id, TENANT)
+    return file_info(file, await rt.run(rt.store.manifest, file_id))
+
+
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """(start, end exclusive) for a single `bytes=` range; None means the whole file."""
+    if not header:
+        return None
+    match = _RANGE.fullmatch(header.strip())
+    if match is None:
+        return None  # multiple or unknown ranges: RFC 9110 lets us send it all
+    first, last = match.groups()
+    if not first and not last:
+        return None
+    if not first:  # suffix: the last N bytes
+        n = int(last)
+        if n == 0:
+            raise unsatisfiable(header, size)
+        return max(size - n, 0), size
+    start = int(first)
+    end = min(int(last) + 1, size) if last else size
+    if start >= size or (last and int(last) < start):
+        raise unsatisfiable(header, size)
+    return start, end
+
+
+def unsatisfiable(header: str, size: int) -> ApiError:
+    return ApiError(
+        416,
+        "range_not_satisfiable",
+        f"range {header!r} selects no bytes of the file's {size}",
+        headers={"Content-Range": f"bytes */{size}"},
+        size=size,
+    )
+
+
+@bp.get("/files/<file_id>/content")
+@document_response(Problem, 404)
+@document_response(Problem, 416)
+async def file_content(file_id: str) -> Response:
+    """The file's bytes, streamed from its chunks. Supports `Range`, `ETag` and
+    `If-None-Match`; the ETag is the file's BLAKE3."""
+    rt = runtime()
+    file = await rt.run(rt.store.file, file_id, TENANT)
+    etag = f'"{file.blake3}"'
+    headers = {
+        "ETag": etag,
+        "Accept-Ranges": "bytes",
+        "Content-Type": "application/octet-stream",
+        "Content-Disposition": content_disposition(file.filename),
+    }
+    if_none_match = request.headers.get("If-None-Match", "")
+    if etag in [t.strip() for t in if_none_match.split(",")] or if_none_match.strip() == "*":
+        return Response(b"", status=304, headers=headers)
+    span = parse_range(request.headers.get("Range"), file.size)
+    start, end = span or (0, file.size)
+    status = 200
+    if span is not None:
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{file.size}"
+    headers["Content-Length"] = str(end - start)
+    reader = await rt.run(rt.store.open_file, file_id, TENANT)
+    return Response(_stream(rt, reader, start, end), status=status, headers=headers)
+
+
+async def _stream(
+    rt: Runtime, reader: cas.ManifestReader, start: int, end: int
+) -> AsyncIterator[bytes]:
+    try:
+        await rt.run(reader.seek, start)
+        left = end - start
+        while left > 0:
+            data = await rt.run(reader.read, min(READ_BYTES, left))
+            if not data:
+                break
+            left -= len(data)
+            yield data
+    finally:
+        with trio.CancelScope(shield=True):
+            await rt.run(reader.close)
+
+
+def content_disposition(filename: str) -> str:
+    ascii_name = filename.encode("ascii", "replace").decode().replace('"', "'").replace("\\", "_")
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename)}"
+
+
+@bp.delete("/files/<file_id>")
+@document_response(Problem, 404)
+async def delete_file(file_id: str) -> tuple[str, int]:
+    """Delete a file. Its chunks are freed only once no other file or upload uses them."""
+    rt = runtime()
+    await rt.run(rt.store.delete_file, file_id, TENANT)
+    return "", 204
