@@ -29,7 +29,7 @@ from .errors import (
 )
 from .index import Index
 from .materialize import safe_filename
-from .objects import ObjectStore, PutResult
+from .objects import ObjectStore, ObjectWriter, PutResult
 from .reader import ManifestReader
 from .records import DEFAULT_TENANT, FileRecord, Job, JobState, Session, SessionState
 from .store import ChunkAck, Completion, Store
@@ -52,6 +52,7 @@ __all__ = [
     "JobState",
     "ManifestReader",
     "ObjectStore",
+    "ObjectWriter",
     "PutResult",
     "Session",
     "SessionNotOpen",

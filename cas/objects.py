@@ -163,7 +163,9 @@ class ObjectWriter:
         dirty: list[str] = [str(final.parent)]
         try:
             if self._store.durable:
-                os.fsync(self._fd)
+                # fdatasync flushes the bytes and the size/allocation needed to
+                # read them back; timestamps are not worth a journal commit.
+                os.fdatasync(self._fd)
             os.close(self._fd)
             self._fd = -1
             if not final.parent.is_dir():

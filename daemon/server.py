@@ -8,12 +8,20 @@ import sys
 
 import trio
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import tcp_server
 from hypercorn.trio import serve as hypercorn_serve
 
 from .app import create_app
 from .config import Config
 
 log = logging.getLogger("ingestd")
+
+
+# hypercorn's trio worker reads sockets 64 KiB at a time, and every read goes
+# through h11, hypercorn and Quart in Python. Chunk bodies are megabytes, so
+# reading up to 1 MiB per call cuts that per-read work by up to 16x. The module
+# reads this global on every call.
+tcp_server.MAX_RECV = 1 << 20
 
 
 def hypercorn_config(config: Config) -> HypercornConfig:
