@@ -8,8 +8,8 @@ import sys
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import tcp_server
 from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.trio import tcp_server
 
 from .app import create_app
 from .config import Config
