@@ -1,0 +1,51 @@
+"""ingestd's plugin system: hook specifications, the plugin manager, processing.
+
+Plugin authors need only this module::
+
+    from ingestd.plugins import hookimpl, Verdict
+
+    @hookimpl
+    def ingestd_validate(ctx):
+        ...
+"""
+
+from .hookspecs import hookimpl, hookspec
+from .manager import (
+    BUILTINS,
+    DISABLE_AUTOLOAD_ENV,
+    ENTRY_POINT_GROUP,
+    PluginConfigError,
+    Plugins,
+    PluginSettings,
+    build_plugins,
+)
+from .processing import Processing
+from .types import (
+    Detection,
+    FileFacts,
+    HookContext,
+    Outcome,
+    Refusal,
+    UploadRequest,
+    Verdict,
+)
+
+__all__ = [
+    "BUILTINS",
+    "DISABLE_AUTOLOAD_ENV",
+    "ENTRY_POINT_GROUP",
+    "Detection",
+    "FileFacts",
+    "HookContext",
+    "Outcome",
+    "PluginConfigError",
+    "PluginSettings",
+    "Plugins",
+    "Processing",
+    "Refusal",
+    "UploadRequest",
+    "Verdict",
+    "build_plugins",
+    "hookimpl",
+    "hookspec",
+]

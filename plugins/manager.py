@@ -1,0 +1,117 @@
+"""Building the plugin manager of one daemon: built-ins, entry points, config."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import msgspec
+import pluggy
+
+from . import hookspecs
+
+ENTRY_POINT_GROUP = "ingestd"
+# Like pytest's PYTEST_DISABLE_PLUGIN_AUTOLOAD: only built-ins and plugins
+# registered in code are used.
+DISABLE_AUTOLOAD_ENV = "INGESTD_DISABLE_PLUGIN_AUTOLOAD"
+
+# Built-in plugins, by name; each is an ordinary plugin module.
+BUILTINS: dict[str, str] = {
+    "detect": "ingestd.plugins.builtin.detect",
+    "datasets": "ingestd.plugins.builtin.datasets",
+    "models": "ingestd.plugins.builtin.models",
+    "clamav": "ingestd.plugins.builtin.clamav",
+    "pii": "ingestd.plugins.builtin.pii",
+    "metadata": "ingestd.plugins.builtin.metadata",
+    "webhooks": "ingestd.plugins.builtin.webhooks",
+}
+
+
+class PluginConfigError(Exception):
+    """A plugin's config table is invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class PluginSettings:
+    """The ``[plugins]`` section of the daemon's config."""
+
+    # When non-empty, only these plugins are used.
+    enabled: Sequence[str] = ()
+    disabled: Sequence[str] = ()
+    # Seconds a plugin may spend on one hook call.
+    timeout: float = 300.0
+    # A plugin error rejects the file ("reject", fail closed) or is only recorded.
+    on_error: Literal["reject", "accept"] = "reject"
+    autoload: bool = True
+    # ``[plugins.<name>]`` tables, raw.
+    tables: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+class Plugins:
+    """A daemon's plugin manager and each plugin's parsed config."""
+
+    def __init__(self, pm: pluggy.PluginManager, settings: PluginSettings) -> None:
+        self.pm = pm
+        self.settings = settings
+        self.configs: dict[str, Any] = {}
+        for name in self.names():
+            self.configs[name] = self._parse_config(name)
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self.pm.list_name_plugin() if name is not None]
+
+    def hookimpls(self, hook: str) -> list[pluggy.HookImpl]:
+        """Implementations of `hook` in call order (last registered first)."""
+        return list(reversed(getattr(self.pm.hook, hook).get_hookimpls()))
+
+    def _parse_config(self, name: str) -> Any:
+        table = dict(self.settings.tables.get(name, {}))
+        schema = self.pm.hook.ingestd_config_schema(plugin_name=name)
+        if schema is None:
+            return table
+        try:
+            # strict=False: values from the environment arrive as strings.
+            return msgspec.convert(table, schema, strict=False)
+        except msgspec.ValidationError as exc:
+            raise PluginConfigError(f"invalid config [plugins.{name}]: {exc}") from None
+
+
+def build_plugins(
+    settings: PluginSettings | None = None,
+    *,
+    extra: Mapping[str, object] | None = None,
+    builtins: Mapping[str, str] | None = None,
+) -> Plugins:
+    """A fresh plugin manager for one daemon (there is no global one).
+
+    Registers the built-ins, then ``extra`` plugins given in code (tests),
+    then, unless autoloading is off, the ``ingestd`` entry points. Disabled
+    plugins are unregistered; unknown hooks fail at once (``check_pending``).
+    """
+    settings = settings or PluginSettings()
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    for name, module in (BUILTINS if builtins is None else builtins).items():
+        pm.register(importlib.import_module(module), name=name)
+    for name, plugin in (extra or {}).items():
+        pm.register(plugin, name=name)
+    if settings.autoload and not os.environ.get(DISABLE_AUTOLOAD_ENV):
+        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    known = {name for name, _ in pm.list_name_plugin()}
+    for name in [*settings.enabled, *settings.disabled]:
+        if name not in known:
+            raise PluginConfigError(
+                f"invalid config plugins: no plugin named {name!r} "
+                f"(known: {', '.join(sorted(known))})"
+            )
+    for name in list(known):
+        if name in settings.disabled or (settings.enabled and name not in settings.enabled):
+            pm.unregister(name=name)
+    for name in settings.tables:
+        if name not in known:
+            raise PluginConfigError(f"invalid config [plugins.{name}]: no plugin named {name!r}")
+    pm.check_pending()
+    return Plugins(pm, settings)

@@ -1,0 +1,177 @@
+"""Running the processing hooks over a completed file, plugin by plugin.
+
+Each hook implementation is called on its own, so that every plugin's
+answer, error or timeout is recorded under its name, and one failing plugin
+cannot hide the others' results. Sync implementations run in worker threads;
+async ones on the event loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any, BinaryIO
+
+import msgspec
+import pluggy
+import trio
+
+from .manager import Plugins
+from .types import Detection, FileFacts, FileLookup, HookContext, Outbox, Outcome, Verdict
+
+log = logging.getLogger("ingestd.plugins")
+
+ErrorCallback = Callable[[str, str], None]
+
+
+class PluginFailed(Exception):
+    """A plugin raised, timed out or answered with the wrong type."""
+
+
+class Processing:
+    """One run of the pipeline over one file."""
+
+    def __init__(
+        self,
+        plugins: Plugins,
+        facts: FileFacts,
+        open_content: Callable[[], BinaryIO],
+        *,
+        outbox_for: Callable[[str], Outbox],
+        files: FileLookup,
+        limiter: trio.CapacityLimiter | None = None,
+        on_error: ErrorCallback | None = None,
+    ) -> None:
+        self.plugins = plugins
+        self.facts = facts
+        self.open_content = open_content
+        self.outbox_for = outbox_for
+        self.files = files
+        self.limiter = limiter
+        self.on_error = on_error
+        self.results: dict[str, dict[str, Any]] = {}
+        self.detection: Detection | None = None
+        self.rejections: list[str] = []
+        self.errors: list[str] = []
+        self.metadata: dict[str, Any] = {}
+        self.parents: list[str] = []
+
+    async def run(self) -> Outcome:
+        """detect → validate → scan → describe → lineage → verdict → notify → pipeline."""
+        await self._detect()
+        for stage in ("validate", "scan"):
+            for name, verdict in await self._all(stage, Verdict):
+                if not verdict.ok:
+                    self.rejections.append(f"{name}: {verdict.reason}")
+        for name, described in await self._all("describe", dict):
+            self.metadata[name] = described
+        for _, parents in await self._all("lineage", list):
+            self.parents += [str(p) for p in parents if str(p) not in self.parents]
+        outcome = self._outcome()
+        await self._all("notify", dict, outcome=outcome)
+        await self._all("pipeline", str, outcome=outcome)
+        return dataclasses.replace(outcome, results=self.results)
+
+    def _outcome(self) -> Outcome:
+        reasons = list(self.rejections)
+        if self.plugins.settings.on_error == "reject":
+            reasons += self.errors
+        return Outcome(
+            accepted=not reasons,
+            reason="; ".join(reasons),
+            results=self.results,
+            detection=self.detection,
+            metadata=self.metadata,
+            parents=tuple(self.parents),
+        )
+
+    async def _detect(self) -> None:
+        for impl in self.plugins.hookimpls("ingestd_detect"):
+            answer = await self._call(impl, "detect", Detection)
+            if answer is not None:
+                self.detection = answer
+                return
+
+    async def _all(self, stage: str, kind: type, **extra: Any) -> list[tuple[str, Any]]:
+        answers = []
+        for impl in self.plugins.hookimpls(f"ingestd_{stage}"):
+            answer = await self._call(impl, stage, kind, **extra)
+            if answer is not None:
+                answers.append((impl.plugin_name, answer))
+        return answers
+
+    def context(self, plugin_name: str) -> HookContext:
+        return HookContext(
+            facts=self.facts,
+            config=self.plugins.configs.get(plugin_name, {}),
+            plugin_name=plugin_name,
+            detection=self.detection,
+            results={k: dict(v) for k, v in self.results.items()},
+            log=logging.getLogger(f"ingestd.plugins.{plugin_name}"),
+            outbox=self.outbox_for(plugin_name),
+            files=self.files,
+            _open=self.open_content,
+        )
+
+    async def _call(self, impl: pluggy.HookImpl, stage: str, kind: type, **extra: Any) -> Any:
+        name = impl.plugin_name
+        available = {"ctx": self.context(name), **extra}
+        # A hook implementation gets only the arguments it names.
+        kwargs = {k: available[k] for k in impl.argnames if k in available}
+        try:
+            answer = await call_hook(
+                impl.function, kwargs, self.plugins.settings.timeout, self.limiter
+            )
+            if answer is not None and not isinstance(answer, kind):
+                raise PluginFailed(
+                    f"returned {type(answer).__name__}, expected {kind.__name__} or None"
+                )
+        except Exception as exc:  # a plugin's failure is data, not a crash
+            detail = str(exc) or type(exc).__name__
+            if isinstance(exc, trio.TooSlowError):
+                detail = f"timed out after {self.plugins.settings.timeout:g} s"
+            log.warning("plugin %s failed in %s: %s", name, stage, detail, exc_info=exc)
+            self.results.setdefault(name, {})[stage] = {"error": detail}
+            if stage not in ("notify", "pipeline"):
+                self.errors.append(f"{name} failed in {stage}: {detail}")
+            if self.on_error is not None:
+                self.on_error(name, stage)
+            return None
+        if answer is not None:
+            self.results.setdefault(name, {})[stage] = _jsonable(answer)
+        return answer
+
+
+async def call_hook(
+    fn: Callable[..., Any],
+    kwargs: dict[str, Any],
+    timeout: float,
+    limiter: trio.CapacityLimiter | None = None,
+) -> Any:
+    """Call a hook implementation: async on the loop, sync in a worker thread."""
+    with trio.fail_after(timeout):
+        if inspect.iscoroutinefunction(fn):
+            return await fn(**kwargs)
+        # A thread that overruns is abandoned (Python cannot stop it); its
+        # result is ignored.
+        result = await trio.to_thread.run_sync(
+            functools.partial(fn, **kwargs), abandon_on_cancel=True, limiter=limiter
+        )
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+
+def _jsonable(answer: Any) -> Any:
+    if isinstance(answer, Verdict):
+        return {"ok": answer.ok, "reason": answer.reason, **msgspec.to_builtins(answer.details)}
+    if dataclasses.is_dataclass(answer):
+        return msgspec.to_builtins(dataclasses.asdict(answer))
+    if isinstance(answer, str):
+        return {"value": answer}
+    if isinstance(answer, list):
+        return {"value": msgspec.to_builtins(answer)}
+    return msgspec.to_builtins(answer)
