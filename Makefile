@@ -22,6 +22,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/seed_upload.py
+	$(BIN)/python bench/upload.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

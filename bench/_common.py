@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
+import socket
 import sys
 import tempfile
 import time
@@ -15,6 +17,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
 MIB = 1 << 20
+WRITE_BLOCK = 1 << 20
 
 
 def default_tmp_parent() -> Path:
@@ -142,3 +145,61 @@ def settle(seconds: float = 1.0) -> None:
     so one run's writeback does not land in the next run's timing."""
     os.sync()
     time.sleep(seconds)
+
+
+def make_source(path: Path, size: int) -> str:
+    """A random file of `size` bytes, fsynced; returns its sha256."""
+    sha = hashlib.sha256()
+    with open(path, "wb") as f:
+        remaining = size
+        while remaining:
+            block = os.urandom(min(WRITE_BLOCK, remaining))
+            f.write(block)
+            sha.update(block)
+            remaining -= len(block)
+        f.flush()
+        os.fsync(f.fileno())
+    return sha.hexdigest()
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(4 * MIB):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def disk_write_limit(directory: Path, size: int) -> dict[str, float]:
+    """Sequential write of `size` bytes in 1 MiB writes plus one fsync."""
+    path = directory / "disk-probe.bin"
+    block = os.urandom(WRITE_BLOCK)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        t0 = time.perf_counter()
+        remaining = size
+        while remaining:
+            view = memoryview(block)[: min(WRITE_BLOCK, remaining)]
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+                remaining -= n
+        t_written = time.perf_counter()
+        os.fsync(fd)
+        t1 = time.perf_counter()
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+    elapsed = t1 - t0
+    return {
+        "seconds": elapsed,
+        "write_seconds": t_written - t0,
+        "fsync_seconds": t1 - t_written,
+        "mib_s": size / MIB / elapsed,
+    }
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

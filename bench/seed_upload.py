@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import os
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -37,18 +35,21 @@ import httpx
 from _common import (
     MIB,
     REPO_ROOT,
+    disk_write_limit,
+    free_port,
     machine_info,
+    make_source,
     make_tmp_dir,
     percentile,
     print_table,
     proc_cpu_seconds,
     proc_status_kib,
     settle,
+    sha256_file,
     write_json,
 )
 
 RSS_TARGET_MIB = 250
-WRITE_BLOCK = 1 << 20
 HEALTH_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0
 REQUEST_TIMEOUT = 120.0
@@ -59,68 +60,7 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-# -- files and the disk -----------------------------------------------------
-
-
-def make_source(path: Path, size: int) -> str:
-    """A random file of `size` bytes, fsynced; returns its sha256."""
-    sha = hashlib.sha256()
-    with open(path, "wb") as f:
-        remaining = size
-        while remaining:
-            block = os.urandom(min(WRITE_BLOCK, remaining))
-            f.write(block)
-            sha.update(block)
-            remaining -= len(block)
-        f.flush()
-        os.fsync(f.fileno())
-    return sha.hexdigest()
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(4 * MIB):
-            sha.update(block)
-    return sha.hexdigest()
-
-
-def disk_write_limit(directory: Path, size: int) -> dict[str, float]:
-    """Sequential write of `size` bytes in 1 MiB writes plus one fsync."""
-    path = directory / "disk-probe.bin"
-    block = os.urandom(WRITE_BLOCK)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        t0 = time.perf_counter()
-        remaining = size
-        while remaining:
-            view = memoryview(block)[: min(WRITE_BLOCK, remaining)]
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-                remaining -= n
-        t_written = time.perf_counter()
-        os.fsync(fd)
-        t1 = time.perf_counter()
-    finally:
-        os.close(fd)
-        path.unlink(missing_ok=True)
-    elapsed = t1 - t0
-    return {
-        "seconds": elapsed,
-        "write_seconds": t_written - t0,
-        "fsync_seconds": t1 - t_written,
-        "mib_s": size / MIB / elapsed,
-    }
-
-
 # -- the daemon ---------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Daemon:
