@@ -31,7 +31,15 @@ from .index import Index
 from .materialize import safe_filename
 from .objects import ObjectStore, ObjectWriter, PutResult
 from .reader import ManifestReader
-from .records import DEFAULT_TENANT, FileRecord, Job, JobState, Session, SessionState
+from .records import (
+    DEFAULT_TENANT,
+    FileRecord,
+    Job,
+    JobState,
+    OutboxEntry,
+    Session,
+    SessionState,
+)
 from .store import ChunkAck, Completion, Store
 
 __all__ = [
@@ -52,6 +60,7 @@ __all__ = [
     "JobState",
     "ManifestReader",
     "ObjectStore",
+    "OutboxEntry",
     "ObjectWriter",
     "PutResult",
     "Session",

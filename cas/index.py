@@ -25,7 +25,23 @@ from .objects import fsync_dir
 
 # "declared" holds the chunk list a client announced for a session
 # (session/index -> hash, length); "parts" the chunks actually attached.
-DATABASES = ("meta", "chunks", "sessions", "parts", "declared", "files", "manifests", "jobs")
+# "file_hashes" indexes files by content (BLAKE3 + file id), "manifest_files"
+# by the BLAKE3 of their packed manifest (identical manifests, identical
+# bytes: a re-upload is recognised without re-reading it); "outbox" holds
+# plugin messages awaiting delivery.
+DATABASES = (
+    "meta",
+    "chunks",
+    "sessions",
+    "parts",
+    "declared",
+    "files",
+    "file_hashes",
+    "manifests",
+    "manifest_files",
+    "jobs",
+    "outbox",
+)
 DEFAULT_MAP_SIZE = 1 << 38  # 256 GiB of address space; the file grows as needed
 
 WriteOp = Callable[[lmdb.Transaction], Any]

@@ -40,20 +40,33 @@ def materialize(
     dest: Path,
     *,
     within: Path,
+    same_as: str | None = None,
 ) -> Path:
     """Copy the chunks of `entries` into `dest` with copy_file_range.
 
     The copy is written to a temp name and renamed, so `dest` either does not
     exist or holds the whole file. `within` is the directory `dest` must stay
-    inside.
+    inside. Copies are read-only: they are records of what was accepted. So
+    when `same_as` names an existing copy of identical content, `dest` is a
+    hard link to it rather than another copy.
     """
     dest = dest.resolve()
     if not dest.is_relative_to(within.resolve()):
         raise StorageError(f"refusing to write outside {within}: {dest}")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.part")
+    if same_as is not None:
+        try:
+            tmp.unlink(missing_ok=True)
+            os.link(same_as, tmp)
+            os.rename(tmp, dest)
+            if objects.durable:
+                fsync_dir(dest.parent)
+            return dest
+        except OSError:
+            tmp.unlink(missing_ok=True)  # the twin went away: copy instead
     try:
-        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o444)
         try:
             for digest, length in entries:
                 src = os.open(objects.path(digest), os.O_RDONLY)

@@ -78,7 +78,30 @@ class FileRecord(msgspec.Struct, frozen=True):
     created: float
     sha256: str | None = None
     path: str | None = None
+    # Client-declared metadata (and the original API's fileType).
     metadata: dict[str, object] = {}
+    # "processing" until the plugins decide, then "accepted" or "rejected".
+    state: str = "accepted"
+    reason: str | None = None
+    # What processing found: per plugin, the describe output; the detection.
+    described: dict[str, object] = {}
+    detection: dict[str, object] | None = None
+    # Ids of the files this one derives from.
+    parents: list[str] = []
+
+
+class OutboxEntry(msgspec.Struct, frozen=True):
+    """A message a plugin queued for delivery; kept until delivered or given up."""
+
+    id: str
+    plugin: str
+    payload: dict[str, object]
+    created: float
+    next_attempt: float
+    attempt: int = 1
+    last_error: str | None = None
+    # "pending", or "dead" once retries are exhausted.
+    state: str = "pending"
 
 
 class Job(msgspec.Struct, frozen=True):
@@ -93,6 +116,8 @@ class Job(msgspec.Struct, frozen=True):
     error: str | None = None
     # Per-plugin (or per-stage) results, keyed by name.
     results: dict[str, object] = {}
+    # "accepted" or "rejected" once processing has decided.
+    verdict: str | None = None
 
 
 # A manifest entry: raw 32-byte BLAKE3 then the chunk length, big-endian.

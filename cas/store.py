@@ -47,6 +47,7 @@ from .records import (
     FileRecord,
     Job,
     JobState,
+    OutboxEntry,
     Session,
     SessionState,
 )
@@ -63,6 +64,14 @@ def new_id() -> str:
 
 def _part_key(session_id: str, index: int) -> bytes:
     return session_id.encode() + b"/" + index.to_bytes(4, "big")
+
+
+def _hash_key(blake3_hex: str, file_id: str) -> bytes:
+    return bytes.fromhex(blake3_hex) + file_id.encode()
+
+
+def _manifest_key(packed_manifest: bytes, file_id: str) -> bytes:
+    return blake3.blake3(packed_manifest).digest() + file_id.encode()
 
 
 def _part_prefix(session_id: str) -> bytes:
@@ -98,7 +107,10 @@ class Store:
         map_size: int = DEFAULT_MAP_SIZE,
         group_commit: bool = True,
         clock: Callable[[], float] = time.time,
+        process_files: bool = False,
     ) -> None:
+        """`process_files`: completed files wait in `processing` for `conclude`
+        (the daemon's plugins decide); otherwise they are accepted at once."""
         if durability not in DURABILITY_MODES:
             raise ValueError(f"durability must be one of {DURABILITY_MODES}")
         if materialize not in MATERIALIZE_MODES:
@@ -109,6 +121,7 @@ class Store:
         self.completed_dir = Path(completed_dir) if completed_dir else self.root / "completed"
         self.session_ttl = session_ttl
         self.clock = clock
+        self.process_files = process_files
         self.objects = ObjectStore(self.root, durable=self.durable)
         self.index = Index(
             self.root / "index.lmdb",
@@ -390,7 +403,11 @@ class Store:
 
         def op(txn: lmdb.Transaction) -> Session:
             session = self._session(txn, session_id, tenant)
-            if session.state in (SessionState.COMPLETING, SessionState.COMPLETED):
+            if session.state in (
+                SessionState.COMPLETING,
+                SessionState.PROCESSING,
+                SessionState.COMPLETED,
+            ):
                 return session
             if session.state != SessionState.OPEN:
                 raise SessionNotOpen(f"upload {session_id} is {session.state}", state=session.state)
@@ -457,7 +474,7 @@ class Store:
         """
         with self._completion_lock(session_id):
             session = self._session_any(session_id)
-            if session.state == SessionState.COMPLETED:
+            if session.state in (SessionState.PROCESSING, SessionState.COMPLETED):
                 return self._completion(session)
             if session.state != SessionState.COMPLETING:
                 raise SessionNotOpen(f"upload {session_id} is {session.state}", state=session.state)
@@ -466,7 +483,14 @@ class Store:
                 entries = [received[i] for i in range(session.total_chunks)]
                 if sum(n for _, n in entries) != session.size:
                     raise StorageError(f"manifest of {session_id} does not add up to its size")
-                digest, sha256 = self._hash(entries, with_sha256=session.sha256 is not None)
+                packed = records.pack_manifest(entries)
+                twin = self._twin(packed, session.tenant)
+                if twin is not None and (twin.sha256 or session.sha256 is None):
+                    # Identical manifest, identical bytes: the hashes are known.
+                    digest, sha256 = twin.blake3, twin.sha256
+                else:
+                    twin = None
+                    digest, sha256 = self._hash(entries, with_sha256=session.sha256 is not None)
                 if session.sha256 is not None and sha256 != session.sha256:
                     reason = f"content sha256 is {sha256}, the upload declared {session.sha256}"
                     self._end_session(session_id, SessionState.REJECTED, reason)
@@ -474,7 +498,8 @@ class Store:
                     raise ChecksumMismatch(reason, expected=session.sha256, actual=sha256)
                 path = None
                 if self.materialize_mode == "copy":
-                    path = str(self._materialize(session, entries))
+                    same_as = twin.path if twin is not None else None
+                    path = str(self._materialize(session, entries, same_as))
             except ChecksumMismatch:
                 raise
             except BaseException:
@@ -494,16 +519,18 @@ class Store:
                 sha256=sha256,
                 path=path,
                 metadata={**session.metadata, **(metadata or {})},
+                state="processing" if self.process_files else "accepted",
             )
 
             def finish(txn: lmdb.Transaction) -> Session:
                 # The session's references to its chunks pass to the file as they are.
                 self.index.put(txn, "files", file.id.encode(), file)
-                txn.put(
-                    file.id.encode(), records.pack_manifest(entries), db=self.index.db["manifests"]
-                )
+                txn.put(_hash_key(file.blake3, file.id), b"", db=self.index.db["file_hashes"])
+                txn.put(file.id.encode(), packed, db=self.index.db["manifests"])
+                txn.put(_manifest_key(packed, file.id), b"", db=self.index.db["manifest_files"])
                 self._delete_parts(txn, session_id)
-                done = msgspec.structs.replace(session, state=SessionState.COMPLETED, updated=now)
+                state = SessionState.PROCESSING if self.process_files else SessionState.COMPLETED
+                done = msgspec.structs.replace(session, state=state, updated=now)
                 self.index.put(txn, "sessions", session_id.encode(), done)
                 return done
 
@@ -581,11 +608,27 @@ class Store:
                     sha.update(view[:n])
         return whole.hexdigest(), sha.hexdigest() if sha else None
 
-    def _materialize(self, session: Session, entries: list[tuple[str, int]]) -> Path:
+    def _materialize(
+        self, session: Session, entries: list[tuple[str, int]], same_as: str | None = None
+    ) -> Path:
         dest = (
             self.completed_dir / session.tenant / session.file_id / safe_filename(session.filename)
         )
-        return materialize(self.objects, entries, dest, within=self.completed_dir)
+        return materialize(self.objects, entries, dest, within=self.completed_dir, same_as=same_as)
+
+    def _twin(self, packed_manifest: bytes, tenant: str) -> FileRecord | None:
+        """A live file of the tenant with exactly this manifest, if any."""
+        prefix = _manifest_key(packed_manifest, "")
+        with self.index.reader() as txn:
+            cursor = txn.cursor(db=self.index.db["manifest_files"])
+            if cursor.set_range(prefix):
+                for key in cursor.iternext(keys=True, values=False):
+                    if not key.startswith(prefix):
+                        break
+                    file = self.index.get(txn, "files", key[len(prefix) :], FileRecord)
+                    if file is not None and file.tenant == tenant and file.state != "rejected":
+                        return file
+        return None
 
     def _reopen(self, txn: lmdb.Transaction, session_id: str) -> None:
         session = self.index.get(txn, "sessions", session_id.encode(), Session)
@@ -790,18 +833,170 @@ class Store:
             if file is None or file.tenant != tenant:
                 raise UnknownFile(f"no file with id {file_id!r}")
             raw = txn.pop(file_id.encode(), db=self.index.db["manifests"]) or b""
-            for digest, _ in records.unpack_manifest(raw):
-                self._release_ref(txn, digest)
+            self._forget_manifest(txn, file_id, raw)
             txn.delete(file_id.encode(), db=self.index.db["files"])
+            txn.delete(_hash_key(file.blake3, file.id), db=self.index.db["file_hashes"])
             return file
 
         file = self.index.write(op)
+        self._remove_copy(file)
+        return file
+
+    def _forget_manifest(self, txn: lmdb.Transaction, file_id: str, packed: bytes) -> None:
+        """Release a file's chunks and drop it from the manifest index."""
+        for digest, _ in records.unpack_manifest(packed):
+            self._release_ref(txn, digest)
+        if packed:
+            txn.delete(_manifest_key(packed, file_id), db=self.index.db["manifest_files"])
+
+    @staticmethod
+    def _remove_copy(file: FileRecord) -> None:
         if file.path:
             # The materialised copy is derived data; remove it and its folder.
             with contextlib.suppress(OSError):
                 os.unlink(file.path)
                 os.rmdir(os.path.dirname(file.path))
+
+    def conclude(
+        self,
+        file_id: str,
+        *,
+        accepted: bool,
+        reason: str = "",
+        described: dict[str, object] | None = None,
+        detection: dict[str, object] | None = None,
+        parents: list[str] | None = None,
+    ) -> FileRecord:
+        """Record the plugins' decision on a file in `processing`.
+
+        Accepted: the file and its session become accepted/completed.
+        Rejected: the session is rejected with `reason`, the file record stays
+        (state "rejected", for the record) but its chunks are released and its
+        content is gone.
+        """
+
+        def op(txn: lmdb.Transaction) -> FileRecord:
+            file = self.index.get(txn, "files", file_id.encode(), FileRecord)
+            if file is None:
+                raise UnknownFile(f"no file with id {file_id!r}")
+            if file.state != "processing":
+                return file
+            file = msgspec.structs.replace(
+                file,
+                state="accepted" if accepted else "rejected",
+                reason=None if accepted else reason,
+                described=described or {},
+                detection=detection,
+                parents=parents or [],
+                path=file.path if accepted else None,
+            )
+            self.index.put(txn, "files", file_id.encode(), file)
+            session = self.index.get(txn, "sessions", file.session_id.encode(), Session)
+            if session is not None and session.state == SessionState.PROCESSING:
+                session = msgspec.structs.replace(
+                    session,
+                    state=SessionState.COMPLETED if accepted else SessionState.REJECTED,
+                    reason=None if accepted else reason,
+                    updated=self.clock(),
+                )
+                self.index.put(txn, "sessions", session.id.encode(), session)
+            if not accepted:
+                raw = txn.pop(file_id.encode(), db=self.index.db["manifests"]) or b""
+                self._forget_manifest(txn, file_id, raw)
+                txn.delete(_hash_key(file.blake3, file.id), db=self.index.db["file_hashes"])
+            return file
+
+        before = self.file_any(file_id)
+        file = self.index.write(op)
+        if not accepted:
+            self._remove_copy(before)
         return file
+
+    def file_any(self, file_id: str) -> FileRecord:
+        with self.index.reader() as txn:
+            file = self.index.get(txn, "files", file_id.encode(), FileRecord)
+        if file is None:
+            raise UnknownFile(f"no file with id {file_id!r}")
+        return file
+
+    def files_by_blake3(self, digest: str, tenant: str = DEFAULT_TENANT) -> list[str]:
+        """Ids of the tenant's live files with this content, oldest first."""
+        prefix = bytes.fromhex(digest)
+        found: list[FileRecord] = []
+        with self.index.reader() as txn:
+            cursor = txn.cursor(db=self.index.db["file_hashes"])
+            if cursor.set_range(prefix):
+                for key in cursor.iternext(keys=True, values=False):
+                    if not key.startswith(prefix):
+                        break
+                    file = self.index.get(txn, "files", key[len(prefix) :], FileRecord)
+                    if file is not None and file.tenant == tenant:
+                        found.append(file)
+        return [f.id for f in sorted(found, key=lambda f: f.created)]
+
+    # -- outbox -----------------------------------------------------------
+
+    def outbox_put(self, plugin: str, payload: dict[str, object], key: str | None = None) -> str:
+        """Queue a message for delivery; the same `key` is queued once."""
+        message_id = key or new_id()
+
+        def op(txn: lmdb.Transaction) -> str:
+            if txn.get(message_id.encode(), db=self.index.db["outbox"]) is None:
+                now = self.clock()
+                entry = OutboxEntry(message_id, plugin, payload, now, now)
+                self.index.put(txn, "outbox", message_id.encode(), entry)
+            return message_id
+
+        return self.index.write(op)
+
+    def outbox_due(self, limit: int = 100) -> list[OutboxEntry]:
+        now = self.clock()
+        with self.index.reader() as txn:
+            due = [
+                entry
+                for _, raw in txn.cursor(db=self.index.db["outbox"])
+                if (entry := records.decode(OutboxEntry, raw)).state == "pending"
+                and entry.next_attempt <= now
+            ]
+        return sorted(due, key=lambda e: e.next_attempt)[:limit]
+
+    def outbox_next_time(self) -> float | None:
+        with self.index.reader() as txn:
+            times = [
+                entry.next_attempt
+                for _, raw in txn.cursor(db=self.index.db["outbox"])
+                if (entry := records.decode(OutboxEntry, raw)).state == "pending"
+            ]
+        return min(times, default=None)
+
+    def outbox_done(self, message_id: str) -> None:
+        self.index.write(lambda txn: txn.delete(message_id.encode(), db=self.index.db["outbox"]))
+
+    def outbox_failed(self, message_id: str, error: str, retry_at: float | None) -> OutboxEntry:
+        """Record a failed attempt; `retry_at` None means give up (state "dead")."""
+
+        def op(txn: lmdb.Transaction) -> OutboxEntry:
+            entry = self.index.get(txn, "outbox", message_id.encode(), OutboxEntry)
+            if entry is None:
+                raise StorageError(f"outbox message {message_id} vanished")
+            entry = msgspec.structs.replace(
+                entry,
+                attempt=entry.attempt + 1,
+                last_error=error,
+                next_attempt=retry_at if retry_at is not None else entry.next_attempt,
+                state="pending" if retry_at is not None else "dead",
+            )
+            self.index.put(txn, "outbox", message_id.encode(), entry)
+            return entry
+
+        return self.index.write(op)
+
+    def outbox(self) -> list[OutboxEntry]:
+        with self.index.reader() as txn:
+            return [
+                records.decode(OutboxEntry, raw)
+                for _, raw in txn.cursor(db=self.index.db["outbox"])
+            ]
 
     def job(self, job_id: str, tenant: str | None = None) -> Job:
         """A job by id; with `tenant`, another tenant's job is reported as unknown."""
@@ -818,6 +1013,7 @@ class Store:
         *,
         error: str | None = None,
         results: dict[str, object] | None = None,
+        verdict: str | None = None,
     ) -> Job:
         def op(txn: lmdb.Transaction) -> Job:
             job = self.index.get(txn, "jobs", job_id.encode(), Job)
@@ -828,6 +1024,7 @@ class Store:
                 state=state,
                 error=error,
                 results=job.results if results is None else results,
+                verdict=verdict if verdict is not None else job.verdict,
                 updated=self.clock(),
             )
             self.index.put(txn, "jobs", job_id.encode(), job)

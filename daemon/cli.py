@@ -24,12 +24,15 @@ def _serve(args: argparse.Namespace) -> int:
                 ("storage", "data_dir"): args.data_dir,
             },
         )
+        from .app import load_plugins
+
+        plugins = load_plugins(config)
     except ConfigError as exc:
         print(f"ingestd: {exc}", file=sys.stderr)
         return 2
     from .server import run
 
-    run(config)
+    run(config, plugins)
     return 0
 
 
@@ -104,6 +107,9 @@ def _upload(args: argparse.Namespace) -> int:
                 elif display:
                     display.done(result)
         except KeyboardInterrupt:
+            if display:  # clear the bar first, so the message is the last line
+                display.close()
+                display = None
             print(
                 "ingestd: interrupted; run the same command again to resume the upload",
                 file=sys.stderr,

@@ -58,10 +58,27 @@ class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_chunk_size: PositiveSize = 64 << 20
 
 
+class PluginsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # When non-empty, only these plugins run; `disabled` ones never do.
+    enabled: list[str] = []
+    disabled: list[str] = []
+    # Seconds one plugin may spend on one hook call.
+    timeout: Seconds = 300.0
+    # A plugin error rejects the file ("reject": fail closed) or is only recorded.
+    on_error: Literal["reject", "accept"] = "reject"
+    # Load third-party plugins from the `ingestd` entry-point group.
+    autoload: bool = True
+    # Outbox deliveries (e.g. webhooks) are retried until this old, in seconds.
+    delivery_max_age: Seconds = 2 * 24 * 3600.0
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
+    plugins: PluginsConfig = msgspec.field(default_factory=PluginsConfig)
+    # The `[plugins.<name>]` tables, each parsed by its plugin.
+    plugin_tables: dict[str, dict[str, Any]] = {}
 
     @property
     def data_dir(self) -> Path:
@@ -116,8 +133,21 @@ def _size_keys() -> list[tuple[str, str]]:
     ]
 
 
+def _list_keys() -> list[tuple[str, str]]:
+    return [
+        (section, f.name)
+        for section, struct in _sections().items()
+        for f in msgspec.structs.fields(struct)
+        if f.type == list[str]
+    ]
+
+
 def _sections() -> dict[str, type[msgspec.Struct]]:
-    return {f.name: f.type for f in msgspec.structs.fields(Config)}
+    return {
+        f.name: f.type
+        for f in msgspec.structs.fields(Config)
+        if isinstance(f.type, type) and issubclass(f.type, msgspec.Struct)
+    }
 
 
 def load_config(
@@ -137,6 +167,12 @@ def load_config(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
+    # `[plugins.<name>]` tables belong to the plugins, which parse them.
+    tables = {
+        name: raw["plugins"].pop(name)
+        for name, value in list(raw.get("plugins", {}).items())
+        if isinstance(value, dict)
+    }
     sections = _sections()
     for name, value in raw.items():
         if name not in sections:
@@ -173,6 +209,11 @@ def load_config(
             except ValueError as exc:
                 raise ConfigError(f"invalid config {section}.{key}: {exc}") from None
 
+    for section, key in _list_keys():
+        value = raw.get(section, {}).get(key)
+        if isinstance(value, str):  # from the environment: "a,b"
+            raw[section][key] = [v.strip() for v in value.split(",") if v.strip()]
+    raw["plugin_tables"] = tables
     try:
         # strict=False lets environment strings become ints, floats and bools.
         config = msgspec.convert(raw, Config, strict=False)

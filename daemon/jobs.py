@@ -1,21 +1,27 @@
-"""The job runner: finishes accepted completions in the background.
+"""The job runner: finishes accepted completions and runs the plugins.
 
 A job is created when a completion is accepted (`Store.begin_completion`).
-The runner verifies and records the file (`Store.finish_completion`) and
-marks the job succeeded or failed. Jobs are persisted, so those a crash
-interrupted are picked up again at start. The plugin stages of processing
-hook in here.
+The runner verifies and records the file (`Store.finish_completion`), runs
+the processing hooks over it (detect → validate → scan → describe → lineage),
+records the verdict (`Store.conclude`), then runs notify and pipeline hooks,
+and marks the job succeeded (file accepted) or failed (rejected, with the
+reason). Jobs are persisted, so those a crash interrupted run again at start.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import math
 
+import msgspec
 import trio
 from ingestd import cas
 from ingestd.cas import JobState, SessionState
+from ingestd.plugins import FileFacts, Processing
 
+from .outbox import StoreOutbox
 from .runtime import Runtime
 
 log = logging.getLogger("ingestd.jobs")
@@ -62,28 +68,102 @@ class JobRunner:
                 event.set()
 
     async def _process(self, job_id: str) -> None:
-        store = self._rt.store
-        job = await self._rt.run(store.job, job_id)
+        rt = self._rt
+        store = rt.store
+        job = await rt.run(store.job, job_id)
         if job.state in FINISHED:
             return
-        session = await self._rt.run(store.session, job.session_id, job.tenant)
+        session = await rt.run(store.session, job.session_id, job.tenant)
         if session.state == SessionState.COMPLETING:
-            await self._rt.run(store.update_job, job_id, JobState.RUNNING)
+            await rt.run(store.update_job, job_id, JobState.RUNNING)
             try:
-                await self._rt.run(store.finish_completion, session.id)
+                await rt.run(store.finish_completion, session.id)
             except cas.ChecksumMismatch:
                 return  # the store rejected the session and failed the job
             except cas.StoreError as exc:
-                await self._rt.run(store.update_job, job_id, JobState.FAILED, error=exc.detail)
+                await rt.run(store.update_job, job_id, JobState.FAILED, error=exc.detail)
                 return
             except Exception as exc:
                 log.exception("completing upload %s failed", session.id)
-                await self._rt.run(
+                await rt.run(
                     store.update_job, job_id, JobState.FAILED, error=f"internal error: {exc}"
                 )
                 return
-        elif session.state != SessionState.COMPLETED:
-            error = f"upload {session.id} is {session.state}"
-            await self._rt.run(store.update_job, job_id, JobState.FAILED, error=error)
+            session = await rt.run(store.session, job.session_id, job.tenant)
+        if session.state == SessionState.PROCESSING:
+            await rt.run(store.update_job, job_id, JobState.RUNNING)
+            await self._run_plugins(job)
             return
-        await self._rt.run(store.update_job, job_id, JobState.SUCCEEDED)
+        if session.state == SessionState.COMPLETED:
+            await rt.run(store.update_job, job_id, JobState.SUCCEEDED, verdict="accepted")
+            return
+        error = f"upload {session.id} is {session.state}"
+        if session.reason:
+            error += f": {session.reason}"
+        await rt.run(store.update_job, job_id, JobState.FAILED, error=error)
+
+    async def _run_plugins(self, job: cas.Job) -> None:
+        rt = self._rt
+        store = rt.store
+        file = await rt.run(store.file_any, job.file_id)
+        facts = FileFacts(
+            file_id=file.id,
+            upload_id=file.session_id,
+            tenant=file.tenant,
+            filename=file.filename,
+            size=file.size,
+            blake3=file.blake3,
+            sha256=file.sha256,
+            created=file.created,
+            declared_metadata=file.metadata,
+        )
+        run = Processing(
+            rt.plugins,
+            facts,
+            lambda: store.open_file(file.id, file.tenant),
+            outbox_for=lambda plugin: StoreOutbox(rt, plugin),
+            files=TenantFiles(store, file.tenant),
+            limiter=rt.limiter,
+            on_error=lambda plugin, stage: rt.metrics.plugin_errors.labels(plugin, stage).inc(),
+        )
+        outcome = await run.decide()
+        detection = (
+            msgspec.to_builtins(dataclasses.asdict(outcome.detection))
+            if outcome.detection
+            else None
+        )
+        await rt.run(
+            functools.partial(
+                store.conclude,
+                file.id,
+                accepted=outcome.accepted,
+                reason=outcome.reason,
+                described=msgspec.to_builtins(dict(outcome.metadata)),
+                detection=detection,
+                parents=list(outcome.parents),
+            )
+        )
+        outcome = await run.announce(outcome)
+        verdict = "accepted" if outcome.accepted else "rejected"
+        rt.metrics.jobs.labels(verdict).inc()
+        await rt.run(
+            functools.partial(
+                store.update_job,
+                job.id,
+                JobState.SUCCEEDED if outcome.accepted else JobState.FAILED,
+                error=None if outcome.accepted else f"rejected: {outcome.reason}",
+                results=msgspec.to_builtins(dict(outcome.results)),
+                verdict=verdict,
+            )
+        )
+
+
+class TenantFiles:
+    """The `FileLookup` plugins get: one tenant's files only."""
+
+    def __init__(self, store: cas.Store, tenant: str) -> None:
+        self._store = store
+        self._tenant = tenant
+
+    def by_blake3(self, digest: str) -> list[str]:
+        return self._store.files_by_blake3(digest, self._tenant)

@@ -9,9 +9,11 @@ from typing import Any, TypeVar
 
 import trio
 from ingestd.cas import Store
+from ingestd.plugins import PolicyUnavailable, UploadRequest, run_policy
 from quart import current_app
 
 from .config import Config
+from .problems import ApiError
 
 T = TypeVar("T")
 log = logging.getLogger("ingestd")
@@ -24,7 +26,11 @@ class Runtime:
         self._owns_store = store is None
         # Store calls block on disk and on group commits; bound the threads.
         self.limiter = trio.CapacityLimiter(64)
-        self.jobs: Any = None  # the app's JobRunner (daemon/jobs.py imports this module)
+        # Set by create_app (their modules import this one).
+        self.jobs: Any = None  # JobRunner
+        self.outbox: Any = None  # OutboxService
+        self.plugins: Any = None  # ingestd.plugins.Plugins
+        self.metrics: Any = None  # Metrics
 
     def open(self) -> None:
         if self.store is None:
@@ -35,6 +41,7 @@ class Runtime:
                 materialize=s.materialize,
                 completed_dir=self.config.completed_dir,
                 session_ttl=s.session_ttl,
+                process_files=True,
             )
 
     def close(self) -> None:
@@ -47,6 +54,15 @@ class Runtime:
         return await trio.to_thread.run_sync(
             functools.partial(fn, *args, **kwargs), limiter=self.limiter
         )
+
+    async def check_policy(self, request: UploadRequest) -> None:
+        """Run the plugins' upload policy; a refusal becomes a 4xx problem."""
+        try:
+            refusal = await run_policy(self.plugins, request, limiter=self.limiter)
+        except PolicyUnavailable as exc:
+            raise ApiError(503, "policy_unavailable", str(exc)) from None
+        if refusal is not None:
+            raise ApiError(refusal.status, refusal.code, refusal.reason)
 
     async def maintain(self) -> None:
         """Expire old sessions and collect garbage, forever.

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import msgspec
 from ingestd import cas
+from ingestd.plugins import UploadRequest
 from quart import Blueprint, request
 from quart_schema import DataSource, document_request, document_response, validate_request
 
@@ -55,6 +56,8 @@ class StatusResponse(msgspec.Struct):
     receivedChunks: list[int]
     isComplete: bool
     state: str
+    # Why the upload was rejected (processing or checksum), when it was.
+    reason: str | None = None
 
 
 class CompleteMetadata(msgspec.Struct):
@@ -95,6 +98,15 @@ async def init(data: InitRequest) -> InitResponse:
             f"{rt.config.limits.max_file_size} bytes",
             limit=rt.config.limits.max_file_size,
         )
+    await rt.check_policy(
+        UploadRequest(
+            tenant=cas.DEFAULT_TENANT,
+            filename=data.filename,
+            size=data.totalSize,
+            api="seed",
+            sha256=data.checksum,
+        )
+    )
     session = await rt.run(
         rt.store.create_session,
         filename=data.filename,
@@ -164,7 +176,7 @@ async def status(upload_id: str) -> StatusResponse:
     """Which chunks the server holds, so that a client resends only the others."""
     rt = runtime()
     session = await rt.run(rt.store.session, upload_id)
-    if session.state == cas.SessionState.COMPLETED:
+    if session.state in (cas.SessionState.PROCESSING, cas.SessionState.COMPLETED):
         received = list(range(session.total_chunks))
     else:
         received = sorted(await rt.run(rt.store.received, upload_id))
@@ -172,8 +184,11 @@ async def status(upload_id: str) -> StatusResponse:
         uploadId=session.id,
         totalChunks=session.total_chunks,
         receivedChunks=received,
-        isComplete=session.state == cas.SessionState.COMPLETED,
+        # The upload is complete once the file is recorded; `state` tells
+        # whether processing has accepted it yet.
+        isComplete=session.state in (cas.SessionState.PROCESSING, cas.SessionState.COMPLETED),
         state=str(session.state),
+        reason=session.reason,
     )
 
 

@@ -10,6 +10,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.trio import tcp_server
+from ingestd.plugins import Plugins
 
 from .app import create_app
 from .config import Config
@@ -40,8 +41,8 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     return hc
 
 
-async def serve(config: Config) -> None:
-    app = create_app(config)
+async def serve(config: Config, plugins: Plugins | None = None) -> None:
+    app = create_app(config, plugins=plugins)
     stop = trio.Event()
     # The receiver stays installed for the whole shutdown, so a second signal
     # (a supervisor repeating itself) does not interrupt a clean stop.
@@ -65,5 +66,5 @@ async def serve(config: Config) -> None:
             nursery.cancel_scope.cancel()
 
 
-def run(config: Config) -> None:
-    trio.run(serve, config)
+def run(config: Config, plugins: Plugins | None = None) -> None:
+    trio.run(serve, config, plugins)

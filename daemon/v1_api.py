@@ -18,6 +18,7 @@ from urllib.parse import quote
 import msgspec
 import trio
 from ingestd import cas
+from ingestd.plugins import UploadRequest
 from quart import Blueprint, Response, request
 from quart_schema import (
     document_headers,
@@ -147,6 +148,13 @@ class FileInfo(msgspec.Struct):
     metadata: dict[str, Any]
     upload_id: str
     path: str | None
+    # "processing", "accepted" or "rejected" (with `reason`).
+    state: str
+    reason: str | None
+    # What processing found: detection, per-plugin descriptions, parents.
+    detection: dict[str, Any] | None
+    described: dict[str, Any]
+    parents: list[str]
     chunks: ChunkSummary | None = None
 
 
@@ -202,6 +210,16 @@ async def create_upload(data: CreateUpload) -> tuple[UploadCreated, int, dict[st
             f"size {data.size} exceeds the limit of {limit} bytes",
             limit=limit,
         )
+    await rt.check_policy(
+        UploadRequest(
+            tenant=TENANT,
+            filename=data.filename,
+            size=data.size,
+            api="v1",
+            metadata=data.metadata,
+            sha256=data.sha256,
+        )
+    )
     c = chunking(rt)
     session = await rt.run(
         rt.store.create_session,
@@ -430,6 +448,11 @@ def file_info(file: cas.FileRecord, manifest: list[tuple[str, int]] | None = Non
         metadata=file.metadata,
         upload_id=file.session_id,
         path=file.path,
+        state=file.state,
+        reason=file.reason,
+        detection=file.detection,
+        described=file.described,
+        parents=file.parents,
         chunks=summary,
     )
 
@@ -455,7 +478,8 @@ async def describe_file(file_id: str) -> FileInfo:
     """A file's facts, metadata and a summary of its chunks."""
     rt = runtime()
     file = await rt.run(rt.store.file, file_id, TENANT)
-    return file_info(file, await rt.run(rt.store.manifest, file_id))
+    manifest = await rt.run(rt.store.manifest, file_id) if file.state != "rejected" else None
+    return file_info(file, manifest)
 
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
@@ -501,6 +525,8 @@ async def file_content(file_id: str) -> Response:
     `If-None-Match`; the ETag is the file's BLAKE3."""
     rt = runtime()
     file = await rt.run(rt.store.file, file_id, TENANT)
+    if file.state == "rejected":
+        raise ApiError(410, "file_rejected", f"file {file_id} was rejected: {file.reason}")
     etag = f'"{file.blake3}"'
     headers = {
         "ETag": etag,

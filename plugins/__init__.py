@@ -19,11 +19,12 @@ from .manager import (
     PluginSettings,
     build_plugins,
 )
-from .processing import Processing
+from .processing import PolicyUnavailable, Processing, run_policy
 from .types import (
     Detection,
     FileFacts,
     HookContext,
+    OutboxMessage,
     Outcome,
     Refusal,
     UploadRequest,
@@ -38,7 +39,9 @@ __all__ = [
     "FileFacts",
     "HookContext",
     "Outcome",
+    "OutboxMessage",
     "PluginConfigError",
+    "PolicyUnavailable",
     "PluginSettings",
     "Plugins",
     "Processing",
@@ -48,4 +51,5 @@ __all__ = [
     "build_plugins",
     "hookimpl",
     "hookspec",
+    "run_policy",
 ]

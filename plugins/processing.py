@@ -20,7 +20,17 @@ import pluggy
 import trio
 
 from .manager import Plugins
-from .types import Detection, FileFacts, FileLookup, HookContext, Outbox, Outcome, Verdict
+from .types import (
+    Detection,
+    FileFacts,
+    FileLookup,
+    HookContext,
+    Outbox,
+    Outcome,
+    Refusal,
+    UploadRequest,
+    Verdict,
+)
 
 log = logging.getLogger("ingestd.plugins")
 
@@ -29,6 +39,14 @@ ErrorCallback = Callable[[str, str], None]
 
 class PluginFailed(Exception):
     """A plugin raised, timed out or answered with the wrong type."""
+
+
+class PolicyUnavailable(Exception):
+    """A policy plugin failed, so whether an upload may start is unknown."""
+
+    def __init__(self, plugin: str) -> None:
+        super().__init__(f"the upload policy could not be checked: plugin {plugin} failed")
+        self.plugin = plugin
 
 
 class Processing:
@@ -61,6 +79,11 @@ class Processing:
 
     async def run(self) -> Outcome:
         """detect → validate → scan → describe → lineage → verdict → notify → pipeline."""
+        outcome = await self.decide()
+        return await self.announce(outcome)
+
+    async def decide(self) -> Outcome:
+        """The stages up to the verdict. The caller records it, then `announce`s it."""
         await self._detect()
         for stage in ("validate", "scan"):
             for name, verdict in await self._all(stage, Verdict):
@@ -70,7 +93,10 @@ class Processing:
             self.metadata[name] = described
         for _, parents in await self._all("lineage", list):
             self.parents += [str(p) for p in parents if str(p) not in self.parents]
-        outcome = self._outcome()
+        return self._outcome()
+
+    async def announce(self, outcome: Outcome) -> Outcome:
+        """notify and pipeline; their errors are recorded but change nothing."""
         await self._all("notify", dict, outcome=outcome)
         await self._all("pipeline", str, outcome=outcome)
         return dataclasses.replace(outcome, results=self.results)
@@ -82,7 +108,7 @@ class Processing:
         return Outcome(
             accepted=not reasons,
             reason="; ".join(reasons),
-            results=self.results,
+            results={k: dict(v) for k, v in self.results.items()},
             detection=self.detection,
             metadata=self.metadata,
             parents=tuple(self.parents),
@@ -175,3 +201,29 @@ def _jsonable(answer: Any) -> Any:
     if isinstance(answer, list):
         return {"value": msgspec.to_builtins(answer)}
     return msgspec.to_builtins(answer)
+
+
+async def run_policy(
+    plugins: Plugins,
+    request: UploadRequest,
+    *,
+    limiter: trio.CapacityLimiter | None = None,
+) -> Refusal | None:
+    """Ask every `ingestd_policy` implementation; the first refusal wins.
+
+    A policy plugin that fails is logged; under ``on_error = "reject"``
+    `PolicyUnavailable` is raised (the server's fault, not the client's).
+    """
+    for impl in plugins.hookimpls("ingestd_policy"):
+        available = {"request": request, "config": plugins.configs.get(impl.plugin_name, {})}
+        kwargs = {k: available[k] for k in impl.argnames if k in available}
+        try:
+            answer = await call_hook(impl.function, kwargs, plugins.settings.timeout, limiter)
+        except Exception as exc:
+            log.warning("policy plugin %s failed: %s", impl.plugin_name, exc, exc_info=exc)
+            if plugins.settings.on_error == "reject":
+                raise PolicyUnavailable(impl.plugin_name) from exc
+            continue
+        if isinstance(answer, Refusal):
+            return answer
+    return None

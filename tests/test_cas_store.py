@@ -260,6 +260,20 @@ def test_repeated_chunk_is_sent_once_and_filled_at_completion(store):
         assert reader.read() == data
 
 
+def test_identical_reupload_is_recognised_without_rereading(store):
+    data = os.urandom(2500)
+    first = store.complete(upload(store, data, sha256=hashlib.sha256(data).hexdigest()).id).file
+    store._hash = lambda *a, **k: pytest.fail("identical content must not be re-hashed")
+    second = store.complete(upload(store, data, name="again.bin").id).file
+    assert (second.blake3, second.sha256) == (first.blake3, first.sha256)
+    # Materialised copies are read-only, so identical ones share an inode.
+    assert os.stat(first.path).st_ino == os.stat(second.path).st_ino
+    assert os.stat(second.path).st_mode & 0o222 == 0
+    store.delete_file(first.id)
+    with open(second.path, "rb") as f:
+        assert f.read() == data
+
+
 def test_delete_file_keeps_chunks_another_file_uses(store, clock):
     shared = os.urandom(CHUNK)
     a = store.complete(upload(store, shared + os.urandom(CHUNK)).id).file
