@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import logging
 import math
 
@@ -49,10 +50,20 @@ class JobRunner:
 
     async def wait(self, job_id: str, tenant: str, timeout: float) -> cas.Job:
         """The job, once finished or after `timeout` seconds, whichever is first."""
-        job = await self._rt.run(self._rt.store.job, job_id, tenant)
-        if job.state in FINISHED or timeout <= 0:
-            return job
+        # Registered before the state is read, so a job finishing in between
+        # still wakes this waiter.
         event = self._finished.setdefault(job_id, trio.Event())
+        try:
+            job = await self._rt.run(self._rt.store.job, job_id, tenant)
+        except cas.UnknownJob:
+            self._finished.pop(job_id, None)
+            raise
+        if job.state in FINISHED:
+            # Nothing will set it now; set it so it can go (and wakes any waiter).
+            self._finished.pop(job_id, event).set()
+            return job
+        if timeout <= 0:
+            return job
         with trio.move_on_after(timeout):
             await event.wait()
         return await self._rt.run(self._rt.store.job, job_id, tenant)
@@ -120,7 +131,8 @@ class JobRunner:
         run = Processing(
             rt.plugins,
             facts,
-            lambda: store.open_file(file.id, file.tenant),
+            # Buffered, so that plugins can read lines and small headers cheaply.
+            lambda: io.BufferedReader(store.open_file(file.id, file.tenant), 1 << 20),
             outbox_for=lambda plugin: StoreOutbox(rt, plugin),
             files=TenantFiles(store, file.tenant),
             limiter=rt.limiter,

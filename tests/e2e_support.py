@@ -79,12 +79,14 @@ class Daemon:
         port: int | None = None,
         data_dir: Path | None = None,
         extra_env: dict[str, str] | None = None,
+        config_path: Path | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.data_dir = Path(data_dir) if data_dir else self.workdir / "data"
         self.extra_env = dict(extra_env or {})
+        self.config_path = config_path
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.log_path: Path | None = None
@@ -129,6 +131,8 @@ class Daemon:
             "--data-dir",
             str(self.data_dir),
         ]
+        if self.config_path is not None:
+            cmd += ["--config", str(self.config_path)]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 cmd,

@@ -236,3 +236,23 @@ def test_invalid_plugin_table_names_the_key(make_config):
     config.plugin_tables["webhooks"] = {"urls": "not-a-list"}
     with pytest.raises(ConfigError, match=r"plugins.webhooks.*urls"):
         load_plugins(config)
+
+
+async def test_a_job_interrupted_by_a_crash_runs_at_start(make_config):
+    from ingestd.cas import Store
+
+    config = make_config()
+    data = os.urandom(3000)
+    # A previous daemon accepted the completion, then died before the job ran.
+    with Store(config.data_dir, durability="none", process_files=True) as store:
+        session = store.create_session(filename="late.bin", size=len(data), chunk_size=1024)
+        for i in range(3):
+            store.put_chunk(session.id, i, data[i * 1024 : (i + 1) * 1024])
+        job_id = store.begin_completion(session.id).job_id
+    app = create_app(config, plugins=load_plugins(config, extra={"probe": Probe()}))
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        job = await (await client.get(f"/v1/jobs/{job_id}?wait=20")).get_json()
+        assert job["state"] == "succeeded" and "probe" in job["results"]
+        r = await client.get(f"/v1/files/{job['file_id']}/content")
+        assert await r.get_data() == data
