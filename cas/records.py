@@ -118,6 +118,8 @@ class Job(msgspec.Struct, frozen=True):
     results: dict[str, object] = {}
     # "accepted" or "rejected" once processing has decided.
     verdict: str | None = None
+    # Seconds per plugin and stage.
+    timings: dict[str, dict[str, float]] = {}
 
 
 # A manifest entry: raw 32-byte BLAKE3 then the chunk length, big-endian.

@@ -1014,6 +1014,7 @@ class Store:
         error: str | None = None,
         results: dict[str, object] | None = None,
         verdict: str | None = None,
+        timings: dict[str, dict[str, float]] | None = None,
     ) -> Job:
         def op(txn: lmdb.Transaction) -> Job:
             job = self.index.get(txn, "jobs", job_id.encode(), Job)
@@ -1025,6 +1026,7 @@ class Store:
                 error=error,
                 results=job.results if results is None else results,
                 verdict=verdict if verdict is not None else job.verdict,
+                timings=job.timings if timings is None else timings,
                 updated=self.clock(),
             )
             self.index.put(txn, "jobs", job_id.encode(), job)

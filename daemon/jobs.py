@@ -166,6 +166,7 @@ class JobRunner:
                 error=None if outcome.accepted else f"rejected: {outcome.reason}",
                 results=msgspec.to_builtins(dict(outcome.results)),
                 verdict=verdict,
+                timings=run.timings,
             )
         )
 
@@ -179,3 +180,9 @@ class TenantFiles:
 
     def by_blake3(self, digest: str) -> list[str]:
         return self._store.files_by_blake3(digest, self._tenant)
+
+    def exists(self, file_id: str) -> bool:
+        try:
+            return self._store.file(file_id, self._tenant).state != "rejected"
+        except cas.UnknownFile:
+            return False

@@ -3,7 +3,8 @@
 Messages live in the store (LMDB), so they survive restarts. Each is handed
 to its plugin's `ingestd_deliver`; a failure is retried after 1, 2, 4, …
 seconds (at most 10 minutes apart) until the message is older than
-`[plugins] delivery_max_age`, when it is kept as "dead" for inspection.
+`[plugins] delivery_max_age`, or the plugin raises `DeliveryFailed` (it will
+never succeed), when it is kept as "dead" for inspection.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 import logging
 import math
 
+import blake3
 import trio
 from ingestd import cas
-from ingestd.plugins import OutboxMessage
+from ingestd.plugins import DeliveryFailed, OutboxMessage
 from ingestd.plugins.processing import call_hook
 
 from .runtime import Runtime
@@ -31,7 +33,13 @@ class StoreOutbox:
         self._plugin = plugin
 
     def enqueue(self, payload, *, key=None) -> str:
-        message_id = self._rt.store.outbox_put(self._plugin, dict(payload), key)
+        # Keys are the plugin's business: namespace and hash them, so that two
+        # plugins never collide and any length (or secret in a URL) is fine.
+        message_id = None
+        if key is not None:
+            digest = blake3.blake3(f"{self._plugin}\0{key}".encode()).hexdigest()[:32]
+            message_id = f"msg_{digest}"
+        message_id = self._rt.store.outbox_put(self._plugin, dict(payload), message_id)
         self._rt.outbox.wake()
         return message_id
 
@@ -84,6 +92,7 @@ class OutboxService:
             error = str(exc) or type(exc).__name__
             now = rt.store.clock()
             too_old = now - entry.created > rt.config.plugins.delivery_max_age
+            too_old = too_old or isinstance(exc, DeliveryFailed)
             retry_at = None if too_old else now + backoff(entry.attempt)
             await rt.run(rt.store.outbox_failed, entry.id, error, retry_at)
             rt.metrics.deliveries.labels(entry.plugin, "dead" if too_old else "retry").inc()

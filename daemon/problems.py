@@ -5,8 +5,9 @@ from __future__ import annotations
 import errno
 import logging
 
+import trio
 from ingestd import cas
-from quart import Quart, Response
+from quart import Quart, Response, request
 from quart_schema import RequestSchemaValidationError
 from werkzeug.exceptions import HTTPException
 
@@ -70,7 +71,33 @@ def _http_code(exc: HTTPException) -> str:
     return (exc.name or "error").lower().replace(" ", "_")
 
 
+# How long an error answer waits for the rest of the request body.
+_SETTLE_SECONDS = 10.0
+
+
+async def settle_request_body(response: Response) -> Response:
+    """Let an early error answer leave the connection usable.
+
+    When a handler refuses a request before reading its body, the unread
+    bytes would stay in the connection and the client's next request on it
+    could hang. Wait (briefly) for the body to arrive and drop it; if it is
+    too large or too slow, close the connection instead.
+    """
+    if response.status_code < 400 or request.method not in ("POST", "PUT", "PATCH"):
+        return response
+    try:
+        with trio.move_on_after(_SETTLE_SECONDS) as scope:
+            await request.body
+        if scope.cancelled_caught:
+            response.headers["Connection"] = "close"
+    except HTTPException:  # over the size limit: not worth reading
+        response.headers["Connection"] = "close"
+    return response
+
+
 def register(app: Quart) -> None:
+    app.after_request(settle_request_body)
+
     @app.errorhandler(ApiError)
     async def _api_error(exc: ApiError) -> Response:
         response = problem(exc.status, exc.code, exc.detail, **exc.extra)

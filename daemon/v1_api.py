@@ -124,6 +124,10 @@ class JobInfo(msgspec.Struct):
     state: str
     error: str | None
     results: dict[str, Any]
+    # "accepted" or "rejected" once processing has decided.
+    verdict: str | None
+    # Seconds each plugin spent per stage.
+    timings: dict[str, dict[str, float]]
     created: float
     updated: float
 
@@ -425,6 +429,8 @@ async def job_status(job_id: str, query_args: WaitQuery) -> JobInfo:
         state=str(job.state),
         error=job.error,
         results=job.results,
+        verdict=job.verdict,
+        timings=job.timings,
         created=job.created,
         updated=job.updated,
     )

@@ -21,6 +21,7 @@ from .manager import (
 )
 from .processing import PolicyUnavailable, Processing, run_policy
 from .types import (
+    DeliveryFailed,
     Detection,
     FileFacts,
     HookContext,
@@ -35,6 +36,7 @@ __all__ = [
     "BUILTINS",
     "DISABLE_AUTOLOAD_ENV",
     "ENTRY_POINT_GROUP",
+    "DeliveryFailed",
     "Detection",
     "FileFacts",
     "HookContext",

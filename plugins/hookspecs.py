@@ -169,7 +169,8 @@ def ingestd_deliver(message: OutboxMessage, config: Any) -> None:
     Called by the daemon's outbox service only for messages of your own
     plugin, with your parsed config. Return normally when delivered; raise to
     have it retried with exponential backoff (``message.attempt`` counts
-    from 1). Messages survive restarts, so delivery is at least once: give
-    receivers a stable id (``message.id`` or your own) to deduplicate. Sync
-    (in a worker thread) or async.
+    from 1), or raise ``ingestd.plugins.DeliveryFailed`` when retrying cannot
+    help (the message is kept as dead). Messages survive restarts, so
+    delivery is at least once: give receivers a stable id (``message.id`` or
+    your own) to deduplicate. Sync (in a worker thread) or async.
     """

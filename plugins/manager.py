@@ -61,7 +61,7 @@ class Plugins:
             self.configs[name] = self._parse_config(name)
 
     def names(self) -> list[str]:
-        return [name for name, _ in self.pm.list_name_plugin() if name is not None]
+        return _names(self.pm)
 
     def hookimpls(self, hook: str) -> list[pluggy.HookImpl]:
         """Implementations of `hook` in call order (last registered first)."""
@@ -79,6 +79,10 @@ class Plugins:
             raise PluginConfigError(f"invalid config [plugins.{name}]: {exc}") from None
 
 
+def _names(pm: pluggy.PluginManager) -> list[str]:
+    return [name for name, _ in pm.list_name_plugin() if name is not None]
+
+
 def build_plugins(
     settings: PluginSettings | None = None,
     *,
@@ -92,26 +96,36 @@ def build_plugins(
     plugins are unregistered; unknown hooks fail at once (``check_pending``).
     """
     settings = settings or PluginSettings()
+    builtins = BUILTINS if builtins is None else builtins
+
+    def wanted(name: str) -> bool:
+        if name in settings.disabled:
+            return False
+        return not settings.enabled or name in settings.enabled
+
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
-    for name, module in (BUILTINS if builtins is None else builtins).items():
-        pm.register(importlib.import_module(module), name=name)
+    # A built-in that is not wanted is not even imported.
+    for name, module in builtins.items():
+        if wanted(name):
+            pm.register(importlib.import_module(module), name=name)
     for name, plugin in (extra or {}).items():
-        pm.register(plugin, name=name)
+        if wanted(name):
+            pm.register(plugin, name=name)
+    known = set(builtins) | set(extra or {})
     if settings.autoload and not os.environ.get(DISABLE_AUTOLOAD_ENV):
+        before = set(_names(pm))
         pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
-    known = {name for name, _ in pm.list_name_plugin()}
-    for name in [*settings.enabled, *settings.disabled]:
+        for name in set(_names(pm)) - before:
+            known.add(name)
+            if not wanted(name):
+                pm.unregister(name=name)
+    for name in [*settings.enabled, *settings.disabled, *settings.tables]:
         if name not in known:
+            where = f"[plugins.{name}]" if name in settings.tables else "plugins"
             raise PluginConfigError(
-                f"invalid config plugins: no plugin named {name!r} "
+                f"invalid config {where}: no plugin named {name!r} "
                 f"(known: {', '.join(sorted(known))})"
             )
-    for name in list(known):
-        if name in settings.disabled or (settings.enabled and name not in settings.enabled):
-            pm.unregister(name=name)
-    for name in settings.tables:
-        if name not in known:
-            raise PluginConfigError(f"invalid config [plugins.{name}]: no plugin named {name!r}")
     pm.check_pending()
     return Plugins(pm, settings)

@@ -71,6 +71,8 @@ class Processing:
         self.limiter = limiter
         self.on_error = on_error
         self.results: dict[str, dict[str, Any]] = {}
+        # Seconds each plugin spent per stage, for operators and benchmarks.
+        self.timings: dict[str, dict[str, float]] = {}
         self.detection: Detection | None = None
         self.rejections: list[str] = []
         self.errors: list[str] = []
@@ -147,6 +149,7 @@ class Processing:
         available = {"ctx": self.context(name), **extra}
         # A hook implementation gets only the arguments it names.
         kwargs = {k: available[k] for k in impl.argnames if k in available}
+        started = trio.current_time()
         try:
             answer = await call_hook(
                 impl.function, kwargs, self.plugins.settings.timeout, self.limiter
@@ -155,7 +158,9 @@ class Processing:
                 raise PluginFailed(
                     f"returned {type(answer).__name__}, expected {kind.__name__} or None"
                 )
+            recorded = None if answer is None else _jsonable(answer)
         except Exception as exc:  # a plugin's failure is data, not a crash
+            self._timed(name, stage, started)
             detail = str(exc) or type(exc).__name__
             if isinstance(exc, trio.TooSlowError):
                 detail = f"timed out after {self.plugins.settings.timeout:g} s"
@@ -166,9 +171,14 @@ class Processing:
             if self.on_error is not None:
                 self.on_error(name, stage)
             return None
-        if answer is not None:
-            self.results.setdefault(name, {})[stage] = _jsonable(answer)
+        self._timed(name, stage, started)
+        if recorded is not None:
+            self.results.setdefault(name, {})[stage] = recorded
         return answer
+
+    def _timed(self, plugin: str, stage: str, started: float) -> None:
+        seconds = round(trio.current_time() - started, 6)
+        self.timings.setdefault(plugin, {})[stage] = seconds
 
 
 async def call_hook(

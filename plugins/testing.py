@@ -49,6 +49,9 @@ class MemoryFiles:
     def by_blake3(self, digest: str) -> list[str]:
         return [file_id for file_id, b3 in self.files.items() if b3 == digest]
 
+    def exists(self, file_id: str) -> bool:
+        return file_id in self.files
+
 
 def facts_for(data: bytes, filename: str, metadata: Mapping[str, Any] | None = None) -> FileFacts:
     """FileFacts as the store would record them for `data`."""

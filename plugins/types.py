@@ -108,6 +108,11 @@ class OutboxMessage:
     created: float
 
 
+class DeliveryFailed(Exception):
+    """Raised by ``ingestd_deliver`` when retrying cannot help (e.g. 410 Gone):
+    the message is kept as dead instead of being retried."""
+
+
 class Outbox(Protocol):
     """Durable at-least-once delivery: what a plugin enqueues survives restarts
     and is retried with backoff until the plugin's ``ingestd_deliver`` succeeds."""
@@ -115,8 +120,9 @@ class Outbox(Protocol):
     def enqueue(self, payload: Mapping[str, Any], *, key: str | None = None) -> str:
         """Queue `payload` (JSON-serialisable) for delivery; returns the message id.
 
-        The same `key` (e.g. event id + destination) queued twice is one message,
-        so a re-run of processing after a crash does not duplicate deliveries."""
+        The same `key` (e.g. event id + destination) queued twice by the same
+        plugin is one message, so a re-run of processing after a crash does not
+        duplicate deliveries. Keys are hashed: any length, never logged."""
         ...
 
 
@@ -125,6 +131,10 @@ class FileLookup(Protocol):
 
     def by_blake3(self, digest: str) -> list[str]:
         """Ids of the tenant's files with exactly this content (oldest first)."""
+        ...
+
+    def exists(self, file_id: str) -> bool:
+        """Whether the tenant has a file with this id (accepted or processing)."""
         ...
 
 

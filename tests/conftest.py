@@ -11,6 +11,8 @@ def make_config(tmp_path):
         base = {
             "INGESTD_STORAGE_DATA_DIR": str(tmp_path / "data"),
             "INGESTD_STORAGE_DURABILITY": "none",
+            # Installed third-party plugins (the example) join only where a test asks.
+            "INGESTD_PLUGINS_AUTOLOAD": "false",
             # Small chunks keep API tests fast and multi-chunk.
             "INGESTD_STORAGE_CHUNK_SIZE": "1024",
             "INGESTD_STORAGE_CDC_MIN_SIZE": "256",

@@ -221,8 +221,8 @@ async def test_delete_keeps_chunks_another_file_uses(client):
 
 
 async def test_files_listing(client):
-    ids = [(await upload(client, f"set-{n}.csv", os.urandom(300), [300]))["file_id"] for n in "abc"]
-    await upload(client, "other.json", os.urandom(300), [300])
+    ids = [(await upload(client, f"set-{n}.bin", os.urandom(300), [300]))["file_id"] for n in "abc"]
+    await upload(client, "other.bin", os.urandom(300), [300])
     page = await (await client.get("/v1/files?prefix=set-&limit=2")).get_json()
     assert len(page["files"]) == 2 and page["next"]
     rest = await (await client.get(f"/v1/files?prefix=set-&after={page['next']}")).get_json()

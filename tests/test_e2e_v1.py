@@ -101,3 +101,19 @@ def test_sigkill_keeps_acknowledged_chunks_and_the_upload_finishes(daemon: Daemo
         timeout=30,
     )
     assert part.status_code == 206 and part.content == data[1000000:5000001]
+
+
+def test_early_errors_leave_the_connection_usable(daemon: Daemon):
+    # A chunk refused before its body is read must not wedge the connection:
+    # the client's next request on it has to be answered.
+    with httpx.Client(base_url=daemon.base_url, timeout=5) as client:
+        upload_id = client.post("/v1/uploads", json={"filename": "t", "size": 300_000}).json()["id"]
+        body = random.Random(4).randbytes(300_000)
+        bad_digest = {"Content-Digest": "blake3=:" + "A" * 43 + "=:"}
+        for _ in range(5):
+            r = client.put(f"/v1/uploads/{upload_id}/chunks/5", content=body)
+            assert r.status_code == 400 and r.json()["code"] == "chunk_index_out_of_range"
+            assert client.get("/healthz").status_code == 200
+            r = client.put(f"/v1/uploads/{upload_id}/chunks/0", content=body, headers=bad_digest)
+            assert r.status_code == 422 and r.json()["code"] == "chunk_hash_mismatch"
+            assert client.get("/healthz").status_code == 200

@@ -20,9 +20,11 @@ NAME = "license-check"
 
 
 class LicenseConfig(msgspec.Struct, forbid_unknown_fields=True):
-    allowed: list[str] = ["mit", "apache-2.0", "cc-by-4.0", "cc0-1.0"]
+    allowed: list[str] = msgspec.field(
+        default_factory=lambda: ["mit", "apache-2.0", "cc-by-4.0", "cc0-1.0"]
+    )
     # Files that count as datasets, by name.
-    datasets: list[str] = ["*.jsonl", "*.csv", "*.parquet"]
+    datasets: list[str] = msgspec.field(default_factory=lambda: ["*.jsonl", "*.csv", "*.parquet"])
     sample_lines: int = 1000
 
 

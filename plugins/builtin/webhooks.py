@@ -10,7 +10,9 @@ the hook point for fine-tuning or curation jobs.
 
 Event and message ids are derived from the file id, so processing that re-runs
 after a crash queues the same messages (the outbox deduplicates by key) and a
-receiver sees the same ``webhook-id`` on every retry.
+receiver sees the same ``webhook-id`` on every retry. Outbox keys and error
+messages name a URL by its origin and a digest, never in full: webhook URLs
+often carry a token in their path, and keys and errors end up in logs.
 
 Config, ``[plugins.webhooks]``::
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import hashlib
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -118,9 +121,10 @@ def ingestd_deliver(message: OutboxMessage, config: Any) -> None:
         event = message.payload["event"]
     except KeyError as exc:
         raise WebhookDeliveryError(f"message {message.id} has no {exc.args[0]!r}") from None
+    where = describe_url(url)
     if not config.secret:
         raise WebhookDeliveryError(
-            f"cannot sign {event_id} for {url}: [plugins.webhooks] secret is not set"
+            f"cannot sign {event_id} for {where}: [plugins.webhooks] secret is not set"
         )
     # Deterministic key order: every retry sends the same bytes.
     body = msgspec.json.encode(event, order="deterministic").decode()
@@ -146,12 +150,32 @@ def ingestd_deliver(message: OutboxMessage, config: Any) -> None:
     except httpx.HTTPError as exc:
         detail = str(exc) or type(exc).__name__
         raise WebhookDeliveryError(
-            f"POST {url} for {event_id} (attempt {message.attempt}) failed: {detail}"
+            f"POST {where} for {event_id} (attempt {message.attempt}) failed: {detail}"
         ) from exc
     raise WebhookDeliveryError(
-        f"POST {url} for {event_id} (attempt {message.attempt}) answered "
+        f"POST {where} for {event_id} (attempt {message.attempt}) answered "
         f"{response.status_code} {response.reason_phrase}" + (f": {excerpt}" if excerpt else "")
     )
+
+
+def message_key(event_id: str, url: str) -> str:
+    """The outbox key of `event_id` for `url`: stable, short (LMDB keys are at
+    most 511 bytes, URLs are not) and free of the URL's secrets."""
+    return f"{event_id}|{_url_digest(url)}"
+
+
+def describe_url(url: str) -> str:
+    """`url` for messages and logs: its origin and the digest in its message key."""
+    try:
+        parsed = httpx.URL(url)
+        origin = f"{parsed.scheme}://{parsed.netloc.decode('ascii', 'replace')}"
+    except (httpx.InvalidURL, TypeError):
+        origin = "<invalid url>"
+    return f"{origin}/… (url {_url_digest(url)})"
+
+
+def _url_digest(url: str) -> str:
+    return hashlib.sha256(str(url).encode()).hexdigest()[:16]
 
 
 def _config(config: Any) -> WebhooksConfig:
@@ -164,7 +188,7 @@ def _config(config: Any) -> WebhooksConfig:
 
 def _enqueue(ctx: HookContext, url: str, event_id: str, event: dict[str, Any]) -> str:
     payload = {"url": url, "event_id": event_id, "event": event}
-    return ctx.outbox.enqueue(payload, key=f"{event_id}|{url}")
+    return ctx.outbox.enqueue(payload, key=message_key(event_id, url))
 
 
 def _event(event_type: str, data: dict[str, Any]) -> dict[str, Any]:

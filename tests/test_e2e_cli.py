@@ -1,0 +1,356 @@
+"""End to end: `ingestd upload/download/ls` (the /v1 client) against the real daemon.
+
+The CLI runs as a subprocess, as a user would run it, with its resume state in
+a temporary directory. Everything talks to 127.0.0.1 only; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import blake3
+import httpx
+import pytest
+from e2e_support import HOST, Daemon, sha256_file, write_random_file
+from test_chunking import insert_lines, jsonl_bytes
+
+pytestmark = pytest.mark.e2e
+
+KiB = 1 << 10
+MiB = 1 << 20
+FILE_SIZE = 32 * MiB
+CLI_TIMEOUT = 120.0
+WAIT_TIMEOUT = 60.0
+
+
+def cli_command() -> list[str]:
+    script = Path(sys.executable).with_name("ingestd")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "ingestd.daemon.cli"]
+
+
+class Cli:
+    """Runs `ingestd …` subprocesses with their own state directory."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("INGESTD_")}
+        self.env["INGESTD_STATE_DIR"] = str(state_dir)
+        self.env["COLUMNS"] = "200"  # keep rich's table from truncating ids
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [*cli_command(), *args],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def run(self, *args: str, expect: int = 0) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [*cli_command(), *args],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=CLI_TIMEOUT,
+        )
+        assert done.returncode == expect, (
+            f"ingestd {' '.join(args)} exited {done.returncode}, expected {expect}\n"
+            f"stdout: {done.stdout[-2000:]}\nstderr: {done.stderr[-2000:]}"
+        )
+        return done
+
+    def upload(self, url: str, *args: str) -> dict:
+        out = self.run("upload", *args, "--url", url, "--json").stdout.splitlines()
+        assert len(out) == 1, out
+        return json.loads(out[0])
+
+    def state_files(self) -> list[Path]:
+        return sorted(self.state_dir.glob("upload-*.json"))
+
+
+class ThrottledProxy:
+    """A loopback TCP forwarder that slows the client-to-server direction to
+    `rate` bytes/s (None: full speed) and counts the bytes it forwards that way,
+    so that a test can stop an upload midway and measure what was sent."""
+
+    BLOCK = 64 * KiB
+
+    def __init__(self, target_port: int, rate: float | None) -> None:
+        self.target_port = target_port
+        self.rate = rate
+        self.upstream_bytes = 0
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._listener = socket.create_server((HOST, 0))
+        self.port = self._listener.getsockname()[1]
+        self._start(self._accept)
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def _start(self, target, *args) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            upstream = socket.create_connection((HOST, self.target_port), timeout=10)
+            upstream.settimeout(None)
+            with self._lock:
+                self._sockets += [client, upstream]
+            self._start(self._pump, client, upstream, True)
+            self._start(self._pump, upstream, client, False)
+
+    def _pump(self, src: socket.socket, dst: socket.socket, upstream: bool) -> None:
+        try:
+            while data := src.recv(self.BLOCK):
+                if upstream:
+                    with self._lock:
+                        self.upstream_bytes += len(data)
+                    rate = self.rate
+                    if rate:
+                        time.sleep(len(data) / rate)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            # Pass the end (or the reset) on, as the real peer would see it.
+            for s in (dst, src):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        except OSError:
+            pass
+        self._listener.close()
+        with self._lock:
+            for s in self._sockets:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+
+@pytest.fixture
+def daemon(tmp_path: Path):
+    with Daemon(tmp_path / "daemon") as d:
+        yield d
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    return Cli(tmp_path / "state")
+
+
+def server_info(daemon: Daemon) -> dict:
+    r = httpx.get(f"{daemon.base_url}/v1/info", timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def upload_status(daemon: Daemon, upload_id: str) -> dict:
+    r = httpx.get(f"{daemon.base_url}/v1/uploads/{upload_id}", timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def file_blake3(path: Path) -> str:
+    h = blake3.blake3()
+    with open(path, "rb") as f:
+        while block := f.read(MiB):
+            h.update(block)
+    return h.hexdigest()
+
+
+def download(cli: Cli, daemon: Daemon, file_id: str, dest: Path) -> Path:
+    out = cli.run("download", file_id, "-o", str(dest), "--url", daemon.base_url).stdout
+    assert Path(out.strip()) == dest
+    return dest
+
+
+def test_upload_download_dedup_and_ls(daemon: Daemon, cli: Cli, tmp_path: Path):
+    source = tmp_path / "model.safetensors"
+    sha = write_random_file(source, FILE_SIZE)
+
+    first = cli.upload(daemon.base_url, str(source))
+    assert first["bytes_total"] == FILE_SIZE
+    assert first["bytes_sent"] == FILE_SIZE
+    assert first["chunks_sent"] == first["chunks_total"] > 1
+    assert first["chunks_skipped"] == 0
+    assert first["resumed"] is False
+    assert first["filename"] == source.name
+    assert first["blake3"] == file_blake3(source)
+    assert first["seconds"] > 0
+    assert cli.state_files() == []  # a finished upload leaves no resume state
+
+    copy = download(cli, daemon, first["file_id"], tmp_path / "copy.safetensors")
+    assert sha256_file(copy) == sha
+
+    # The same bytes again: nothing to send, every chunk is already there.
+    second = cli.upload(daemon.base_url, str(source))
+    assert second["bytes_sent"] == 0
+    assert second["chunks_sent"] == 0
+    assert second["chunks_skipped"] == second["chunks_total"] == first["chunks_total"]
+    assert second["blake3"] == first["blake3"]
+    assert second["upload_id"] != first["upload_id"]
+
+    # A directory as destination: the file keeps its own name.
+    into = tmp_path / "downloads"
+    into.mkdir()
+    out = cli.run("download", second["file_id"], "-o", str(into), "--url", daemon.base_url)
+    assert Path(out.stdout.strip()) == into / source.name
+    assert sha256_file(into / source.name) == sha
+
+    listed = [
+        json.loads(line)
+        for line in cli.run("ls", "--json", "--url", daemon.base_url).stdout.splitlines()
+    ]
+    ids = {f["id"] for f in listed}
+    assert {first["file_id"], second["file_id"]} <= ids
+    for f in listed:
+        assert f["filename"] == source.name and f["size"] == FILE_SIZE
+    prefixed = cli.run("ls", "--json", "--prefix", "model.", "--url", daemon.base_url).stdout
+    assert {json.loads(line)["id"] for line in prefixed.splitlines()} == ids
+    assert cli.run("ls", "--json", "--prefix", "nothing", "--url", daemon.base_url).stdout == ""
+    table = cli.run("ls", "--url", daemon.base_url).stdout
+    assert first["file_id"] in table and second["file_id"] in table
+
+
+def test_insertion_near_start_sends_little(daemon: Daemon, cli: Cli, tmp_path: Path):
+    original = jsonl_bytes(FILE_SIZE, seed=11)
+    extra = jsonl_bytes(100 * KiB, seed=12)
+    edited = insert_lines(original, 200 * KiB, extra[: extra.rindex(b"\n") + 1])
+    v1, v2 = tmp_path / "train.jsonl", tmp_path / "train-v2.jsonl"
+    v1.write_bytes(original)
+    v2.write_bytes(edited)
+
+    first = cli.upload(daemon.base_url, str(v1))
+    assert first["bytes_sent"] == FILE_SIZE
+    second = cli.upload(daemon.base_url, str(v2))
+    assert second["bytes_total"] == len(edited)
+    assert second["bytes_sent"] <= len(edited) // 10, second
+    assert second["chunks_skipped"] > 0
+    assert second["chunks_sent"] + second["chunks_skipped"] == second["chunks_total"]
+
+    copy = download(cli, daemon, second["file_id"], tmp_path / "copy.jsonl")
+    assert sha256_file(copy) == sha256_file(v2)
+
+
+def test_sigkill_mid_upload_then_resume(daemon: Daemon, cli: Cli, tmp_path: Path):
+    parallel = 1
+    max_chunk = server_info(daemon)["chunking"]["max_size"]
+    source = tmp_path / "checkpoint.bin"
+    sha = write_random_file(source, FILE_SIZE)
+    # Slow enough (8 s for the file) that the upload is surely caught midway.
+    proxy = ThrottledProxy(daemon.port, rate=4 * MiB)
+    try:
+        args = ("upload", str(source), "--url", proxy.url, "--parallel", str(parallel), "--json")
+        proc = cli.popen(*args)
+        try:
+            upload_id = _wait_for_state(cli, proc)
+            received = _wait_for_chunks(daemon, upload_id, proc, at_least=2)
+            assert proc.poll() is None, "the upload finished before it could be killed"
+        finally:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=10)
+        assert proc.returncode == -signal.SIGKILL
+        sent_before = proxy.upstream_bytes
+
+        # The resume state survived the kill, and the server kept what it acknowledged.
+        assert len(cli.state_files()) == 1
+        status = upload_status(daemon, upload_id)
+        assert status["state"] == "open"
+        assert status["received_chunks"] >= received
+        assert 0 < status["received_bytes"] < FILE_SIZE
+        kept = status["received_bytes"]
+
+        proxy.rate = None
+        resumed = cli.upload(proxy.url, str(source), "--parallel", str(parallel))
+    finally:
+        proxy.close()
+
+    assert resumed["resumed"] is True
+    assert resumed["upload_id"] == upload_id
+    assert resumed["bytes_total"] == FILE_SIZE
+    # Only what the server lacked was sent again.
+    assert resumed["bytes_sent"] <= FILE_SIZE - kept
+    assert resumed["chunks_skipped"] >= status["received_chunks"]
+    assert kept + resumed["bytes_sent"] <= FILE_SIZE + parallel * max_chunk
+    # On the wire, across both runs: the file once, plus at most the chunks in
+    # flight at the kill, plus requests' headers and the JSON chunk list.
+    assert proxy.upstream_bytes <= FILE_SIZE + parallel * max_chunk + 256 * KiB, (
+        sent_before,
+        proxy.upstream_bytes,
+    )
+    assert cli.state_files() == []
+
+    copy = download(cli, daemon, resumed["file_id"], tmp_path / "copy.bin")
+    assert sha256_file(copy) == sha
+
+
+def _wait_for_state(cli: Cli, proc: subprocess.Popen[str]) -> str:
+    """The upload id, once the CLI has written its resume state."""
+    deadline = time.monotonic() + WAIT_TIMEOUT
+    while time.monotonic() < deadline:
+        if files := cli.state_files():
+            return json.loads(files[0].read_text())["upload_id"]
+        if proc.poll() is not None:
+            out, err = proc.communicate(timeout=10)
+            pytest.fail(f"upload exited {proc.returncode} before writing state: {out} {err}")
+        time.sleep(0.01)
+    pytest.fail(f"no state file in {cli.state_dir} within {WAIT_TIMEOUT}s")
+
+
+def _wait_for_chunks(
+    daemon: Daemon, upload_id: str, proc: subprocess.Popen[str], at_least: int
+) -> int:
+    deadline = time.monotonic() + WAIT_TIMEOUT
+    while time.monotonic() < deadline:
+        received = upload_status(daemon, upload_id)["received_chunks"]
+        if received >= at_least:
+            return received
+        if proc.poll() is not None:
+            pytest.fail(f"upload exited {proc.returncode} with only {received} chunks received")
+        time.sleep(0.02)
+    pytest.fail(f"fewer than {at_least} chunks received within {WAIT_TIMEOUT}s")
+
+
+def test_cli_errors_and_exit_codes(daemon: Daemon, cli: Cli, tmp_path: Path):
+    url = daemon.base_url
+    missing = cli.run("upload", str(tmp_path / "absent.bin"), "--url", url, expect=2)
+    assert "no such file" in missing.stderr
+    cli.run("upload", str(tmp_path), "--url", url, expect=2)
+    cli.run("upload", "--url", url, expect=2)  # no PATH
+    present = tmp_path / "present.bin"
+    present.write_bytes(b"data")
+    bad = cli.run("upload", str(present), "--url", "ftp://127.0.0.1/", expect=2)
+    assert "--url" in bad.stderr
+    unknown = cli.run("download", "0" * 32, "-o", str(tmp_path / "x"), "--url", url, expect=1)
+    assert "404" in unknown.stderr and "unknown_file" in unknown.stderr
+    assert not (tmp_path / "x").exists()
