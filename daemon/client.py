@@ -198,6 +198,49 @@ class UploadState:
                     entry.unlink()
 
 
+class HashCache:
+    """Chunk lists of files already hashed, so that uploading an unchanged file
+    again does not read it again (as restic and rsync do).
+
+    Keyed by path, size, mtime, ctime, inode and chunking parameters: any
+    write to the file changes its ctime, which no one can set back.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    @staticmethod
+    def fingerprint(path: Path, st: os.stat_result, mode: str, params: ChunkingParams) -> str:
+        facts = [str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+        facts += [st.st_dev, mode, params.as_dict()]
+        return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:32]
+
+    def _path(self, key: str) -> Path:
+        return self.directory / f"hashes-{key}.json"
+
+    def load(self, key: str) -> ChunkedFile | None:
+        try:
+            record = json.loads(self._path(key).read_text())
+            chunks = [Chunk(*c) for c in record["chunks"]]
+            return ChunkedFile(size=record["size"], chunks=chunks, blake3=record["blake3"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # absent or damaged: hash the file
+
+    def save(self, key: str, plan: ChunkedFile) -> None:
+        chunks = [list(c) for c in plan.chunks]
+        record = {"size": plan.size, "blake3": plan.blake3, "chunks": chunks}
+        with contextlib.suppress(OSError):  # a cache: failing to write it costs only time
+            self.directory.mkdir(parents=True, exist_ok=True)
+            cutoff = time.time() - STATE_MAX_AGE
+            for entry in self.directory.glob("hashes-*.json"):
+                if entry.stat().st_mtime < cutoff:
+                    entry.unlink()
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".hashes-", suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
+                json.dump(record, f, separators=(",", ":"))
+            os.replace(tmp, self._path(key))
+
+
 def _default_state_dir() -> str:
     import platformdirs
 
@@ -242,6 +285,7 @@ class Client:
         self.timeout = timeout
         self.backoff = tuple(backoff)
         self.state = UploadState(state_dir)
+        self.hashes = HashCache(self.state.directory)
         headers = {"User-Agent": "ingestd-client/0.1"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -461,13 +505,25 @@ class Client:
                 path=path,
             )
 
-        try:
-            plan = chunk_file(path, params, self.chunking, on_bytes=lambda n: notify("hashed", n))
-        except FileChangedError as exc:
-            raise UploadError(f"{exc}; try again", path=path) from exc
-        after = os.stat(path)
-        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
-            raise UploadError(f"{path} changed while it was being hashed; try again", path=path)
+        cache_key = HashCache.fingerprint(path, before, self.chunking, params)
+        plan = self.hashes.load(cache_key)
+        if plan is not None:
+            notify("hashed", plan.size)
+        else:
+            try:
+                plan = chunk_file(
+                    path, params, self.chunking, on_bytes=lambda n: notify("hashed", n)
+                )
+            except FileChangedError as exc:
+                raise UploadError(f"{exc}; try again", path=path) from exc
+            after = os.stat(path)
+            if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (
+                before.st_size,
+                before.st_mtime_ns,
+                before.st_ctime_ns,
+            ):
+                raise UploadError(f"{path} changed while it was being hashed; try again", path=path)
+            self.hashes.save(cache_key, plan)
 
         fingerprint = {
             "url": self.url,

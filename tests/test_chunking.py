@@ -205,3 +205,24 @@ def test_memory_does_not_grow_with_the_file(tmp_path: Path):
     assert result.size == 48 * MiB
     # Stream buffer (2 × max) plus a window of 2 × workers + 2 chunks, and the list.
     assert peak < 12 * MiB, peak
+
+
+def test_hash_cache_is_invalidated_by_any_write(tmp_path):
+    from ingestd.daemon.client import HashCache
+
+    path = tmp_path / "data.bin"
+    path.write_bytes(os.urandom(300_000))
+    params = ChunkingParams(fixed_size=65536, min_size=16384, avg_size=65536, max_size=262144)
+    plan = chunk_file(path, params, "cdc")
+    cache = HashCache(tmp_path / "cache")
+    st = os.stat(path)
+    key = HashCache.fingerprint(path, st, "cdc", params)
+    assert cache.load(key) is None
+    cache.save(key, plan)
+    assert cache.load(key) == plan
+    # Same size, same mtime put back: the ctime still tells the file changed.
+    with open(path, "r+b") as f:
+        f.write(b"changed")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert HashCache.fingerprint(path, os.stat(path), "cdc", params) != key
+    assert HashCache.fingerprint(path, st, "fixed", params) != key
