@@ -7,6 +7,7 @@ so it is durable when the call returns.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import os
@@ -129,10 +130,12 @@ class Store:
             map_size=map_size,
             group_commit=group_commit,
         )
+        self._copier = concurrent.futures.ThreadPoolExecutor(2, "ingestd-materialize")
         self._locks_guard = threading.Lock()
         self._completion_locks: dict[str, tuple[threading.Lock, int]] = {}
 
     def close(self) -> None:
+        self._copier.shutdown()
         self.index.close()
 
     def __enter__(self) -> Store:
@@ -485,21 +488,29 @@ class Store:
                     raise StorageError(f"manifest of {session_id} does not add up to its size")
                 packed = records.pack_manifest(entries)
                 twin = self._twin(packed, session.tenant)
-                if twin is not None and (twin.sha256 or session.sha256 is None):
-                    # Identical manifest, identical bytes: the hashes are known.
-                    digest, sha256 = twin.blake3, twin.sha256
-                else:
+                if twin is not None and not (twin.sha256 or session.sha256 is None):
                     twin = None
-                    digest, sha256 = self._hash(entries, with_sha256=session.sha256 is not None)
+                copying = None
+                if self.materialize_mode == "copy":
+                    # The copy and the hashing both read every chunk; run them
+                    # side by side rather than one after the other.
+                    same_as = twin.path if twin is not None else None
+                    copying = self._copier.submit(self._materialize, session, entries, same_as)
+                try:
+                    if twin is not None:
+                        # Identical manifest, identical bytes: the hashes are known.
+                        digest, sha256 = twin.blake3, twin.sha256
+                    else:
+                        with_sha256 = session.sha256 is not None
+                        digest, sha256 = self._hash(entries, with_sha256=with_sha256)
+                finally:
+                    path = str(copying.result()) if copying is not None else None
                 if session.sha256 is not None and sha256 != session.sha256:
                     reason = f"content sha256 is {sha256}, the upload declared {session.sha256}"
                     self._end_session(session_id, SessionState.REJECTED, reason)
                     self.update_job(session.job_id, JobState.FAILED, error=reason)
+                    self._remove_copy(path)
                     raise ChecksumMismatch(reason, expected=session.sha256, actual=sha256)
-                path = None
-                if self.materialize_mode == "copy":
-                    same_as = twin.path if twin is not None else None
-                    path = str(self._materialize(session, entries, same_as))
             except ChecksumMismatch:
                 raise
             except BaseException:
@@ -839,7 +850,7 @@ class Store:
             return file
 
         file = self.index.write(op)
-        self._remove_copy(file)
+        self._remove_copy(file.path)
         return file
 
     def _forget_manifest(self, txn: lmdb.Transaction, file_id: str, packed: bytes) -> None:
@@ -850,12 +861,12 @@ class Store:
             txn.delete(_manifest_key(packed, file_id), db=self.index.db["manifest_files"])
 
     @staticmethod
-    def _remove_copy(file: FileRecord) -> None:
-        if file.path:
+    def _remove_copy(path: str | None) -> None:
+        if path:
             # The materialised copy is derived data; remove it and its folder.
             with contextlib.suppress(OSError):
-                os.unlink(file.path)
-                os.rmdir(os.path.dirname(file.path))
+                os.unlink(path)
+                os.rmdir(os.path.dirname(path))
 
     def conclude(
         self,
@@ -909,7 +920,7 @@ class Store:
         before = self.file_any(file_id)
         file = self.index.write(op)
         if not accepted:
-            self._remove_copy(before)
+            self._remove_copy(before.path)
         return file
 
     def file_any(self, file_id: str) -> FileRecord:

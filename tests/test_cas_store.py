@@ -111,6 +111,8 @@ def test_checksum_mismatch_rejects_and_releases(store, clock):
         store.complete(s.id)
     rejected = store.session(s.id)
     assert rejected.state == SessionState.REJECTED and "sha256" in rejected.reason
+    # No copy of refused content is left for downstream tools to pick up.
+    assert not [p for p in store.completed_dir.rglob("*") if p.is_file()]
     with pytest.raises(SessionNotOpen):
         store.put_chunk(s.id, 0, data[:CHUNK])
     clock.now += 10
