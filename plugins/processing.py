@@ -138,6 +138,7 @@ class Processing:
             plugin_name=plugin_name,
             detection=self.detection,
             results={k: dict(v) for k, v in self.results.items()},
+            rejections=tuple(self.rejections),
             log=logging.getLogger(f"ingestd.plugins.{plugin_name}"),
             outbox=self.outbox_for(plugin_name),
             files=self.files,

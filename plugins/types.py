@@ -147,10 +147,15 @@ class HookContext:
     # type when it declares one, else the raw dict.
     config: Any
     plugin_name: str
-    # Filled in as the pipeline goes: the detection, and every result so far.
+    # Filled in as the pipeline goes: the detection, and every result so far,
+    # by plugin name then stage. A Verdict is stored as {"ok", "reason",
+    # **details}; a dict or list answer as is; a failed call as {"error": ...}.
     detection: Detection | None
     results: Mapping[str, Mapping[str, Any]]
     log: logging.Logger
+    # Why the file is rejected so far ("plugin: reason"); later stages still
+    # run after a rejection, so that every finding is reported.
+    rejections: tuple[str, ...]
     # Durable queue for deliveries (see ``ingestd_deliver``).
     outbox: Outbox
     # Queries over the tenant's other files.
