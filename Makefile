@@ -9,13 +9,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-EXAMPLE_PLUGIN := examples/ingestd-license-check
-
-# Reinstall only when the project's metadata changes. The example plugin is
-# installed too: the tests discover it through its entry point.
-$(STAMP): pyproject.toml $(EXAMPLE_PLUGIN)/pyproject.toml | $(BIN)/python
+# Reinstall only when the project's metadata changes.
+$(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	$(BIN)/python -m pip install --quiet --no-deps -e $(EXAMPLE_PLUGIN)
 	touch $(STAMP)
 
 run: $(STAMP)
