@@ -1,5 +1,6 @@
 import hashlib
 import io
+import json
 import os
 import random
 
@@ -43,8 +44,19 @@ async def problem(response, status: int, code: str):
     return body
 
 
+def jsonl(min_size: int) -> bytes:
+    """Valid JSONL (the datasets plugin checks files named .jsonl) of at least min_size."""
+    lines, size = [], 0
+    while size < min_size:
+        line = json.dumps({"id": len(lines), "text": os.urandom(24).hex()}).encode() + b"\n"
+        lines.append(line)
+        size += len(line)
+    return b"".join(lines)
+
+
 async def test_full_seed_flow_out_of_order_with_duplicates(client):
-    data = os.urandom(5 * CHUNK + 17)
+    data = jsonl(5 * CHUNK + 17)
+    assert len(data) <= 6 * CHUNK
     parts = chunks_of(data)
     upload_id = await init(client, data, checksum=hashlib.sha256(data).hexdigest())
     order = list(range(len(parts)))
@@ -85,7 +97,7 @@ async def test_full_seed_flow_out_of_order_with_duplicates(client):
 
 async def test_different_bytes_for_stored_index_conflict_and_keep_original(client):
     data = os.urandom(2 * CHUNK)
-    upload_id = await init(client, data, name="model.safetensors")
+    upload_id = await init(client, data, name="model.onnx")
     assert (await send(client, upload_id, 0, data[:CHUNK], total=2)).status_code == 200
     await problem(
         await send(client, upload_id, 0, os.urandom(CHUNK), total=2), 409, "chunk_conflict"

@@ -21,7 +21,7 @@ PARAMS = ChunkingParams(fixed_size=1 * MiB, min_size=256 * KiB, avg_size=1 * MiB
 
 
 def jsonl_bytes(size: int, seed: int) -> bytes:
-    """Deterministic JSON lines, like a training set, about `size` bytes long."""
+    """Deterministic JSON lines, like a training set, whole lines up to `size` bytes."""
     rng = random.Random(seed)
     words = [
         "".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(2, 10)))
@@ -38,7 +38,7 @@ def jsonl_bytes(size: int, seed: int) -> bytes:
         }
         out += json.dumps(record).encode() + b"\n"
         i += 1
-    return bytes(out[:size])
+    return bytes(out[: out.rindex(b"\n", 0, size) + 1])
 
 
 def insert_lines(data: bytes, at: int, extra: bytes) -> bytes:

@@ -36,7 +36,7 @@ def daemon(tmp_path: Path):
 
 @pytest.fixture
 def source(tmp_path: Path) -> tuple[Path, str]:
-    path = tmp_path / "source.safetensors"
+    path = tmp_path / "source.onnx"
     return path, write_random_file(path, FILE_SIZE)
 
 
