@@ -23,6 +23,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/seed_upload.py
 	$(BIN)/python bench/upload.py
+	$(BIN)/python bench/processing.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
