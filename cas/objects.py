@@ -45,11 +45,16 @@ class PutResult:
 
 
 class ObjectStore:
-    def __init__(self, root: str | os.PathLike[str], *, durable: bool = True) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], *, durable: bool = True, reader: bool = False
+    ) -> None:
+        """`reader`: another process only reads objects (no set-up, no clean-up)."""
         self.root = Path(root)
         self.objects_dir = self.root / "objects"
         self.tmp_dir = self.root / "tmp"
         self.durable = durable
+        if reader:
+            return
         self.objects_dir.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self._clear_tmp()

@@ -13,14 +13,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
+import json
 import logging
 import math
+import sys
 
 import msgspec
 import trio
 from ingestd import cas
 from ingestd.cas import JobState, SessionState
-from ingestd.plugins import FileFacts, Processing
+from ingestd.plugins import FileFacts, Outcome, Processing
+from ingestd.plugins.worker import make_request
 
 from .outbox import StoreOutbox
 from .runtime import Runtime
@@ -138,7 +141,10 @@ class JobRunner:
             limiter=rt.limiter,
             on_error=lambda plugin, stage: rt.metrics.plugin_errors.labels(plugin, stage).inc(),
         )
-        outcome = await run.decide()
+        if rt.plugins.isolated:
+            outcome = await self._decide_in_child(run, file)
+        else:
+            outcome = await run.decide()
         detection = (
             msgspec.to_builtins(dataclasses.asdict(outcome.detection))
             if outcome.detection
@@ -169,6 +175,43 @@ class JobRunner:
                 timings=run.timings,
             )
         )
+
+    async def _decide_in_child(self, run: Processing, file: cas.FileRecord) -> Outcome:
+        """Run the deciding stages in `python -m ingestd.plugins.worker`."""
+        rt = self._rt
+        entries = await rt.run(rt.store.manifest, file.id)
+        request = make_request(rt.plugins.settings, run.facts, entries, str(rt.config.data_dir))
+        # Each stage's calls are bounded by the plugin timeout inside the child;
+        # this only stops a child that hangs outside them.
+        limit = rt.plugins.settings.timeout * 6 + 60
+        try:
+            with trio.fail_after(limit):
+                done = await trio.run_process(
+                    [sys.executable, "-m", "ingestd.plugins.worker"],
+                    stdin=request,
+                    capture_stdout=True,
+                    capture_stderr=True,
+                    check=False,
+                )
+        except trio.TooSlowError:
+            run.record_failure("worker", "decide", f"no answer within {limit:g} s")
+            rt.metrics.plugin_errors.labels("worker", "decide").inc()
+            return run.import_state(run.export_state())
+        for line in done.stderr.decode(errors="replace").splitlines():
+            log.info("worker: %s", line)
+        if done.returncode != 0:
+            tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["?"]
+            run.record_failure("worker", "decide", f"exited {done.returncode}: {tail[0]}")
+            answer = {"state": run.export_state(), "messages": []}
+        else:
+            answer = json.loads(done.stdout)
+        outcome = run.import_state(answer["state"])
+        for plugin, stage in run.failed:
+            rt.metrics.plugin_errors.labels(plugin, stage).inc()
+        for message in answer["messages"]:
+            outbox = StoreOutbox(rt, message["plugin"])
+            await rt.run(functools.partial(outbox.enqueue, message["payload"], key=message["key"]))
+        return outcome
 
 
 class TenantFiles:

@@ -46,6 +46,9 @@ class PluginSettings:
     # A plugin error rejects the file ("reject", fail closed) or is only recorded.
     on_error: Literal["reject", "accept"] = "reject"
     autoload: bool = True
+    # Where the deciding stages run: a child process per job ("process": CPU-
+    # heavy plugins cannot starve the daemon) or the daemon's worker threads.
+    isolation: Literal["process", "thread"] = "process"
     # ``[plugins.<name>]`` tables, raw.
     tables: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
@@ -53,12 +56,21 @@ class PluginSettings:
 class Plugins:
     """A daemon's plugin manager and each plugin's parsed config."""
 
-    def __init__(self, pm: pluggy.PluginManager, settings: PluginSettings) -> None:
+    def __init__(
+        self, pm: pluggy.PluginManager, settings: PluginSettings, *, in_code: bool = False
+    ) -> None:
         self.pm = pm
         self.settings = settings
+        # Plugins registered in code (tests) exist only in this process.
+        self.in_code = in_code
         self.configs: dict[str, Any] = {}
         for name in self.names():
             self.configs[name] = self._parse_config(name)
+
+    @property
+    def isolated(self) -> bool:
+        """Whether jobs run their deciding stages in a child process."""
+        return self.settings.isolation == "process" and not self.in_code
 
     def names(self) -> list[str]:
         return _names(self.pm)
@@ -128,4 +140,4 @@ def build_plugins(
                 f"(known: {', '.join(sorted(known))})"
             )
     pm.check_pending()
-    return Plugins(pm, settings)
+    return Plugins(pm, settings, in_code=bool(extra))

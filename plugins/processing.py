@@ -76,6 +76,8 @@ class Processing:
         self.detection: Detection | None = None
         self.rejections: list[str] = []
         self.errors: list[str] = []
+        # (plugin, stage) of every failed call, notify and pipeline included.
+        self.failed: list[tuple[str, str]] = []
         self.metadata: dict[str, Any] = {}
         self.parents: list[str] = []
 
@@ -96,6 +98,39 @@ class Processing:
         for _, parents in await self._all("lineage", list):
             self.parents += [str(p) for p in parents if str(p) not in self.parents]
         return self._outcome()
+
+    # The deciding stages may run in another process (see plugins/worker.py);
+    # these carry what they found back.
+
+    def export_state(self) -> dict[str, Any]:
+        detection = dataclasses.asdict(self.detection) if self.detection else None
+        return {
+            "results": self.results,
+            "timings": self.timings,
+            "detection": detection,
+            "rejections": self.rejections,
+            "errors": self.errors,
+            "failed": self.failed,
+            "metadata": self.metadata,
+            "parents": self.parents,
+        }
+
+    def import_state(self, state: dict[str, Any]) -> Outcome:
+        self.results = state["results"]
+        self.timings = state["timings"]
+        self.detection = Detection(**state["detection"]) if state["detection"] else None
+        self.rejections = state["rejections"]
+        self.errors = state["errors"]
+        self.failed = [tuple(f) for f in state["failed"]]
+        self.metadata = state["metadata"]
+        self.parents = state["parents"]
+        return self._outcome()
+
+    def record_failure(self, plugin: str, stage: str, detail: str) -> None:
+        """Record a failure outside any one hook call (e.g. a crashed worker)."""
+        self.results.setdefault(plugin, {})[stage] = {"error": detail}
+        self.errors.append(f"{plugin} failed in {stage}: {detail}")
+        self.failed.append((plugin, stage))
 
     async def announce(self, outcome: Outcome) -> Outcome:
         """notify and pipeline; their errors are recorded but change nothing."""
@@ -167,6 +202,7 @@ class Processing:
                 detail = f"timed out after {self.plugins.settings.timeout:g} s"
             log.warning("plugin %s failed in %s: %s", name, stage, detail, exc_info=exc)
             self.results.setdefault(name, {})[stage] = {"error": detail}
+            self.failed.append((name, stage))
             if stage not in ("notify", "pipeline"):
                 self.errors.append(f"{name} failed in {stage}: {detail}")
             if self.on_error is not None:

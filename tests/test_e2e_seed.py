@@ -73,6 +73,11 @@ def _upload(daemon: Daemon, path: Path, sha: str, *, seed: int) -> dict:
     assert out.stat().st_size == size
     assert sha256_file(out) == sha
 
+    # downstreamJobId is the processing job; once it is done, so is the upload.
+    job = httpx.get(
+        f"{daemon.base_url}/v1/jobs/{done['downstreamJobId']}?wait=30", timeout=40
+    ).json()
+    assert job["state"] == "succeeded", job
     status = upload_status(daemon.base_url, plan.upload_id)
     assert status["isComplete"] is True
     assert status["state"] == "completed"

@@ -66,3 +66,24 @@ async def test_example_plugin_through_the_daemon_fixture(installed_example, inge
         bad = good + b'{"title": "no text"}\n'
         job = await d.upload(bad, "b.jsonl", {"license": "mit"})
         assert job["state"] == "failed" and "line 51 has no 'text' field" in job["error"]
+
+
+@pytest.mark.e2e
+def test_entry_point_plugin_runs_in_the_daemons_worker_process(installed_example, tmp_path):
+    import httpx
+    from e2e_support import Daemon
+
+    config = tmp_path / "config.toml"
+    config.write_text('[plugins.license-check]\nallowed = ["mit"]\n')
+    env = {"PYTHONPATH": str(installed_example), "INGESTD_PLUGINS_ISOLATION": "process"}
+    with Daemon(tmp_path / "d", config_path=config, extra_env=env) as daemon:
+        with httpx.Client(base_url=daemon.base_url, timeout=30) as client:
+            data = b'{"text": "ok"}\n{"title": "no text"}\n'
+            body = {"filename": "x.jsonl", "size": len(data), "metadata": {"license": "mit"}}
+            created = client.post("/v1/uploads", json=body).json()
+            assert client.put(f"/v1/uploads/{created['id']}/chunks/0", content=data).is_success
+            job_id = client.post(f"/v1/uploads/{created['id']}/complete").json()["job_id"]
+            job = client.get(f"/v1/jobs/{job_id}?wait=30").json()
+    assert job["state"] == "failed" and "line 2 has no 'text' field" in job["error"]
+    assert job["results"]["license-check"]["validate"]["line"] == 2
+    assert job["timings"]["license-check"]["validate"] >= 0

@@ -1,0 +1,130 @@
+"""The deciding stages of processing, run in a child process.
+
+Validators and scanners are CPU-bound Python: in the daemon's process they
+would hold the GIL for most of a job and starve the event loop that serves
+uploads. So, by default, the daemon runs detect → validate → scan → describe
+→ lineage for each job in a fresh ``python -m ingestd.plugins.worker``
+process: it reads a request (JSON) on stdin, builds the same plugin manager
+from the same settings, reads the file from the chunk store and the index
+(read-only), and writes what it found (JSON) on stdout. The daemon records
+the verdict and runs notify/pipeline itself. What plugins queue in their
+outbox during these stages is handed back and queued by the daemon.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import trio
+from ingestd.cas import FileRecord, ManifestReader, ObjectStore
+from ingestd.cas import records as cas_records
+
+from .manager import PluginSettings, build_plugins
+from .processing import Processing
+from .types import FileFacts
+
+READ_BUFFER = 1 << 20
+NICENESS = 10
+
+
+def make_request(
+    settings: PluginSettings,
+    facts: FileFacts,
+    entries: list[tuple[str, int]],
+    data_dir: str,
+) -> bytes:
+    return json.dumps(
+        {
+            "settings": dataclasses.asdict(settings) | {"tables": dict(settings.tables)},
+            "facts": dataclasses.asdict(facts)
+            | {"declared_metadata": dict(facts.declared_metadata)},
+            "entries": entries,
+            "data_dir": data_dir,
+        }
+    ).encode()
+
+
+class IndexFiles:
+    """`FileLookup` over the daemon's LMDB index, opened read-only."""
+
+    def __init__(self, index_path: Path, tenant: str) -> None:
+        self._env = lmdb.open(str(index_path), readonly=True, max_dbs=32, lock=True)
+        self._files = self._env.open_db(b"files", create=False)
+        self._hashes = self._env.open_db(b"file_hashes", create=False)
+        self._tenant = tenant
+
+    def _file(self, txn: lmdb.Transaction, file_id: bytes) -> FileRecord | None:
+        raw = txn.get(file_id, db=self._files)
+        return None if raw is None else cas_records.decode(FileRecord, raw)
+
+    def by_blake3(self, digest: str) -> list[str]:
+        prefix = bytes.fromhex(digest)
+        found = []
+        with self._env.begin() as txn:
+            cursor = txn.cursor(db=self._hashes)
+            if cursor.set_range(prefix):
+                for key in cursor.iternext(keys=True, values=False):
+                    if not key.startswith(prefix):
+                        break
+                    file = self._file(txn, key[len(prefix) :])
+                    if file is not None and file.tenant == self._tenant:
+                        found.append(file)
+        return [f.id for f in sorted(found, key=lambda f: f.created)]
+
+    def exists(self, file_id: str) -> bool:
+        with self._env.begin() as txn:
+            file = self._file(txn, file_id.encode())
+        return file is not None and file.tenant == self._tenant and file.state != "rejected"
+
+
+class CollectingOutbox:
+    def __init__(self, plugin: str, messages: list[dict[str, Any]]) -> None:
+        self._plugin = plugin
+        self._messages = messages
+
+    def enqueue(self, payload: Mapping[str, Any], *, key: str | None = None) -> str:
+        self._messages.append({"plugin": self._plugin, "payload": dict(payload), "key": key})
+        return key or f"pending-{len(self._messages)}"
+
+
+async def decide(request: dict[str, Any]) -> dict[str, Any]:
+    settings = PluginSettings(**request["settings"])
+    plugins = build_plugins(settings)
+    facts = FileFacts(**request["facts"])
+    data_dir = Path(request["data_dir"])
+    objects = ObjectStore(data_dir, reader=True)
+    entries = [(h, n) for h, n in request["entries"]]
+    messages: list[dict[str, Any]] = []
+    run = Processing(
+        plugins,
+        facts,
+        lambda: io.BufferedReader(ManifestReader(objects, entries), READ_BUFFER),
+        outbox_for=lambda plugin: CollectingOutbox(plugin, messages),
+        files=IndexFiles(data_dir / "index.lmdb", facts.tenant),
+    )
+    await run.decide()
+    return {"state": run.export_state(), "messages": messages}
+
+
+def main() -> int:
+    # Background work: uploads in the daemon come first when the CPU is short.
+    os.nice(NICENESS)
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+    )
+    request = json.loads(sys.stdin.buffer.read())
+    answer = trio.run(decide, request)
+    sys.stdout.write(json.dumps(answer, default=str))
+    return 0
+
+if __name__ == "__main__":
+    sys.exit(main())
