@@ -751,14 +751,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 r.raise_for_status()
                 result["ingestd_info"] = r.json()
             log(f"ingestd pid {daemon.pid} on port {daemon.port}")
-            todo = [("fresh", source, "fresh upload"), ("reupload", source, "re-upload")]
+            # The re-upload runs the same client again (its chunk-list cache
+            # knows the file); the cold one is another machine (hashes it).
+            todo = [
+                ("fresh", source, "fresh upload", "fresh"),
+                ("reupload", source, "re-upload", "fresh"),
+                ("reupload_cold", source, "re-upload, cold client", "cold"),
+            ]
             if jsonl is not None and variant is not None:
-                todo += [("jsonl", jsonl, "JSONL upload"), ("insert", variant, "JSONL +1 MiB")]
-            for key, src, what in todo:
+                todo += [
+                    ("jsonl", jsonl, "JSONL upload", "jsonl"),
+                    ("insert", variant, "JSONL +1 MiB", "insert"),
+                ]
+            for key, src, what, state in todo:
                 cases[key] = ingestd_upload(
                     daemon,
                     src,
-                    work / f"state-{key}",
+                    work / f"state-{state}",
                     args.parallel,
                     what,
                     profile=args.profile / f"{key}.txt" if args.profile else None,
@@ -818,6 +827,7 @@ def summarize(args: argparse.Namespace, result: dict[str, Any]) -> dict[str, Any
         + (f" (median of {args.disk_runs})" if args.disk_runs > 1 else ""),
         "fresh": f"ingestd fresh (cdc, {args.parallel} parallel)",
         "reupload": "ingestd re-upload (dedup)",
+        "reupload_cold": "ingestd re-upload, cold client cache",
         "jsonl": "ingestd JSONL original",
         "insert": "ingestd JSONL +1 MiB inserted",
     }
@@ -910,6 +920,10 @@ def summarize(args: argparse.Namespace, result: dict[str, Any]) -> dict[str, Any
         False,
         "x",
     )
+    cold = cases.get("reupload_cold")
+    if fresh and cold:
+        speedup = fresh["seconds"] / cold["seconds"]
+        print(f"  {'re-upload, cold client (no target)':<36} {speedup:>9.2f}x")
     target(
         "insertion case: share of file sent",
         insert and insert["sent_share"] * 100,
@@ -1010,7 +1024,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(args, result)
     if args.profile:
         summary["profile_top_self"] = {}
-        for key in ("fresh", "reupload", "jsonl", "insert"):
+        for key in ("fresh", "reupload", "reupload_cold", "jsonl", "insert"):
             raw = args.profile / f"{key}.txt"
             if not raw.is_file():
                 continue
