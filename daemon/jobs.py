@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
-import json
 import logging
 import math
 import sys
@@ -23,7 +22,7 @@ import trio
 from ingestd import cas
 from ingestd.cas import JobState, SessionState
 from ingestd.plugins import FileFacts, Outcome, Processing
-from ingestd.plugins.worker import make_request
+from ingestd.plugins.worker import make_request, read_answer
 
 from .outbox import StoreOutbox
 from .runtime import Runtime
@@ -204,7 +203,7 @@ class JobRunner:
             run.record_failure("worker", "decide", f"exited {done.returncode}: {tail[0]}")
             answer = {"state": run.export_state(), "messages": []}
         else:
-            answer = json.loads(done.stdout)
+            answer = read_answer(done.stdout)
         outcome = run.import_state(answer["state"])
         for plugin, stage in run.failed:
             rt.metrics.plugin_errors.labels(plugin, stage).inc()

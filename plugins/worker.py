@@ -4,9 +4,10 @@ Validators and scanners are CPU-bound Python: in the daemon's process they
 would hold the GIL for most of a job and starve the event loop that serves
 uploads. So, by default, the daemon runs detect → validate → scan → describe
 → lineage for each job in a fresh ``python -m ingestd.plugins.worker``
-process: it reads a request (JSON) on stdin, builds the same plugin manager
-from the same settings, reads the file from the chunk store and the index
-(read-only), and writes what it found (JSON) on stdout. The daemon records
+process: it reads a request (MessagePack, which keeps binary metadata as
+bytes) on stdin, builds the same plugin manager from the same settings, reads
+the file from the chunk store and the index (read-only), and writes what it
+found (MessagePack) on stdout. The daemon records
 the verdict and runs notify/pipeline itself. What plugins queue in their
 outbox during these stages is handed back and queued by the daemon.
 """
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import logging
 import os
 import sys
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import lmdb
+import msgspec
 import trio
 from ingestd.cas import FileRecord, ManifestReader, ObjectStore
 from ingestd.cas import records as cas_records
@@ -42,15 +43,19 @@ def make_request(
     entries: list[tuple[str, int]],
     data_dir: str,
 ) -> bytes:
-    return json.dumps(
+    facts_map = dataclasses.asdict(facts) | {"declared_metadata": dict(facts.declared_metadata)}
+    return msgspec.msgpack.encode(
         {
             "settings": dataclasses.asdict(settings) | {"tables": dict(settings.tables)},
-            "facts": dataclasses.asdict(facts)
-            | {"declared_metadata": dict(facts.declared_metadata)},
+            "facts": facts_map,
             "entries": entries,
             "data_dir": data_dir,
         }
-    ).encode()
+    )
+
+
+def read_answer(raw: bytes) -> dict[str, Any]:
+    return msgspec.msgpack.decode(raw)
 
 
 class IndexFiles:
@@ -121,10 +126,11 @@ def main() -> int:
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
-    request = json.loads(sys.stdin.buffer.read())
+    request = msgspec.msgpack.decode(sys.stdin.buffer.read())
     answer = trio.run(decide, request)
-    sys.stdout.write(json.dumps(answer, default=str))
+    sys.stdout.buffer.write(msgspec.msgpack.encode(answer, enc_hook=str))
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())
