@@ -24,9 +24,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/seed_upload.py
 	$(BIN)/python bench/upload.py
 	$(BIN)/python bench/processing.py
+	$(BIN)/python bench/tus.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info tests/tus_js/node_modules

@@ -28,7 +28,8 @@ from .objects import fsync_dir
 # "file_hashes" indexes files by content (BLAKE3 + file id), "manifest_files"
 # by the BLAKE3 of their packed manifest (identical manifests, identical
 # bytes: a re-upload is recognised without re-reading it); "outbox" holds
-# plugin messages awaiting delivery.
+# plugin messages awaiting delivery; "streams" the tus state of sessions that
+# receive one ordered byte stream (session id -> records.Stream).
 DATABASES = (
     "meta",
     "chunks",
@@ -41,6 +42,7 @@ DATABASES = (
     "manifest_files",
     "jobs",
     "outbox",
+    "streams",
 )
 DEFAULT_MAP_SIZE = 1 << 38  # 256 GiB of address space; the file grows as needed
 

@@ -65,6 +65,9 @@ class Session(msgspec.Struct, frozen=True):
     file_id: str | None = None
     job_id: str | None = None
     reason: str | None = None
+    # True for a tus upload: its bytes arrive as one ordered stream (see
+    # `Stream`), so the chunk-index APIs refuse to write into it.
+    stream: bool = False
 
 
 class FileRecord(msgspec.Struct, frozen=True):
@@ -120,6 +123,38 @@ class Job(msgspec.Struct, frozen=True):
     verdict: str | None = None
     # Seconds per plugin and stage.
     timings: dict[str, dict[str, float]] = {}
+
+
+class Stream(msgspec.Struct, frozen=True):
+    """The tus side of a session whose bytes arrive as one ordered stream.
+
+    The stream is cut at absolute offsets into the session's `chunk_size`:
+    part i holds bytes [i * chunk_size, (i + 1) * chunk_size). The bytes past
+    the last full chunk (the tail, shorter than a chunk) are part
+    `offset // chunk_size` like any other — refcounted, released by expiry
+    and cancellation — and are replaced by a longer piece when more bytes
+    arrive. `offset` is what the parts hold, so it only ever counts durable
+    bytes. A final upload (concatenation) has no bytes of its own: once its
+    partial uploads are all complete, its parts are theirs, in order.
+    """
+
+    id: str
+    tenant: str
+    # "single", "partial" or "final" (tus concatenation).
+    kind: str
+    offset: int = 0
+    # None while the client defers it (tus creation-defer-length).
+    length: int | None = None
+    # The Upload-Metadata header as the client sent it; HEAD echoes it.
+    metadata_header: str | None = None
+    # A final upload's partial uploads, in order, and whether its manifest
+    # has been assembled from theirs.
+    partials: list[str] = []
+    assembled: bool = False
+    # A partial upload's final uploads still waiting for it.
+    finals: list[str] = []
+    # Terminated by the client after it completed (its file was deleted).
+    terminated: bool = False
 
 
 # A manifest entry: raw 32-byte BLAKE3 then the chunk length, big-endian.

@@ -67,6 +67,12 @@ def _part_key(session_id: str, index: int) -> bytes:
     return session_id.encode() + b"/" + index.to_bytes(4, "big")
 
 
+def _lower_thread_priority() -> None:
+    # Linux gives each thread its own nice value.
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+
+
 def _hash_key(blake3_hex: str, file_id: str) -> bytes:
     return bytes.fromhex(blake3_hex) + file_id.encode()
 
@@ -130,12 +136,16 @@ class Store:
             map_size=map_size,
             group_commit=group_commit,
         )
-        self._copier = concurrent.futures.ThreadPoolExecutor(2, "ingestd-materialize")
+        # Completion reads whole files (hash, copy): background work, run at a
+        # lower CPU priority so that chunks still arriving come first.
+        self._completer = concurrent.futures.ThreadPoolExecutor(
+            4, "ingestd-complete", initializer=_lower_thread_priority
+        )
         self._locks_guard = threading.Lock()
         self._completion_locks: dict[str, tuple[threading.Lock, int]] = {}
 
     def close(self) -> None:
-        self._copier.shutdown()
+        self._completer.shutdown()
         self.index.close()
 
     def __enter__(self) -> Store:
@@ -300,6 +310,12 @@ class Store:
     ) -> tuple[str | None, int]:
         if session.state != SessionState.OPEN:
             raise SessionNotOpen(f"upload {session.id} is {session.state}", state=session.state)
+        if session.stream:
+            # Its parts follow the stream's offset; a chunk by index would break it.
+            raise SessionNotOpen(
+                f"upload {session.id} is a tus upload; send its bytes with tus PATCH requests",
+                state=session.state,
+            )
         if not 0 <= index < session.total_chunks:
             raise ChunkOutOfRange(
                 f"chunk index {index} is outside 0..{session.total_chunks - 1}",
@@ -403,48 +419,56 @@ class Store:
         Chunks of a declared layout that the store holds by now (another index
         of the same upload brought them) are attached here.
         """
+        return self.index.write(lambda txn: self._begin_completion(txn, session_id, tenant))
 
-        def op(txn: lmdb.Transaction) -> Session:
-            session = self._session(txn, session_id, tenant)
-            if session.state in (
-                SessionState.COMPLETING,
-                SessionState.PROCESSING,
-                SessionState.COMPLETED,
-            ):
-                return session
-            if session.state != SessionState.OPEN:
-                raise SessionNotOpen(f"upload {session_id} is {session.state}", state=session.state)
-            if session.received_chunks != session.total_chunks and session.declared:
-                session = self._attach_known(txn, session)
-            if session.received_chunks != session.total_chunks:
-                present = self._present(txn, session_id)
-                missing = [i for i in range(session.total_chunks) if i not in present]
-                raise IncompleteUpload(
-                    f"{len(missing)} of {session.total_chunks} chunks are missing",
-                    missing=missing,
-                )
-            now = self.clock()
-            session = msgspec.structs.replace(
-                session,
-                state=SessionState.COMPLETING,
-                file_id=session.file_id or new_id(),
-                job_id=session.job_id or new_id(),
-                updated=now,
-            )
-            self.index.put(txn, "sessions", session_id.encode(), session)
-            job = Job(
-                id=session.job_id,
-                tenant=session.tenant,
-                session_id=session.id,
-                file_id=session.file_id,
-                state=JobState.QUEUED,
-                created=now,
-                updated=now,
-            )
-            self.index.put(txn, "jobs", job.id.encode(), job)
+    def _begin_completion(self, txn: lmdb.Transaction, session_id: str, tenant: str) -> Session:
+        """`begin_completion` inside a write transaction (streams complete in the
+        same transaction as their last bytes)."""
+        session = self._session(txn, session_id, tenant)
+        if session.state in (
+            SessionState.COMPLETING,
+            SessionState.PROCESSING,
+            SessionState.COMPLETED,
+        ):
             return session
-
-        return self.index.write(op)
+        if session.state != SessionState.OPEN:
+            raise SessionNotOpen(f"upload {session_id} is {session.state}", state=session.state)
+        if session.received_chunks != session.total_chunks and session.declared:
+            session = self._attach_known(txn, session)
+        if session.received_chunks != session.total_chunks:
+            present = self._present(txn, session_id)
+            missing = [i for i in range(session.total_chunks) if i not in present]
+            raise IncompleteUpload(
+                f"{len(missing)} of {session.total_chunks} chunks are missing",
+                missing=missing,
+            )
+        if session.received_bytes != session.size:
+            # Only a stream's last part can be short of its length (a tail
+            # still growing); every chunk index is present, yet bytes are not.
+            raise IncompleteUpload(
+                f"{session.size - session.received_bytes} of {session.size} bytes are missing",
+                missing=[session.total_chunks - 1],
+            )
+        now = self.clock()
+        session = msgspec.structs.replace(
+            session,
+            state=SessionState.COMPLETING,
+            file_id=session.file_id or new_id(),
+            job_id=session.job_id or new_id(),
+            updated=now,
+        )
+        self.index.put(txn, "sessions", session_id.encode(), session)
+        job = Job(
+            id=session.job_id,
+            tenant=session.tenant,
+            session_id=session.id,
+            file_id=session.file_id,
+            state=JobState.QUEUED,
+            created=now,
+            updated=now,
+        )
+        self.index.put(txn, "jobs", job.id.encode(), job)
+        return session
 
     def _attach_known(self, txn: lmdb.Transaction, session: Session) -> Session:
         present = self._present(txn, session.id)
@@ -495,14 +519,17 @@ class Store:
                     # The copy and the hashing both read every chunk; run them
                     # side by side rather than one after the other.
                     same_as = twin.path if twin is not None else None
-                    copying = self._copier.submit(self._materialize, session, entries, same_as)
+                    copying = self._completer.submit(self._materialize, session, entries, same_as)
                 try:
                     if twin is not None:
                         # Identical manifest, identical bytes: the hashes are known.
                         digest, sha256 = twin.blake3, twin.sha256
                     else:
                         with_sha256 = session.sha256 is not None
-                        digest, sha256 = self._hash(entries, with_sha256=with_sha256)
+                        hashing = self._completer.submit(
+                            self._hash, entries, with_sha256=with_sha256
+                        )
+                        digest, sha256 = hashing.result()
                 finally:
                     path = str(copying.result()) if copying is not None else None
                 if session.sha256 is not None and sha256 != session.sha256:
@@ -608,7 +635,8 @@ class Store:
                 yield int.from_bytes(key[len(prefix) :], "big"), records.unpack_entry(value)
 
     def _hash(self, entries: list[tuple[str, int]], *, with_sha256: bool) -> tuple[str, str | None]:
-        whole = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        # One thread: completion must leave a core to the uploads still running.
+        whole = blake3.blake3()
         sha = hashlib.sha256() if with_sha256 else None
         with ManifestReader(self.objects, entries) as reader:
             buf = bytearray(_HASH_BLOCK)

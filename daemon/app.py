@@ -14,7 +14,7 @@ from quart import Response
 from quart_schema import Info, QuartSchema
 from quart_trio import QuartTrio
 
-from . import problems, seed_api, v1_api
+from . import problems, seed_api, tus_api, v1_api
 from .config import Config, ConfigError
 from .jobs import JobRunner
 from .metrics import CONTENT_TYPE_LATEST, Metrics
@@ -41,6 +41,7 @@ def load_plugins(config: Config, extra: Mapping[str, object] | None = None) -> P
         timeout=p.timeout,
         on_error=p.on_error,
         autoload=p.autoload,
+        isolation=p.isolation,
         tables=config.plugin_tables,
     )
     try:
@@ -116,5 +117,6 @@ def create_app(
 
     app.register_blueprint(seed_api.bp)
     app.register_blueprint(v1_api.bp)
+    tus_api.install(app, config)
     problems.register(app)
     return app

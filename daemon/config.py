@@ -68,8 +68,22 @@ class PluginsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     on_error: Literal["reject", "accept"] = "reject"
     # Load third-party plugins from the `ingestd` entry-point group.
     autoload: bool = True
+    # Run validation, scanning and description in a child process per job
+    # ("process"), so CPU-heavy plugins do not slow uploads, or in threads.
+    isolation: Literal["process", "thread"] = "process"
     # Outbox deliveries (e.g. webhooks) are retried until this old, in seconds.
     delivery_max_age: Seconds = 2 * 24 * 3600.0
+
+
+class TusConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # Where the tus 1.0 endpoint lives: POST here creates an upload, and
+    # uploads are <prefix><id>.
+    prefix: str = "/files/"
+    # The largest tus upload (Tus-Max-Size); the smaller of this and
+    # limits.max_file_size applies.
+    max_size: PositiveSize = 1 << 40
+    # Origins browsers may call the tus endpoint from; "*" is any, [] none.
+    cors_origins: list[str] = msgspec.field(default_factory=lambda: ["*"])
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -77,6 +91,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     plugins: PluginsConfig = msgspec.field(default_factory=PluginsConfig)
+    tus: TusConfig = msgspec.field(default_factory=TusConfig)
     # The `[plugins.<name>]` tables, each parsed by its plugin.
     plugin_tables: dict[str, dict[str, Any]] = {}
 
@@ -248,11 +263,27 @@ def _check(config: Config) -> None:
             f"invalid config storage.cdc_max_size: {s.cdc_max_size} is larger than "
             f"limits.max_chunk_size ({config.limits.max_chunk_size})"
         )
+    _check_tus_prefix(config.tus.prefix)
     if not is_loopback(config.server.host):
         raise ConfigError(
             f"invalid config server.host: {config.server.host!r} is not a loopback address, "
             "and authentication is not available yet; ingestd only serves loopback"
         )
+
+
+_TUS_PREFIX = re.compile(r"^(/[A-Za-z0-9._~-]+)+/$")
+# First path segments other surfaces of the daemon use.
+_RESERVED_SEGMENTS = {"v1", "api", "healthz", "metrics", "docs", "openapi.json", "static"}
+
+
+def _check_tus_prefix(prefix: str) -> None:
+    if not _TUS_PREFIX.match(prefix):
+        raise ConfigError(
+            f'invalid config tus.prefix: {prefix!r} must be a path such as "/files/" '
+            "(starting and ending with /)"
+        )
+    if prefix.split("/")[1] in _RESERVED_SEGMENTS:
+        raise ConfigError(f"invalid config tus.prefix: {prefix!r} is used by another API")
 
 
 def is_loopback(host: str) -> bool:

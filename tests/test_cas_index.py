@@ -1,4 +1,5 @@
 import threading
+import time
 
 import lmdb
 import pytest
@@ -54,7 +55,10 @@ def test_failing_op_does_not_undo_others_in_its_group(tmp_path):
     gate = threading.Event()
     results = {}
 
+    running = threading.Event()
+
     def blocker(txn):
+        running.set()
         gate.wait(5)
 
     def good(i):
@@ -72,12 +76,17 @@ def test_failing_op_does_not_undo_others_in_its_group(tmp_path):
 
     first = threading.Thread(target=call, args=("blocker", blocker))
     first.start()
+    # The others are queued only once the writer is inside the blocker, so
+    # they cannot join its group.
+    assert running.wait(5)
     threads = [threading.Thread(target=call, args=(f"good{i}", good(i))) for i in range(5)]
     threads.append(threading.Thread(target=call, args=("bad", bad)))
     for t in threads:
         t.start()
-    while len(index.writer._queue) < 6:  # all queued behind the blocker
-        threading.Event().wait(0.01)
+    deadline = time.monotonic() + 5
+    while len(index.writer._queue) < 6 and time.monotonic() < deadline:
+        time.sleep(0.01)  # all queued behind the blocker
+    assert len(index.writer._queue) == 6
     gate.set()
     for t in [first, *threads]:
         t.join(5)
