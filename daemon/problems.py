@@ -51,6 +51,10 @@ class ApiError(Exception):
         self.extra = extra
 
 
+# Statuses outside the HTTP registry that ingestd answers (tus's checksum).
+EXTRA_TITLES = {460: "Checksum Mismatch"}
+
+
 def problem(status: int, code: str, detail: str, **extra: object) -> Response:
     import json
 
@@ -58,7 +62,7 @@ def problem(status: int, code: str, detail: str, **extra: object) -> Response:
 
     body = {
         "type": f"https://ingestd.dev/problems/{code}",
-        "title": HTTP_STATUS_CODES.get(status, "Error"),
+        "title": EXTRA_TITLES.get(status) or HTTP_STATUS_CODES.get(status, "Error"),
         "status": status,
         "code": code,
         "detail": detail,

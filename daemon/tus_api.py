@@ -36,7 +36,6 @@ stops being read (TCP backpressure). Other requests are untouched.
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -60,11 +59,10 @@ from quart import Blueprint, Response, request
 from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
 from quart_trio.wrappers.request import TrioBody
-from werkzeug.http import HTTP_STATUS_CODES
 
 from . import tus as core
 from .config import Config
-from .problems import PROBLEM_JSON
+from .problems import problem
 from .runtime import Runtime, runtime
 from .v1_api import content_disposition, parse_range
 
@@ -88,7 +86,6 @@ COMMIT_THREADS = 4
 ATTACH_BATCH = 16
 READ_BYTES = 1 << 20
 _UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
-TITLES = {460: "Checksum Mismatch"}
 
 
 # -- request bodies with backpressure -----------------------------------------
@@ -233,15 +230,7 @@ def service() -> TusService:
 
 
 def tus_problem(exc: core.TusError) -> Response:
-    body = {
-        "type": f"https://ingestd.dev/problems/{exc.code}",
-        "title": TITLES.get(exc.status) or HTTP_STATUS_CODES.get(exc.status, "Error"),
-        "status": exc.status,
-        "code": exc.code,
-        "detail": exc.detail,
-        **exc.extra,
-    }
-    response = Response(json.dumps(body), status=exc.status, content_type=PROBLEM_JSON)
+    response = problem(exc.status, exc.code, exc.detail, **exc.extra)
     response.headers.update(exc.headers)
     return response
 
