@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from collections.abc import AsyncIterable, Iterator
 from dataclasses import dataclass
 
 import trio
@@ -64,7 +64,7 @@ from . import tus as core
 from .config import Config
 from .problems import problem
 from .runtime import Runtime, runtime
-from .v1_api import content_disposition, parse_range
+from .v1_api import content_disposition, parse_range, stream_content
 
 bp = Blueprint("tus", __name__)
 
@@ -563,24 +563,7 @@ async def download(upload_id: str) -> Response:
     headers["Content-Length"] = str(end - start)
     headers["Content-Type"] = core.media_type(session.metadata) or "application/octet-stream"
     headers["Content-Disposition"] = content_disposition(session.filename)
-    return Response(_stream(rt, reader, start, end), status=status, headers=headers)
-
-
-async def _stream(
-    rt: Runtime, reader: cas.ManifestReader, start: int, end: int
-) -> AsyncIterator[bytes]:
-    try:
-        await rt.run(reader.seek, start)
-        left = end - start
-        while left > 0:
-            data = await rt.run(reader.read, min(READ_BYTES, left))
-            if not data:
-                break
-            left -= len(data)
-            yield data
-    finally:
-        with trio.CancelScope(shield=True):
-            await rt.run(reader.close)
+    return Response(stream_content(rt, reader, start, end), status=status, headers=headers)
 
 
 # -- storing a body -----------------------------------------------------------

@@ -551,10 +551,10 @@ async def file_content(file_id: str) -> Response:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{file.size}"
     headers["Content-Length"] = str(end - start)
     reader = await rt.run(rt.store.open_file, file_id, TENANT)
-    return Response(_stream(rt, reader, start, end), status=status, headers=headers)
+    return Response(stream_content(rt, reader, start, end), status=status, headers=headers)
 
 
-async def _stream(
+async def stream_content(
     rt: Runtime, reader: cas.ManifestReader, start: int, end: int
 ) -> AsyncIterator[bytes]:
     try:
