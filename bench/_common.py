@@ -1,23 +1,39 @@
-"""Helpers shared by the benchmark scripts: tables, JSON results, temp dirs."""
+"""Helpers shared by the benchmark scripts: servers, tables, JSON results, temp dirs."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import platform
+import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+import httpx
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
 MIB = 1 << 20
 WRITE_BLOCK = 1 << 20
+HEALTH_TIMEOUT = 30.0
+STOP_TIMEOUT = 30.0
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
 def default_tmp_parent() -> Path:
@@ -203,3 +219,129 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class ServerProcess:
+    """A server subprocess: started, health-checked, measured, stopped by PID."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        port: int,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        health_path: str = "/healthz",
+    ) -> None:
+        self.name = name
+        self.argv = argv
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        self.env = env
+        self.health_path = health_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.health: Any = None
+        self._log_file = None
+
+    def start(self) -> None:
+        self._log_file = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            self.argv,
+            cwd=REPO_ROOT,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + HEALTH_TIMEOUT
+        with httpx.Client(base_url=self.base_url, timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise BenchError(
+                        f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}"
+                    )
+                with contextlib.suppress(httpx.HTTPError, ValueError):
+                    r = client.get(self.health_path)
+                    if r.status_code == 200:
+                        self.health = r.json()
+                        return
+                time.sleep(0.1)
+        raise BenchError(f"{self.name} not healthy after {HEALTH_TIMEOUT}s:\n{self.log_tail()}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def cpu_seconds(self) -> float | None:
+        return proc_cpu_seconds(self.pid)
+
+    def peak_rss_mib(self) -> float | None:
+        kib = proc_status_kib(self.pid, "VmHWM")
+        return None if kib is None else kib / 1024
+
+    def reset_peak_rss(self) -> bool:
+        """Reset VmHWM to the current RSS (Linux >= 4.0); False if not possible."""
+        try:
+            with open(f"/proc/{self.pid}/clear_refs", "w") as f:
+                f.write("5")
+            return True
+        except OSError:
+            return False
+
+    def stop(self) -> float | None:
+        """SIGTERM and wait; SIGKILL (this PID only) if it does not stop in time.
+
+        Returns the seconds a clean stop took (None if killed or not running)."""
+        took = None
+        if self.proc is not None and self.proc.poll() is None:
+            t0 = time.perf_counter()
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=STOP_TIMEOUT)
+                took = time.perf_counter() - t0
+            except subprocess.TimeoutExpired:
+                log(f"{self.name} (pid {self.proc.pid}) ignored SIGTERM; killing it")
+                self.proc.kill()
+                self.proc.wait(timeout=STOP_TIMEOUT)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        return took
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def start_ingestd(data_dir: Path, log_path: Path) -> ServerProcess:
+    ingestd = Path(sys.executable).parent / "ingestd"
+    if not ingestd.exists():
+        ingestd = REPO_ROOT / ".venv" / "bin" / "ingestd"
+    # Only the durability is forced; everything else is the daemon's default.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INGESTD_")}
+    env["INGESTD_STORAGE_DURABILITY"] = "fsync"
+    port = free_port()
+    server = ServerProcess(
+        "ingestd",
+        [
+            str(ingestd),
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+        ],
+        port=port,
+        log_path=log_path,
+        env=env,
+    )
+    server.start()
+    return server

@@ -20,12 +20,9 @@ Usage: .venv/bin/python bench/seed_upload.py [--size-mib 1024] [--parallel 5] [-
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import resource
 import shutil
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -34,9 +31,9 @@ from pathlib import Path
 import httpx
 from _common import (
     MIB,
-    REPO_ROOT,
+    ServerProcess,
     disk_write_limit,
-    free_port,
+    log,
     machine_info,
     make_source,
     make_tmp_dir,
@@ -46,102 +43,13 @@ from _common import (
     proc_status_kib,
     settle,
     sha256_file,
+    start_ingestd,
     write_json,
 )
 
 RSS_TARGET_MIB = 250
-HEALTH_TIMEOUT = 30.0
-STOP_TIMEOUT = 30.0
 REQUEST_TIMEOUT = 120.0
 MAX_ATTEMPTS = 3  # per chunk; a chunk failing this often aborts the run
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-# -- the daemon ---------------------------------------------------------------
-
-
-class Daemon:
-    def __init__(self, data_dir: Path, log_path: Path) -> None:
-        self.data_dir = data_dir
-        self.log_path = log_path
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log_file = None
-
-    def start(self) -> None:
-        env = dict(os.environ)
-        # Only the durability is forced; everything else is the daemon's default.
-        env = {k: v for k, v in env.items() if not k.startswith("INGESTD_")}
-        env["INGESTD_STORAGE_DURABILITY"] = "fsync"
-        self._log_file = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ingestd.daemon.cli",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--data-dir",
-                str(self.data_dir),
-            ],
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + HEALTH_TIMEOUT
-        with httpx.Client(base_url=self.base_url, timeout=2.0) as client:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(
-                        f"daemon exited with {self.proc.returncode}:\n{self.log_tail()}"
-                    )
-                with contextlib.suppress(httpx.HTTPError):
-                    r = client.get("/healthz")
-                    if r.status_code == 200 and r.json().get("status") == "ok":
-                        return
-                time.sleep(0.1)
-        raise RuntimeError(f"daemon not healthy after {HEALTH_TIMEOUT}s:\n{self.log_tail()}")
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def stop(self) -> float | None:
-        """SIGTERM and wait; SIGKILL (this PID only) if it does not stop in time."""
-        if self.proc is None:
-            return None
-        took = None
-        if self.proc.poll() is None:
-            t0 = time.perf_counter()
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT)
-                took = time.perf_counter() - t0
-            except subprocess.TimeoutExpired:
-                log(f"daemon {self.proc.pid} ignored SIGTERM for {STOP_TIMEOUT}s; killing it")
-                self.proc.kill()
-                self.proc.wait(timeout=STOP_TIMEOUT)
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
-        return took
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
 
 
 # -- the upload ---------------------------------------------------------------
@@ -236,7 +144,7 @@ class ChunkSender:
 
 def run_one(size: int, parallel: int, tmp_parent: str | None) -> dict[str, object]:
     work = make_tmp_dir(tmp_parent, "ingestd-seed-upload-")
-    daemon: Daemon | None = None
+    daemon: ServerProcess | None = None
     try:
         source = work / "source.bin"
         data_dir = work / "data"
@@ -251,8 +159,7 @@ def run_one(size: int, parallel: int, tmp_parent: str | None) -> dict[str, objec
         disk = disk_write_limit(data_dir.parent, size)
         settle()
 
-        daemon = Daemon(data_dir, work / "daemon.log")
-        daemon.start()
+        daemon = start_ingestd(data_dir, work / "daemon.log")
         rss_start = proc_status_kib(daemon.pid, "VmRSS")
         log(f"[{size // MIB} MiB] daemon pid {daemon.pid} on port {daemon.port}, uploading")
 

@@ -69,17 +69,18 @@ import httpx
 from _common import (
     BENCH_DIR,
     MIB,
-    REPO_ROOT,
+    BenchError,
+    ServerProcess,
     disk_write_limit,
     free_port,
+    log,
     machine_info,
     make_source,
     make_tmp_dir,
     print_table,
-    proc_cpu_seconds,
-    proc_status_kib,
     settle,
     sha256_file,
+    start_ingestd,
     write_json,
 )
 
@@ -89,8 +90,6 @@ PEER_DIR = BENCH_DIR / ".peer"
 PEER_PACKAGES = {"@tus/server": "2.4.5", "@tus/file-store": "2.1.1", "tus-js-client": "4.3.1"}
 NODE_MIN = (20, 19)  # @tus/server 2.x
 NPM_TIMEOUT = 600.0
-HEALTH_TIMEOUT = 30.0
-STOP_TIMEOUT = 30.0
 PROFILER_TIMEOUT = 60.0
 REQUEST_TIMEOUT = 60.0
 INSERT_BYTES = MIB
@@ -101,14 +100,6 @@ TARGET_FRESH_VS_DISK = 0.8
 TARGET_FRESH_VS_PEER = 1.0
 TARGET_REUPLOAD_SPEEDUP = 20.0
 TARGET_INSERT_SENT = 0.05
-
-
-class BenchError(RuntimeError):
-    pass
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def upload_timeout(size: int) -> float:
@@ -224,126 +215,6 @@ class SourceFile:
 
 
 # -- servers --------------------------------------------------------------------
-
-
-class ServerProcess:
-    """A server subprocess: started, health-checked, measured, stopped by PID."""
-
-    def __init__(
-        self,
-        name: str,
-        argv: list[str],
-        *,
-        port: int,
-        log_path: Path,
-        env: dict[str, str] | None = None,
-        health_path: str = "/healthz",
-    ) -> None:
-        self.name = name
-        self.argv = argv
-        self.port = port
-        self.base_url = f"http://127.0.0.1:{port}"
-        self.log_path = log_path
-        self.env = env
-        self.health_path = health_path
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.health: Any = None
-        self._log_file = None
-
-    def start(self) -> None:
-        self._log_file = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            self.argv,
-            cwd=REPO_ROOT,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + HEALTH_TIMEOUT
-        with httpx.Client(base_url=self.base_url, timeout=2.0) as client:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise BenchError(
-                        f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}"
-                    )
-                with contextlib.suppress(httpx.HTTPError, ValueError):
-                    r = client.get(self.health_path)
-                    if r.status_code == 200:
-                        self.health = r.json()
-                        return
-                time.sleep(0.1)
-        raise BenchError(f"{self.name} not healthy after {HEALTH_TIMEOUT}s:\n{self.log_tail()}")
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def cpu_seconds(self) -> float | None:
-        return proc_cpu_seconds(self.pid)
-
-    def peak_rss_mib(self) -> float | None:
-        kib = proc_status_kib(self.pid, "VmHWM")
-        return None if kib is None else kib / 1024
-
-    def reset_peak_rss(self) -> bool:
-        """Reset VmHWM to the current RSS (Linux >= 4.0); False if not possible."""
-        try:
-            with open(f"/proc/{self.pid}/clear_refs", "w") as f:
-                f.write("5")
-            return True
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        """SIGTERM and wait; SIGKILL (this PID only) if it does not stop in time."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                log(f"{self.name} (pid {self.proc.pid}) ignored SIGTERM; killing it")
-                self.proc.kill()
-                self.proc.wait(timeout=STOP_TIMEOUT)
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-
-def start_ingestd(data_dir: Path, log_path: Path) -> ServerProcess:
-    ingestd = Path(sys.executable).parent / "ingestd"
-    if not ingestd.exists():
-        ingestd = REPO_ROOT / ".venv" / "bin" / "ingestd"
-    # Only the durability is forced; everything else is the daemon's default.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INGESTD_")}
-    env["INGESTD_STORAGE_DURABILITY"] = "fsync"
-    port = free_port()
-    server = ServerProcess(
-        "ingestd",
-        [
-            str(ingestd),
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data_dir),
-        ],
-        port=port,
-        log_path=log_path,
-        env=env,
-    )
-    server.start()
-    return server
 
 
 def start_peer(store_dir: Path, log_path: Path, fsync: bool, node: str) -> ServerProcess:
