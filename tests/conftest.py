@@ -1,8 +1,31 @@
 from __future__ import annotations
 
 import pytest
+from ingestd.cas import Store
 from ingestd.daemon.app import create_app
 from ingestd.daemon.config import load_config
+
+
+class Clock:
+    """A clock the test moves by hand (`clock.now += 10`)."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def store(tmp_path, clock):
+    """A store without fsync, on a hand-moved clock, whose sessions live 100 s."""
+    with Store(tmp_path / "data", durability="none", clock=clock, session_ttl=100) as s:
+        yield s
 
 
 @pytest.fixture

@@ -28,25 +28,6 @@ pytestmark = pytest.mark.unit
 CHUNK = 1000
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock():
-    return Clock()
-
-
-@pytest.fixture
-def store(tmp_path, clock):
-    with Store(tmp_path / "data", durability="none", clock=clock, session_ttl=100) as s:
-        yield s
-
-
 def upload(store: Store, data: bytes, name: str = "f.bin", **kw):
     session = store.create_session(filename=name, size=len(data), chunk_size=CHUNK, **kw)
     order = list(range(session.total_chunks))

@@ -35,25 +35,6 @@ CHUNK = 100
 TENANT = "default"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock():
-    return Clock()
-
-
-@pytest.fixture
-def store(tmp_path, clock):
-    with Store(tmp_path / "data", durability="none", clock=clock, session_ttl=100) as s:
-        yield s
-
-
 @pytest.fixture
 def streams(store):
     return StreamStore(store, max_size=10_000)
