@@ -7,8 +7,18 @@ Knows nothing of HTTP or plugins; usable as a library::
         s = store.create_session(filename="a.jsonl", size=3, chunk_size=1 << 20)
         store.put_chunk(s.id, 0, b"abc")
         done = store.complete(s.id)
+
+The modules, one concept each: `chunkstore` (the interface objects are kept
+behind) with `localstore` and `memstore`; `index` (LMDB, group commit);
+`records`; `sessions` (and their transition table); `parts` (the ledger of
+a session's chunks); `refs` (chunk reference counts); `files`;
+`completion`; `gc`; `queues` (jobs, outbox); `streams` (tus byte streams);
+`reader`; `materialize`; `store` (wires them together). Callers outside the
+package import from here only.
 """
 
+from .chunkstore import ChunkHandle, ChunkStore, ChunkWriter, PutResult, is_hash
+from .completion import Completion
 from .errors import (
     ChecksumMismatch,
     ChunkConflict,
@@ -17,7 +27,11 @@ from .errors import (
     ClientError,
     CorruptObject,
     IncompleteUpload,
+    InvalidConcat,
     InvalidLayout,
+    InvalidLength,
+    NotAStream,
+    OffsetMismatch,
     SessionNotOpen,
     StorageError,
     StoreError,
@@ -27,52 +41,95 @@ from .errors import (
     UnknownSession,
     WrongChunkSize,
 )
+from .files import Files
 from .index import Index
+from .localstore import LocalChunkStore
 from .materialize import safe_filename
-from .objects import ObjectStore, ObjectWriter, PutResult
+from .memstore import MemoryChunkStore
+from .queues import FINISHED_JOB
 from .reader import ManifestReader
 from .records import (
     DEFAULT_TENANT,
+    FORMAT_VERSION,
     FileRecord,
+    FileState,
     Job,
     JobState,
     OutboxEntry,
+    OutboxState,
     Session,
     SessionState,
+    Stream,
 )
-from .store import ChunkAck, Completion, Store
+from .sessions import TRANSITIONS
+from .store import ChunkAck, Store
+from .streams import (
+    FINAL,
+    PARTIAL,
+    SINGLE,
+    Appended,
+    Appender,
+    Piece,
+    Sealed,
+    StreamState,
+    StreamStore,
+)
 
 __all__ = [
     "DEFAULT_TENANT",
+    "FINAL",
+    "FINISHED_JOB",
+    "FORMAT_VERSION",
+    "PARTIAL",
+    "SINGLE",
+    "TRANSITIONS",
+    "Appended",
+    "Appender",
     "ChecksumMismatch",
     "ChunkAck",
     "ChunkConflict",
+    "ChunkHandle",
     "ChunkHashMismatch",
     "ChunkOutOfRange",
+    "ChunkStore",
+    "ChunkWriter",
     "ClientError",
     "Completion",
     "CorruptObject",
     "FileRecord",
+    "FileState",
+    "Files",
     "IncompleteUpload",
-    "InvalidLayout",
     "Index",
+    "InvalidConcat",
+    "InvalidLayout",
+    "InvalidLength",
     "Job",
     "JobState",
+    "LocalChunkStore",
     "ManifestReader",
-    "ObjectStore",
+    "MemoryChunkStore",
+    "NotAStream",
+    "OffsetMismatch",
     "OutboxEntry",
-    "ObjectWriter",
+    "OutboxState",
+    "Piece",
     "PutResult",
+    "Sealed",
     "Session",
     "SessionNotOpen",
     "SessionState",
     "StorageError",
     "Store",
     "StoreError",
+    "Stream",
+    "StreamState",
+    "StreamStore",
     "TooLarge",
     "UnknownFile",
     "UnknownJob",
     "UnknownSession",
     "WrongChunkSize",
+    "is_hash",
     "safe_filename",
 ]

@@ -84,3 +84,25 @@ class StorageError(StoreError):
 
 class CorruptObject(StorageError):
     code = "corrupt_object"
+
+
+class NotAStream(UnknownSession):
+    """The session exists but was not created as a stream (another API's upload)."""
+
+    code = "unknown_upload"
+
+
+class OffsetMismatch(ClientError):
+    """A stream's offset is not the one the write expected (it moved on)."""
+
+    code = "offset_mismatch"
+
+
+class InvalidLength(ClientError):
+    code = "invalid_length"
+
+
+class InvalidConcat(ClientError):
+    """A final upload names something that is not a usable partial upload."""
+
+    code = "invalid_concat"

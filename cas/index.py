@@ -4,8 +4,9 @@ LMDB allows one write transaction at a time. Instead of one synced commit per
 chunk, every write goes through `GroupCommitter`: a single writer thread
 takes all operations queued while the previous commit was syncing, applies
 each in its own nested transaction (so one failing operation does not undo
-the others), fsyncs the directories those operations dirtied, and commits
-once. Callers block until their operation is durable.
+the others), makes the chunk objects those operations refer to durable (one
+`sync` call for the batch, the chunk store's business), and commits once.
+Callers block until their operation is durable.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import collections
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,6 @@ import lmdb
 
 from . import records
 from .errors import StorageError, StoreError
-from .objects import fsync_dir
 
 # "declared" holds the chunk list a client announced for a session
 # (session/index -> hash, length); "parts" the chunks actually attached.
@@ -47,6 +47,30 @@ DATABASES = (
 DEFAULT_MAP_SIZE = 1 << 38  # 256 GiB of address space; the file grows as needed
 
 WriteOp = Callable[[lmdb.Transaction], Any]
+# Makes the given pending chunk commits durable (`ChunkStore.sync`).
+SyncObjects = Callable[[list[object]], None]
+
+
+def scan_prefix(
+    txn: lmdb.Transaction, db: Any, prefix: bytes, *, values: bool = True
+) -> Iterator[tuple[bytes, bytes]]:
+    """(key suffix after `prefix`, value) of every key starting with `prefix`, in order.
+
+    With `values=False` the values are b"" (LMDB does not read them)."""
+    cursor = txn.cursor(db=db)
+    if not cursor.set_range(prefix):
+        return
+    n = len(prefix)
+    if values:
+        for key, value in cursor:
+            if not key.startswith(prefix):
+                return
+            yield key[n:], value
+    else:
+        for key in cursor.iternext(keys=True, values=False):
+            if not key.startswith(prefix):
+                return
+            yield key[n:], b""
 
 
 class Index:
@@ -57,9 +81,15 @@ class Index:
         durable: bool = True,
         map_size: int = DEFAULT_MAP_SIZE,
         group_commit: bool = True,
+        sync_objects: SyncObjects | None = None,
+        readonly: bool = False,
     ) -> None:
+        """`sync_objects` makes chunk objects durable before a commit refers to
+        them; `readonly`: another process only reads (no writer, no set-up)."""
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.readonly = readonly
+        if not readonly:
+            self.path.mkdir(parents=True, exist_ok=True)
         self.env = lmdb.open(
             str(self.path),
             max_dbs=32,  # room for databases later features add
@@ -67,10 +97,22 @@ class Index:
             sync=durable,
             metasync=durable,
             max_readers=1024,
+            readonly=readonly,
         )
+        if readonly:
+            self.db = {}
+            for name in DATABASES:
+                try:
+                    self.db[name] = self.env.open_db(name.encode(), create=False)
+                except lmdb.NotFoundError:
+                    pass  # written by an older version; nothing to read there
+            self.writer = None
+            return
         self.db = {name: self.env.open_db(name.encode()) for name in DATABASES}
         self._check_format()
-        self.writer = GroupCommitter(self.env, durable=durable, grouped=group_commit)
+        self.writer = GroupCommitter(
+            self.env, durable=durable, grouped=group_commit, sync_objects=sync_objects
+        )
 
     def _check_format(self) -> None:
         with self.env.begin(write=True, db=self.db["meta"]) as txn:
@@ -91,9 +133,20 @@ class Index:
         """A read-only snapshot; use it as a context manager, on one thread."""
         return self.env.begin()
 
-    def write(self, op: WriteOp, dirty_dirs: Iterable[str] = ()) -> Any:
-        """Apply `op(txn)` in the next group commit and wait until it is durable."""
-        return self.writer.submit(op, tuple(dirty_dirs))
+    def write(self, op: WriteOp, objects: Iterable[object] = ()) -> Any:
+        """Apply `op(txn)` in the next group commit and wait until it is durable.
+
+        `objects`: the chunk commits (`PutResult`s) `op` refers to; they are
+        made durable first, in the same batch."""
+        if self.writer is None:
+            raise StorageError("the index is open read-only")
+        return self.writer.submit(op, tuple(objects))
+
+    def scan(
+        self, txn: lmdb.Transaction, db: str, prefix: bytes = b"", *, values: bool = True
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """`scan_prefix` over the named database."""
+        return scan_prefix(txn, self.db[db], prefix, values=values)
 
     def get(self, txn: lmdb.Transaction, db: str, key: bytes, kind: type) -> Any:
         raw = txn.get(key, db=self.db[db])
@@ -103,25 +156,34 @@ class Index:
         txn.put(key, records.encode(record), db=self.db[db])
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
         self.env.close()
 
 
 class _Pending:
-    __slots__ = ("op", "dirs", "done", "result", "error")
+    __slots__ = ("op", "objects", "done", "result", "error")
 
-    def __init__(self, op: WriteOp, dirs: tuple[str, ...]) -> None:
+    def __init__(self, op: WriteOp, objects: tuple[object, ...]) -> None:
         self.op = op
-        self.dirs = dirs
+        self.objects = objects
         self.done = threading.Event()
         self.result: Any = None
         self.error: BaseException | None = None
 
 
 class GroupCommitter:
-    def __init__(self, env: lmdb.Environment, *, durable: bool, grouped: bool = True) -> None:
+    def __init__(
+        self,
+        env: lmdb.Environment,
+        *,
+        durable: bool,
+        grouped: bool = True,
+        sync_objects: SyncObjects | None = None,
+    ) -> None:
         self._env = env
         self._durable = durable
+        self._sync_objects = sync_objects
         self._grouped = grouped
         self._queue: collections.deque[_Pending] = collections.deque()
         self._cond = threading.Condition()
@@ -131,8 +193,8 @@ class GroupCommitter:
         self._thread = threading.Thread(target=self._run, name="ingestd-index-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, op: WriteOp, dirs: tuple[str, ...] = ()) -> Any:
-        pending = _Pending(op, dirs)
+    def submit(self, op: WriteOp, objects: tuple[object, ...] = ()) -> Any:
+        pending = _Pending(op, objects)
         with self._cond:
             if self._closed:
                 raise StorageError("the index is closed")
@@ -165,9 +227,10 @@ class GroupCommitter:
 
     def _commit(self, batch: list[_Pending]) -> None:
         try:
-            if self._durable:
-                for d in sorted({d for p in batch for d in p.dirs}):
-                    fsync_dir(d)
+            if self._durable and self._sync_objects is not None:
+                objects = [o for p in batch for o in p.objects]
+                if objects:
+                    self._sync_objects(objects)
             with self._env.begin(write=True) as txn:
                 for p in batch:
                     child = self._env.begin(write=True, parent=txn)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import unicodedata
 from pathlib import Path
 
+from .chunkstore import ChunkStore
 from .errors import StorageError
-from .objects import ObjectStore, fsync_dir
+from .localstore import fsync_dir
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]")
 _MAX_NAME_BYTES = 200
@@ -35,14 +37,16 @@ def safe_filename(name: str) -> str:
 
 
 def materialize(
-    objects: ObjectStore,
+    chunks: ChunkStore,
     entries: list[tuple[str, int]],
     dest: Path,
     *,
     within: Path,
+    durable: bool,
     same_as: str | None = None,
 ) -> Path:
-    """Copy the chunks of `entries` into `dest` with copy_file_range.
+    """Write the bytes of `entries` to `dest`, chunk by chunk through the chunk store
+    (`copy_into`: copy_file_range when the store is local files).
 
     The copy is written to a temp name and renamed, so `dest` either does not
     exist or holds the whole file. `within` is the directory `dest` must stay
@@ -60,7 +64,7 @@ def materialize(
             tmp.unlink(missing_ok=True)
             os.link(same_as, tmp)
             os.rename(tmp, dest)
-            if objects.durable:
+            if durable:
                 fsync_dir(dest.parent)
             return dest
         except OSError:
@@ -69,32 +73,27 @@ def materialize(
         out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o444)
         try:
             for digest, length in entries:
-                src = os.open(objects.path(digest), os.O_RDONLY)
-                try:
-                    _copy_range(src, out, length)
-                finally:
-                    os.close(src)
-            if objects.durable:
+                chunks.copy_into(digest, out, length)
+            if durable:
                 os.fsync(out)
         finally:
             os.close(out)
         os.rename(tmp, dest)
-        if objects.durable:
+        if durable:
             fsync_dir(dest.parent)
-    except OSError as exc:
+    except (OSError, StorageError) as exc:
         tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            dest.parent.rmdir()  # only if empty: nothing else was there
+        if isinstance(exc, StorageError):
+            raise
         raise StorageError(f"could not materialise {dest}: {exc}") from exc
     return dest
 
 
-def _copy_range(src: int, out: int, length: int) -> None:
-    offset = 0
-    while offset < length:
-        try:
-            n = os.copy_file_range(src, out, length - offset, offset)
-        except OSError:
-            # Cross-device or unsupported: fall back to an ordinary copy.
-            n = os.sendfile(out, src, offset, length - offset)
-        if n == 0:
-            raise StorageError("object shorter than its manifest entry")
-        offset += n
+def remove_copy(path: str | None) -> None:
+    """Remove a materialised copy (derived data) and its folder."""
+    if path:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+            os.rmdir(os.path.dirname(path))

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import bisect
 import io
-import os
 from itertools import accumulate
 
+from .chunkstore import ChunkHandle, ChunkStore
 from .errors import CorruptObject
-from .objects import ObjectStore
 
 
 class ManifestReader(io.RawIOBase):
-    def __init__(self, objects: ObjectStore, entries: list[tuple[str, int]]) -> None:
+    def __init__(self, chunks: ChunkStore, entries: list[tuple[str, int]]) -> None:
         super().__init__()
-        self._objects = objects
+        self._chunks = chunks
         self._hashes = [h for h, _ in entries]
         self._lengths = [n for _, n in entries]
         # _starts[i] is the offset of chunk i; the last element is the size.
@@ -27,7 +26,7 @@ class ManifestReader(io.RawIOBase):
         self.size = self._starts[-1]
         self._pos = 0
         self._open_index = -1
-        self._fd = -1
+        self._handle: ChunkHandle | None = None
 
     def readable(self) -> bool:
         return True
@@ -59,8 +58,7 @@ class ManifestReader(io.RawIOBase):
         index = bisect.bisect_right(self._starts, self._pos) - 1
         within = self._pos - self._starts[index]
         want = min(len(view), self._lengths[index] - within)
-        fd = self._chunk_fd(index)
-        got = os.preadv(fd, [view[:want]], within)
+        got = self._chunk(index).readinto(view[:want], within)
         if got != want:
             raise CorruptObject(f"object {self._hashes[index]} is shorter than its manifest entry")
         self._pos += got
@@ -79,30 +77,26 @@ class ManifestReader(io.RawIOBase):
             if n == 0:
                 break
             filled += n
+        view.release()
         del out[filled:]
         return bytes(out)
 
     def readall(self) -> bytes:
         return self.read(-1)
 
-    def _chunk_fd(self, index: int) -> int:
-        if index != self._open_index:
-            self._close_fd()
-            try:
-                self._fd = os.open(self._objects.path(self._hashes[index]), os.O_RDONLY)
-            except FileNotFoundError:
-                raise CorruptObject(
-                    f"object {self._hashes[index]} is missing from the store"
-                ) from None
+    def _chunk(self, index: int) -> ChunkHandle:
+        if index != self._open_index or self._handle is None:
+            self._close_handle()
+            self._handle = self._chunks.open(self._hashes[index])
             self._open_index = index
-        return self._fd
+        return self._handle
 
-    def _close_fd(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+    def _close_handle(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
             self._open_index = -1
 
     def close(self) -> None:
-        self._close_fd()
+        self._close_handle()
         super().close()

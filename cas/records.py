@@ -27,6 +27,20 @@ class SessionState(StrEnum):
     EXPIRED = "expired"
 
 
+class FileState(StrEnum):
+    # The plugins have not decided yet.
+    PROCESSING = "processing"
+    ACCEPTED = "accepted"
+    # Kept for the record; its content is released.
+    REJECTED = "rejected"
+
+
+class OutboxState(StrEnum):
+    PENDING = "pending"
+    # Retries exhausted, or the plugin said it can never succeed.
+    DEAD = "dead"
+
+
 class JobState(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -54,6 +68,9 @@ class Session(msgspec.Struct, frozen=True):
     created: float
     updated: float
     expires: float
+    # Kept by the parts ledger (`cas.parts`) in the transactions that change
+    # the parts: counting them per acknowledged chunk would cost O(chunks).
+    # For a stream, `received_bytes` is its offset.
     received_chunks: int = 0
     received_bytes: int = 0
     # True when the client declared the chunk list (variable-length chunks);
@@ -83,8 +100,7 @@ class FileRecord(msgspec.Struct, frozen=True):
     path: str | None = None
     # Client-declared metadata (and the original API's fileType).
     metadata: dict[str, object] = {}
-    # "processing" until the plugins decide, then "accepted" or "rejected".
-    state: str = "accepted"
+    state: FileState = FileState.ACCEPTED
     reason: str | None = None
     # What processing found: per plugin, the describe output; the detection.
     described: dict[str, object] = {}
@@ -103,8 +119,7 @@ class OutboxEntry(msgspec.Struct, frozen=True):
     next_attempt: float
     attempt: int = 1
     last_error: str | None = None
-    # "pending", or "dead" once retries are exhausted.
-    state: str = "pending"
+    state: OutboxState = OutboxState.PENDING
 
 
 class Job(msgspec.Struct, frozen=True):
@@ -133,16 +148,16 @@ class Stream(msgspec.Struct, frozen=True):
     the last full chunk (the tail, shorter than a chunk) are part
     `offset // chunk_size` like any other — refcounted, released by expiry
     and cancellation — and are replaced by a longer piece when more bytes
-    arrive. `offset` is what the parts hold, so it only ever counts durable
-    bytes. A final upload (concatenation) has no bytes of its own: once its
-    partial uploads are all complete, its parts are theirs, in order.
+    arrive. The offset is what the parts hold (`Session.received_bytes`), so
+    it only ever counts durable bytes. A final upload (concatenation) has no
+    bytes of its own: once its partial uploads are all complete, its parts
+    are theirs, in order.
     """
 
     id: str
     tenant: str
     # "single", "partial" or "final" (tus concatenation).
     kind: str
-    offset: int = 0
     # None while the client defers it (tus creation-defer-length).
     length: int | None = None
     # The Upload-Metadata header as the client sent it; HEAD echoes it.

@@ -26,8 +26,8 @@ they expire (releasing their chunks) like any open session, so that they can
 be reused by several final uploads meanwhile.
 
 Synchronous and thread-safe like `Store`; the daemon calls it from worker
-threads. Uses the store's package-private reference helpers, so that chunk
-references are counted in one place.
+threads. Built on the store's public parts: sessions and their transition
+table, the parts ledger, completion.
 """
 
 from __future__ import annotations
@@ -38,38 +38,26 @@ import blake3
 import lmdb
 import msgspec
 
-from . import records
-from .errors import ClientError, CorruptObject, SessionNotOpen, StorageError, TooLarge
-from .objects import ObjectStore, ObjectWriter, PutResult
+from .chunkstore import ChunkStore, ChunkWriter, PutResult
+from .errors import (
+    ClientError,
+    CorruptObject,
+    InvalidConcat,
+    InvalidLength,
+    NotAStream,
+    OffsetMismatch,
+    SessionNotOpen,
+    StorageError,
+    TooLarge,
+)
+from .materialize import remove_copy
 from .records import Session, SessionState, Stream
-from .store import Store, _part_key, _part_prefix, new_id
+from .store import Store
 
 SINGLE = "single"
 PARTIAL = "partial"
 FINAL = "final"
 KINDS = (SINGLE, PARTIAL, FINAL)
-
-
-class NotAStream(ClientError):
-    """The session exists but was not created as a stream (another API's upload)."""
-
-    code = "unknown_upload"
-
-
-class OffsetMismatch(ClientError):
-    """The stream's offset is not the one the write expected (it moved on)."""
-
-    code = "offset_mismatch"
-
-
-class InvalidLength(ClientError):
-    code = "invalid_length"
-
-
-class InvalidConcat(ClientError):
-    """A final upload names something that is not a usable partial upload."""
-
-    code = "invalid_concat"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +68,11 @@ class StreamState:
     # sum of its partials' lengths once all of them are known.
     length: int | None
 
+    @property
+    def offset(self) -> int:
+        """The bytes the attached parts hold (durable ones only)."""
+        return self.session.received_bytes
+
 
 @dataclass(frozen=True, slots=True)
 class Appended:
@@ -88,6 +81,10 @@ class Appended:
     # Jobs this write queued by completing uploads: the stream itself, or the
     # final uploads that were waiting for this partial.
     jobs: tuple[str, ...]
+
+    @property
+    def offset(self) -> int:
+        return self.session.received_bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +100,7 @@ class Sealed:
 
     __slots__ = ("index", "_writer")
 
-    def __init__(self, index: int, writer: ObjectWriter) -> None:
+    def __init__(self, index: int, writer: ChunkWriter) -> None:
         self.index = index
         self._writer = writer
 
@@ -128,7 +125,7 @@ class Appender:
 
     def __init__(
         self,
-        objects: ObjectStore,
+        chunks: ChunkStore,
         chunk_size: int,
         offset: int,
         tail: bytes = b"",
@@ -136,17 +133,17 @@ class Appender:
     ) -> None:
         if len(tail) != offset % chunk_size:
             raise ValueError("the tail must hold the bytes since the last chunk boundary")
-        self._objects = objects
+        self._chunks = chunks
         self.chunk_size = chunk_size
         self.checksum = checksum
         self.received = 0
         self._index = offset // chunk_size
-        self._writer: ObjectWriter | None = None
+        self._writer: ChunkWriter | None = None
         self._fill = 0
         # Bytes of this request in the current writer (the rest is the old tail).
         self._fresh = 0
         if tail:
-            self._writer = objects.writer()
+            self._writer = chunks.writer()
             self._writer.write(tail)
             self._fill = len(tail)
 
@@ -158,7 +155,7 @@ class Appender:
         sealed: list[Sealed] = []
         while view:
             if self._writer is None:
-                self._writer = self._objects.writer()
+                self._writer = self._chunks.writer()
             piece = view[: self.chunk_size - self._fill]
             self._writer.write(piece)
             self._fill += len(piece)
@@ -190,15 +187,17 @@ class StreamStore:
     def __init__(self, store: Store, *, max_size: int | None = None) -> None:
         """`max_size`: the largest stream (a final upload included) in bytes."""
         self.store = store
-        self.index = store.index
-        self.objects = store.objects
+        self._index = store.index
+        self._chunks = store.chunks
+        self._sessions = store.sessions
+        self._parts = store.parts
         self.max_size = max_size
 
     # -- reading --------------------------------------------------------------
 
     def state(self, session_id: str, tenant: str) -> StreamState:
-        with self.index.reader() as txn:
-            session = self.store._session(txn, session_id, tenant)
+        with self._index.reader() as txn:
+            session = self._sessions.get(txn, session_id, tenant)
             stream = self._stream(txn, session_id)
             length = stream.length
             if stream.kind == FINAL and not stream.assembled:
@@ -207,20 +206,18 @@ class StreamStore:
 
     def read_tail(self, session_id: str, tenant: str, offset: int) -> bytes:
         """The bytes since the last chunk boundary before `offset` (b"" on a boundary)."""
-        session = self.store.session(session_id, tenant)
-        within = offset % session.chunk_size
-        if within == 0:
-            return b""
-        with self.index.reader() as txn:
-            raw = txn.get(
-                _part_key(session_id, offset // session.chunk_size), db=self.index.db["parts"]
-            )
-        if raw is None:
+        with self._index.reader() as txn:
+            session = self._sessions.get(txn, session_id, tenant)
+            within = offset % session.chunk_size
+            if within == 0:
+                return b""
+            entry = self._parts.get(txn, session_id, offset // session.chunk_size)
+        if entry is None:
             raise OffsetMismatch(f"upload {session_id} has no bytes at offset {offset}")
-        digest, length = records.unpack_entry(raw)
+        digest, length = entry
         if length != within:
             raise OffsetMismatch(f"upload {session_id} is no longer at offset {offset}")
-        data = self.objects.read(digest)
+        data = self._chunks.read(digest)
         # The tail is rewritten into a new object; a damaged one must not be.
         if blake3.blake3(data).hexdigest() != digest:
             raise CorruptObject(f"object {digest} does not match its hash")
@@ -228,11 +225,11 @@ class StreamStore:
 
     def parts(self, session_id: str) -> list[tuple[str, int]]:
         """The attached parts in order: (hash, length) each."""
-        received = self.store.received(session_id)
-        return [received[i] for i in sorted(received)]
+        with self._index.reader() as txn:
+            return self._parts.entries(txn, session_id)
 
     def appender(self, session: Session, offset: int, tail: bytes, checksum=None) -> Appender:
-        return Appender(self.objects, session.chunk_size, offset, tail, checksum)
+        return Appender(self._chunks, session.chunk_size, offset, tail, checksum)
 
     # -- creating -------------------------------------------------------------
 
@@ -252,18 +249,12 @@ class StreamStore:
             raise ValueError(f"kind must be {SINGLE!r} or {PARTIAL!r}")
         if length is not None:
             self._check_size(length)
-        now = self.store.clock()
-        session = Session(
-            id=new_id(),
+        session = self._sessions.new(
             tenant=tenant,
             filename=filename,
             size=length or 0,
             chunk_size=chunk_size,
             total_chunks=-(-(length or 0) // chunk_size),
-            state=SessionState.OPEN,
-            created=now,
-            updated=now,
-            expires=now + self.store.session_ttl,
             metadata=metadata,
             stream=True,
         )
@@ -276,11 +267,11 @@ class StreamStore:
         )
 
         def op(txn: lmdb.Transaction) -> Appended:
-            self.index.put(txn, "sessions", session.id.encode(), session)
-            self.index.put(txn, "streams", session.id.encode(), stream)
-            return self._appended(txn, session.id, tenant, self._settle(txn, session.id, tenant))
+            self._sessions.insert(txn, session)
+            self._put_stream(txn, stream)
+            return self._appended(txn, session.id, self._settle(txn, session.id))
 
-        return self.index.write(op)
+        return self._index.write(op)
 
     def create_final(
         self,
@@ -301,8 +292,8 @@ class StreamStore:
             now = self.store.clock()
             known: int | None = 0
             for partial_id in partials:
-                session = self.index.get(txn, "sessions", partial_id.encode(), Session)
-                stream = self.index.get(txn, "streams", partial_id.encode(), Stream)
+                session = self._sessions.find(txn, partial_id)
+                stream = self._find_stream(txn, partial_id)
                 if (
                     session is None
                     or stream is None
@@ -321,23 +312,18 @@ class StreamStore:
                     known = None
             if known is not None:
                 self._check_size(known)
-            session = Session(
-                id=new_id(),
+            session = self._sessions.new(
                 tenant=tenant,
                 filename=filename,
                 size=known or 0,
                 chunk_size=chunk_size,
                 total_chunks=0,
-                state=SessionState.OPEN,
-                created=now,
-                updated=now,
-                expires=now + self.store.session_ttl,
                 # Its layout is the partials' manifests, not fixed-size chunks.
                 declared=True,
                 metadata=metadata,
                 stream=True,
             )
-            self.index.put(txn, "sessions", session.id.encode(), session)
+            self._sessions.insert(txn, session)
             final = Stream(
                 id=session.id,
                 tenant=tenant,
@@ -345,15 +331,16 @@ class StreamStore:
                 metadata_header=metadata_header,
                 partials=list(partials),
             )
-            self.index.put(txn, "streams", session.id.encode(), final)
+            self._put_stream(txn, final)
             for partial_id in dict.fromkeys(partials):
                 stream = self._stream(txn, partial_id)
-                stream = msgspec.structs.replace(stream, finals=[*stream.finals, session.id])
-                self.index.put(txn, "streams", partial_id.encode(), stream)
+                self._put_stream(
+                    txn, msgspec.structs.replace(stream, finals=[*stream.finals, session.id])
+                )
             job = self._assemble(txn, session.id)
-            return self._appended(txn, session.id, tenant, (job,) if job else ())
+            return self._appended(txn, session.id, (job,) if job else ())
 
-        return self.index.write(op)
+        return self._index.write(op)
 
     # -- writing --------------------------------------------------------------
 
@@ -361,7 +348,7 @@ class StreamStore:
         """Set a deferred length; the same length again is harmless."""
 
         def op(txn: lmdb.Transaction) -> Appended:
-            session = self.store._session(txn, session_id, tenant)
+            session = self._sessions.get(txn, session_id, tenant)
             stream = self._stream(txn, session_id)
             self._check_writable(session, stream)
             if stream.length is not None:
@@ -370,25 +357,21 @@ class StreamStore:
                         f"the upload's length is {stream.length}; it cannot change",
                         length=stream.length,
                     )
-                return self._appended(txn, session_id, tenant, ())
-            if length < stream.offset:
+                return self._appended(txn, session_id, ())
+            if length < session.received_bytes:
                 raise InvalidLength(
-                    f"length {length} is less than the {stream.offset} bytes already received",
-                    offset=stream.offset,
+                    f"length {length} is less than the {session.received_bytes} bytes "
+                    "already received",
+                    offset=session.received_bytes,
                 )
             self._check_size(length)
-            stream = msgspec.structs.replace(stream, length=length)
-            session = msgspec.structs.replace(
-                session,
-                size=length,
-                total_chunks=-(-length // session.chunk_size),
-                updated=self.store.clock(),
+            self._sessions.update(
+                txn, session, size=length, total_chunks=-(-length // session.chunk_size)
             )
-            self.index.put(txn, "sessions", session_id.encode(), session)
-            self.index.put(txn, "streams", session_id.encode(), stream)
-            return self._appended(txn, session_id, tenant, self._settle(txn, session_id, tenant))
+            self._put_stream(txn, msgspec.structs.replace(stream, length=length))
+            return self._appended(txn, session_id, self._settle(txn, session_id))
 
-        return self.index.write(op)
+        return self._index.write(op)
 
     def attach(self, session_id: str, tenant: str, offset: int, pieces: list[Piece]) -> Appended:
         """Attach committed pieces that continue the stream at `offset`, durably.
@@ -398,19 +381,17 @@ class StreamStore:
         stream that reaches its length starts its completion in the same
         transaction (and a partial upload's waiting final uploads theirs).
         """
-        dirty = sorted({d for p in pieces for d in p.put.dirty_dirs})
 
         def op(txn: lmdb.Transaction) -> Appended:
-            session = self.store._session(txn, session_id, tenant)
+            session = self._sessions.get(txn, session_id, tenant)
             stream = self._stream(txn, session_id)
             self._check_writable(session, stream)
-            if stream.offset != offset:
+            if session.received_bytes != offset:
                 raise OffsetMismatch(
-                    f"upload {session_id} is at offset {stream.offset}, not {offset}",
-                    offset=stream.offset,
+                    f"upload {session_id} is at offset {session.received_bytes}, not {offset}",
+                    offset=session.received_bytes,
                 )
             chunk = session.chunk_size
-            parts = self.index.db["parts"]
             end = offset
             for piece in pieces:
                 start = piece.index * chunk
@@ -427,96 +408,85 @@ class StreamStore:
                         length=stream.length,
                     )
                 self._check_size(end)
-                key = _part_key(session_id, piece.index)
-                replaced = txn.get(key, db=parts)
-                # Add before release: a tail replaced by a piece with the same
-                # hash (impossible, it is longer, but cheap to be safe) keeps a ref.
-                self.store._add_ref(txn, piece.put.hash, size)
-                if replaced is not None:
-                    self.store._release_ref(txn, records.unpack_entry(replaced)[0])
-                txn.put(key, records.pack_entry(piece.put.hash, size), db=parts)
-            stream = msgspec.structs.replace(stream, offset=end)
-            session = msgspec.structs.replace(
-                session,
-                received_bytes=end,
-                received_chunks=-(-end // chunk),
-                updated=self.store.clock(),
-            )
-            self.index.put(txn, "sessions", session_id.encode(), session)
-            self.index.put(txn, "streams", session_id.encode(), stream)
-            return self._appended(txn, session_id, tenant, self._settle(txn, session_id, tenant))
+                session = self._parts.replace(txn, session, piece.index, piece.put.hash, size)
+            return self._appended(txn, session_id, self._settle(txn, session_id))
 
-        return self.index.write(op, dirty)
+        return self._index.write(op, [p.put for p in pieces])
 
     # -- ending ---------------------------------------------------------------
 
     def terminate(self, session_id: str, tenant: str) -> Session:
         """End an upload at the client's request (tus termination).
 
-        An open upload is cancelled and its chunks released; final uploads
-        still waiting for it (a partial) are cancelled with it. A completed
-        upload's file is deleted (chunks other files use stay). An upload
-        whose file is being processed is refused (409): try again once its
-        job has finished.
+        An open upload, or one whose completion is under way, is cancelled and
+        its chunks released (its job, if any, ends failed); final uploads still
+        waiting for it (a partial) are cancelled with it. An upload whose file
+        is recorded has the file deleted (chunks other files use stay); if the
+        plugins are still deciding on it, its job ends without a verdict.
         """
-        state = self.state(session_id, tenant)
-        session = state.session
-        if session.state == SessionState.OPEN:
-            return self.index.write(lambda txn: self._cancel(txn, session_id, tenant))
-        if session.state in (SessionState.COMPLETING, SessionState.PROCESSING):
-            raise SessionNotOpen(
-                f"upload {session_id} is being processed; terminate it once its job has finished",
-                state=session.state,
-            )
-        if session.state in (SessionState.CANCELLED, SessionState.EXPIRED):
-            raise SessionNotOpen(f"upload {session_id} is {session.state}", state=session.state)
-        if session.state == SessionState.COMPLETED and session.file_id:
-            try:
-                self.store.delete_file(session.file_id, tenant)
-            except ClientError:
-                pass  # deleted through /v1 already
 
-        def mark(txn: lmdb.Transaction) -> Session:
+        copies: list[str | None] = []
+
+        def op(txn: lmdb.Transaction) -> Session:
+            copies.clear()
+            session = self._sessions.get(txn, session_id, tenant)
             stream = self._stream(txn, session_id)
-            stream = msgspec.structs.replace(stream, terminated=True)
-            self.index.put(txn, "streams", session_id.encode(), stream)
-            return self.store._session(txn, session_id, tenant)
+            if session.state in (SessionState.OPEN, SessionState.COMPLETING):
+                self._cancel(txn, session, stream)
+                return self._sessions.get(txn, session_id, tenant)
+            if session.state in (SessionState.CANCELLED, SessionState.EXPIRED):
+                raise SessionNotOpen(f"upload {session_id} is {session.state}", state=session.state)
+            if session.file_id and session.state in (
+                SessionState.PROCESSING,
+                SessionState.COMPLETED,
+            ):
+                try:
+                    file = self.store.files.delete(txn, session.file_id, tenant)
+                except ClientError:
+                    pass  # deleted through /v1 already
+                else:
+                    copies.append(file.path)
+            self._put_stream(txn, msgspec.structs.replace(stream, terminated=True))
+            return self._sessions.get(txn, session_id, tenant)
 
-        return self.index.write(mark)
+        session = self._index.write(op)
+        for path in copies:
+            remove_copy(path)
+        return session
 
-    def _cancel(self, txn: lmdb.Transaction, session_id: str, tenant: str) -> Session:
-        session = self.store._session(txn, session_id, tenant)
-        stream = self._stream(txn, session_id)
+    def _cancel(self, txn: lmdb.Transaction, session: Session, stream: Stream) -> None:
         self._end(txn, session, "terminated by the client")
         for final_id in stream.finals:
-            final = self.index.get(txn, "sessions", final_id.encode(), Session)
+            final = self._sessions.find(txn, final_id)
             final_stream = self._stream(txn, final_id)
             waiting = final is not None and not final_stream.assembled
             if waiting and final.state == SessionState.OPEN:
-                self._end(txn, final, f"partial upload {session_id} was terminated")
-        return self.store._session(txn, session_id, tenant)
+                self._end(txn, final, f"partial upload {session.id} was terminated")
 
     def _end(self, txn: lmdb.Transaction, session: Session, reason: str) -> None:
-        self.store._delete_parts(txn, session.id, release=True)
-        session = msgspec.structs.replace(
-            session, state=SessionState.CANCELLED, reason=reason, updated=self.store.clock()
-        )
-        self.index.put(txn, "sessions", session.id.encode(), session)
+        self._parts.release(txn, session.id)
+        self._sessions.transition(txn, session, SessionState.CANCELLED, reason=reason)
+        self.store.jobs.fail(txn, session.job_id, f"upload {session.id} was {reason}")
 
     # -- helpers --------------------------------------------------------------
 
+    def _find_stream(self, txn: lmdb.Transaction, session_id: str) -> Stream | None:
+        return self._index.get(txn, "streams", session_id.encode(), Stream)
+
     def _stream(self, txn: lmdb.Transaction, session_id: str) -> Stream:
-        stream = self.index.get(txn, "streams", session_id.encode(), Stream)
+        stream = self._find_stream(txn, session_id)
         if stream is None:
             raise NotAStream(f"upload {session_id!r} is not a tus upload")
         return stream
 
+    def _put_stream(self, txn: lmdb.Transaction, stream: Stream) -> None:
+        self._index.put(txn, "streams", stream.id.encode(), stream)
+
     def _appended(
-        self, txn: lmdb.Transaction, session_id: str, tenant: str, jobs: tuple[str, ...]
+        self, txn: lmdb.Transaction, session_id: str, jobs: tuple[str, ...]
     ) -> Appended:
-        return Appended(
-            self.store._session(txn, session_id, tenant), self._stream(txn, session_id), jobs
-        )
+        session = self._sessions.find(txn, session_id)
+        return Appended(session, self._stream(txn, session_id), jobs)
 
     def _check_size(self, size: int) -> None:
         if self.max_size is not None and size > self.max_size:
@@ -548,80 +518,56 @@ class StreamStore:
     def _final_length(self, txn: lmdb.Transaction, final: Stream) -> int | None:
         total = 0
         for partial_id in final.partials:
-            stream = self.index.get(txn, "streams", partial_id.encode(), Stream)
+            stream = self._find_stream(txn, partial_id)
             if stream is None or stream.length is None:
                 return None
             total += stream.length
         return total
 
-    def _settle(self, txn: lmdb.Transaction, session_id: str, tenant: str) -> tuple[str, ...]:
+    def _settle(self, txn: lmdb.Transaction, session_id: str) -> tuple[str, ...]:
         """Start what a stream that just reached its length starts; the jobs queued."""
+        session = self._sessions.find(txn, session_id)
         stream = self._stream(txn, session_id)
-        if stream.length is None or stream.offset != stream.length:
+        if stream.length is None or session.received_bytes != stream.length:
             return ()
         if stream.kind == SINGLE:
-            job = self._complete(txn, session_id, tenant)
+            job = self._complete(txn, session)
             return (job,) if job else ()
         jobs = [self._assemble(txn, final_id) for final_id in stream.finals]
         return tuple(job for job in jobs if job)
 
-    def _complete(self, txn: lmdb.Transaction, session_id: str, tenant: str) -> str | None:
-        before = self.store._session(txn, session_id, tenant)
-        if before.state != SessionState.OPEN:
+    def _complete(self, txn: lmdb.Transaction, session: Session) -> str | None:
+        if session.state != SessionState.OPEN:
             return None
-        return self.store._begin_completion(txn, session_id, tenant).job_id
+        return self.store.completer.begin(txn, session).job_id
 
     def _assemble(self, txn: lmdb.Transaction, final_id: str) -> str | None:
         """Give a final upload its partials' parts once they are all complete, and
         start its completion. None if it is not ready (or not open)."""
         now = self.store.clock()
         final = self._stream(txn, final_id)
-        session = self.index.get(txn, "sessions", final_id.encode(), Session)
+        session = self._sessions.find(txn, final_id)
         if final.assembled or session is None or not self._usable(session, now):
             return None
         entries: list[tuple[str, int]] = []
         for partial_id in final.partials:
             partial = self._stream(txn, partial_id)
-            partial_session = self.index.get(txn, "sessions", partial_id.encode(), Session)
+            partial_session = self._sessions.find(txn, partial_id)
             if (
                 partial_session is None
                 or not self._usable(partial_session, now)
                 or partial.length is None
-                or partial.offset != partial.length
+                or partial_session.received_bytes != partial.length
             ):
                 return None
-            entries.extend(self._parts(txn, partial_id))
+            entries.extend(self._parts.entries(txn, partial_id))
         size = sum(n for _, n in entries)
         if self.max_size is not None and size > self.max_size:
             self._end(txn, session, f"{size} bytes exceed the limit of {self.max_size} bytes")
             return None
-        declared, parts = self.index.db["declared"], self.index.db["parts"]
+        self._parts.declare(txn, final_id, entries)
+        session = self._sessions.update(txn, session, size=size, total_chunks=len(entries))
         for i, (digest, length) in enumerate(entries):
-            key = _part_key(final_id, i)
-            entry = records.pack_entry(digest, length)
-            txn.put(key, entry, db=declared)
-            txn.put(key, entry, db=parts)
-            self.store._add_ref(txn, digest, length)
-        session = msgspec.structs.replace(
-            session,
-            size=size,
-            total_chunks=len(entries),
-            received_chunks=len(entries),
-            received_bytes=size,
-            updated=now,
-        )
-        final = msgspec.structs.replace(final, offset=size, length=size, assembled=True)
-        self.index.put(txn, "sessions", final_id.encode(), session)
-        self.index.put(txn, "streams", final_id.encode(), final)
-        return self._complete(txn, final_id, session.tenant)
-
-    def _parts(self, txn: lmdb.Transaction, session_id: str) -> list[tuple[str, int]]:
-        prefix = _part_prefix(session_id)
-        out: list[tuple[str, int]] = []
-        cursor = txn.cursor(db=self.index.db["parts"])
-        if cursor.set_range(prefix):
-            for key, value in cursor:
-                if not key.startswith(prefix):
-                    break
-                out.append(records.unpack_entry(value))
-        return out
+            session, _ = self._parts.attach(txn, session, i, digest, length)
+        self._put_stream(txn, msgspec.structs.replace(final, length=size, assembled=True))
+        return self._complete(txn, session)

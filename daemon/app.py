@@ -16,6 +16,7 @@ from quart_trio import QuartTrio
 
 from . import problems, seed_api, tus_api, v1_api
 from .config import Config, ConfigError
+from .ingest import Ingest
 from .jobs import JobRunner
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .outbox import OutboxService
@@ -76,6 +77,7 @@ def create_app(
     rt = Runtime(config, store)
     rt.plugins = plugins if plugins is not None else load_plugins(config)
     rt.metrics = Metrics()
+    rt.ingest = Ingest(rt)
     rt.jobs = JobRunner(rt)
     rt.outbox = OutboxService(rt)
     app.extensions["ingestd"] = rt

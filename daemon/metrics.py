@@ -13,12 +13,12 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.chunks = Counter(
             "ingestd_chunks",
-            "Chunks received, by whether their bytes were new to the upload",
+            "Chunks received: stored, or repeated (the upload had them already)",
             ["result"],
             registry=self.registry,
         )
         self.chunk_bytes = Counter(
-            "ingestd_chunk_bytes", "Chunk bytes received", registry=self.registry
+            "ingestd_chunk_bytes", "Body bytes received into uploads", registry=self.registry
         )
         self.jobs = Counter(
             "ingestd_jobs",

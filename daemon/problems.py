@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import errno
+import json
 import logging
 
+import msgspec
 import trio
 from ingestd import cas
 from quart import Quart, Response, request
 from quart_schema import RequestSchemaValidationError
 from werkzeug.exceptions import HTTPException
+from werkzeug.http import HTTP_STATUS_CODES
+
+from .errors import ApiError
 
 log = logging.getLogger("ingestd")
 
@@ -24,6 +29,9 @@ CLIENT_STATUS: dict[type[cas.ClientError], int] = {
     cas.ChunkOutOfRange: 400,
     cas.WrongChunkSize: 400,
     cas.ChunkConflict: 409,
+    cas.OffsetMismatch: 409,
+    cas.InvalidLength: 400,
+    cas.InvalidConcat: 400,
     cas.SessionNotOpen: 409,
     cas.IncompleteUpload: 409,
     cas.ChecksumMismatch: 422,
@@ -31,24 +39,14 @@ CLIENT_STATUS: dict[type[cas.ClientError], int] = {
 }
 
 
-class ApiError(Exception):
-    """A client error found by the HTTP layer itself (malformed request, …)."""
+class Problem(msgspec.Struct):
+    """The body of every error answer (for the OpenAPI document)."""
 
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        detail: str,
-        *,
-        headers: dict[str, str] | None = None,
-        **extra: object,
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.code = code
-        self.detail = detail
-        self.headers = headers or {}
-        self.extra = extra
+    type: str
+    title: str
+    status: int
+    code: str
+    detail: str
 
 
 # Statuses outside the HTTP registry that ingestd answers (tus's checksum).
@@ -56,10 +54,6 @@ EXTRA_TITLES = {460: "Checksum Mismatch"}
 
 
 def problem(status: int, code: str, detail: str, **extra: object) -> Response:
-    import json
-
-    from werkzeug.http import HTTP_STATUS_CODES
-
     body = {
         "type": f"https://ingestd.dev/problems/{code}",
         "title": EXTRA_TITLES.get(status) or HTTP_STATUS_CODES.get(status, "Error"),

@@ -9,11 +9,9 @@ from typing import Any, TypeVar
 
 import trio
 from ingestd.cas import Store
-from ingestd.plugins import PolicyUnavailable, UploadRequest, run_policy
 from quart import current_app
 
 from .config import Config
-from .problems import ApiError
 
 T = TypeVar("T")
 log = logging.getLogger("ingestd")
@@ -27,6 +25,7 @@ class Runtime:
         # Store calls block on disk and on group commits; bound the threads.
         self.limiter = trio.CapacityLimiter(64)
         # Set by create_app (their modules import this one).
+        self.ingest: Any = None  # ingest.Ingest, the upload core
         self.jobs: Any = None  # JobRunner
         self.outbox: Any = None  # OutboxService
         self.plugins: Any = None  # ingestd.plugins.Plugins
@@ -54,15 +53,6 @@ class Runtime:
         return await trio.to_thread.run_sync(
             functools.partial(fn, *args, **kwargs), limiter=self.limiter
         )
-
-    async def check_policy(self, request: UploadRequest) -> None:
-        """Run the plugins' upload policy; a refusal becomes a 4xx problem."""
-        try:
-            refusal = await run_policy(self.plugins, request, limiter=self.limiter)
-        except PolicyUnavailable as exc:
-            raise ApiError(503, "policy_unavailable", str(exc)) from None
-        if refusal is not None:
-            raise ApiError(refusal.status, refusal.code, refusal.reason)
 
     async def maintain(self) -> None:
         """Expire old sessions and collect garbage, forever.

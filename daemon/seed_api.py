@@ -7,23 +7,26 @@ synchronous `complete` answering with the file's path and metadata.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated
 
 import msgspec
 from ingestd import cas
-from ingestd.plugins import UploadRequest
 from quart import Blueprint, request
 from quart_schema import DataSource, document_request, document_response, validate_request
 
+from .errors import ApiError
 from .filetypes import file_type
+from .ingest import NewUpload
 from .multipart import read_form
-from .problems import ApiError
+from .problems import Problem
 from .runtime import runtime
+from .shapes import Sha256Hex
 
 bp = Blueprint("seed", __name__, url_prefix="/api/upload")
-
-Sha256Hex = Annotated[str, msgspec.Meta(pattern="^[0-9a-fA-F]{64}$")]
+# The original API has no tenants: everything is the default tenant's.
+TENANT = cas.DEFAULT_TENANT
 
 
 class InitRequest(msgspec.Struct):
@@ -75,45 +78,22 @@ class CompleteResponse(msgspec.Struct):
     downstreamJobId: str
 
 
-class Problem(msgspec.Struct):
-    type: str
-    title: str
-    status: int
-    code: str
-    detail: str
-
-
 @bp.post("/init")
 @validate_request(InitRequest)
 @document_response(InitResponse)
 @document_response(Problem, 413)
 async def init(data: InitRequest) -> InitResponse:
     """Start an upload; the answer says which chunk size to cut the file into."""
-    rt = runtime()
-    if data.totalSize > rt.config.limits.max_file_size:
-        raise ApiError(
-            413,
-            "file_too_large",
-            f"totalSize {data.totalSize} exceeds the limit of "
-            f"{rt.config.limits.max_file_size} bytes",
-            limit=rt.config.limits.max_file_size,
-        )
-    await rt.check_policy(
-        UploadRequest(
-            tenant=cas.DEFAULT_TENANT,
+    opened = await runtime().ingest.open_upload(
+        NewUpload(
+            api="seed",
+            tenant=TENANT,
             filename=data.filename,
             size=data.totalSize,
-            api="seed",
             sha256=data.checksum,
         )
     )
-    session = await rt.run(
-        rt.store.create_session,
-        filename=data.filename,
-        size=data.totalSize,
-        chunk_size=rt.config.storage.chunk_size,
-        sha256=data.checksum,
-    )
+    session = opened.session
     return InitResponse(uploadId=session.id, chunkSize=session.chunk_size)
 
 
@@ -122,6 +102,11 @@ def _int_field(fields: dict[str, str], name: str) -> int:
         return int(fields[name])
     except ValueError:
         raise ApiError(400, "invalid_field", f"field {name!r} must be an integer") from None
+
+
+async def _one(data: bytes | bytearray) -> AsyncIterator[bytes | bytearray]:
+    """A body already read (the multipart part), as the core takes bodies."""
+    yield data
 
 
 @bp.post("/chunk")
@@ -152,7 +137,7 @@ async def chunk() -> ChunkResponse:
     upload_id = form.fields["uploadId"]
     index = _int_field(form.fields, "chunkIndex")
     total = _int_field(form.fields, "totalChunks")
-    session = await rt.run(rt.store.session, upload_id)
+    session = await rt.run(rt.store.session, upload_id, TENANT)
     if total != session.total_chunks:
         raise ApiError(
             400,
@@ -161,7 +146,7 @@ async def chunk() -> ChunkResponse:
             f"of {session.chunk_size} bytes",
             expected=session.total_chunks,
         )
-    ack = await rt.run(rt.store.put_chunk, upload_id, index, form.files["chunk"])
+    ack = await rt.ingest.receive_chunk(TENANT, upload_id, index, _one(form.files["chunk"]))
     return ChunkResponse(
         success=True,
         receivedChunks=ack.received_chunks,
@@ -175,7 +160,7 @@ async def chunk() -> ChunkResponse:
 async def status(upload_id: str) -> StatusResponse:
     """Which chunks the server holds, so that a client resends only the others."""
     rt = runtime()
-    session = await rt.run(rt.store.session, upload_id)
+    session = await rt.run(rt.store.session, upload_id, TENANT)
     if session.state in (cas.SessionState.PROCESSING, cas.SessionState.COMPLETED):
         received = list(range(session.total_chunks))
     else:
@@ -200,10 +185,9 @@ async def complete(upload_id: str) -> CompleteResponse:
     """Verify every chunk is present (and the checksum, if one was declared),
     record the file and queue its processing job."""
     rt = runtime()
-    session = await rt.run(rt.store.session, upload_id)
+    session = await rt.run(rt.store.session, upload_id, TENANT)
     kind = file_type(session.filename)
-    done = await rt.run(rt.store.complete, upload_id, metadata={"fileType": kind})
-    rt.jobs.submit(done.job.id)
+    done = await rt.ingest.complete_now(TENANT, upload_id, {"fileType": kind})
     file = done.file
     return CompleteResponse(
         success=True,

@@ -2,7 +2,7 @@
 
 The Quart handlers in `tus_api` give these functions header values and the
 upload's state, and get back decisions (what to create, where a PATCH writes,
-how much it may write) or a `TusError` with the status the protocol dictates.
+how much it may write) or an `ApiError` with the status the protocol dictates.
 Nothing here reads a request, touches the store or knows the clock, so the
 rules are unit-tested on their own (tests/test_tus_protocol.py).
 
@@ -43,6 +43,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import blake3
+
+from .errors import ApiError
 
 TUS_VERSION = "1.0.0"
 SUPPORTED_VERSIONS = (TUS_VERSION,)
@@ -114,25 +116,6 @@ _KEY = re.compile(r"[!-~\x80-\xff]+")
 MAX_FILENAME = 4096
 
 
-class TusError(Exception):
-    """A request the protocol refuses: the status, a stable code, words for people."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        detail: str,
-        headers: Mapping[str, str] | None = None,
-        **extra: object,
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.code = code
-        self.detail = detail
-        self.headers = dict(headers or {})
-        self.extra = extra
-
-
 # -- versions, methods, options -----------------------------------------------
 
 
@@ -142,7 +125,7 @@ def check_version(method: str, tus_resumable: str | None) -> None:
         return
     if tus_resumable is None or tus_resumable.strip() not in SUPPORTED_VERSIONS:
         said = "no Tus-Resumable header" if tus_resumable is None else repr(tus_resumable)
-        raise TusError(
+        raise ApiError(
             412,
             "unsupported_version",
             f"this server speaks tus {', '.join(SUPPORTED_VERSIONS)}; the request has {said}",
@@ -179,7 +162,7 @@ def parse_uint(name: str, value: str) -> int:
     """A non-negative decimal integer, digits only (no sign, no spaces inside)."""
     text = value.strip()
     if not _UINT.fullmatch(text):
-        raise TusError(400, "invalid_header", f"{name} must be a non-negative integer: {value!r}")
+        raise ApiError(400, "invalid_header", f"{name} must be a non-negative integer: {value!r}")
     return int(text)
 
 
@@ -192,25 +175,25 @@ def parse_metadata(header: str | None) -> dict[str, bytes]:
     for item in header.split(","):
         pair = item.strip()
         if not pair:
-            raise TusError(400, "invalid_metadata", "Upload-Metadata has an empty pair")
+            raise ApiError(400, "invalid_metadata", "Upload-Metadata has an empty pair")
         key, _, value = pair.partition(" ")
         value = value.strip()
         if not _KEY.fullmatch(key):
-            raise TusError(400, "invalid_metadata", f"Upload-Metadata key {key!r} is invalid")
+            raise ApiError(400, "invalid_metadata", f"Upload-Metadata key {key!r} is invalid")
         if key in out:
-            raise TusError(400, "invalid_metadata", f"Upload-Metadata repeats the key {key!r}")
+            raise ApiError(400, "invalid_metadata", f"Upload-Metadata repeats the key {key!r}")
         out[key] = _base64(key, value)
     return out
 
 
 def _base64(key: str, value: str) -> bytes:
     if " " in value:
-        raise TusError(400, "invalid_metadata", f"Upload-Metadata value of {key!r} has spaces")
+        raise ApiError(400, "invalid_metadata", f"Upload-Metadata value of {key!r} has spaces")
     try:
         # Padding is often dropped by hand-written clients; nothing is lost.
         return base64.b64decode(value + "=" * (-len(value) % 4), validate=True)
     except (binascii.Error, ValueError):
-        raise TusError(
+        raise ApiError(
             400, "invalid_metadata", f"Upload-Metadata value of {key!r} is not base64"
         ) from None
 
@@ -231,7 +214,7 @@ def file_metadata(metadata: Mapping[str, bytes]) -> tuple[str | None, dict[str, 
         (v for k in ("filename", "name") if isinstance(v := record.get(k), str) and v), None
     )
     if filename is not None and (len(filename) > MAX_FILENAME or "\0" in filename):
-        raise TusError(400, "invalid_metadata", "the filename is too long or has a NUL byte")
+        raise ApiError(400, "invalid_metadata", "the filename is too long or has a NUL byte")
     return filename, record
 
 
@@ -265,7 +248,7 @@ def parse_checksum(header: str | None) -> Checksum | None:
         return None
     algorithm, _, encoded = header.strip().partition(" ")
     if algorithm not in CHECKSUM_ALGORITHMS:
-        raise TusError(
+        raise ApiError(
             400,
             "unsupported_checksum_algorithm",
             f"checksum algorithm {algorithm!r} is not one of {', '.join(CHECKSUM_ALGORITHMS)}",
@@ -273,10 +256,10 @@ def parse_checksum(header: str | None) -> Checksum | None:
     try:
         digest = base64.b64decode(encoded.strip(), validate=True)
     except (binascii.Error, ValueError):
-        raise TusError(400, "invalid_checksum", "Upload-Checksum digest is not base64") from None
+        raise ApiError(400, "invalid_checksum", "Upload-Checksum digest is not base64") from None
     expected = CHECKSUM_ALGORITHMS[algorithm]().digest_size
     if len(digest) != expected:
-        raise TusError(
+        raise ApiError(
             400,
             "invalid_checksum",
             f"a {algorithm} digest is {expected} bytes, Upload-Checksum has {len(digest)}",
@@ -309,15 +292,15 @@ def parse_concat(header: str | None, prefix: str) -> Concat | None:
         return Concat(PARTIAL)
     kind, sep, urls = value.partition(";")
     if kind.strip() != "final" or not sep:
-        raise TusError(400, "invalid_concat", f"Upload-Concat {header!r} is not partial or final")
+        raise ApiError(400, "invalid_concat", f"Upload-Concat {header!r} is not partial or final")
     ids = []
     for url in urls.split():
         upload_id = upload_id_from_url(url, prefix)
         if upload_id is None:
-            raise TusError(400, "invalid_concat", f"{url!r} is not an upload URL of this server")
+            raise ApiError(400, "invalid_concat", f"{url!r} is not an upload URL of this server")
         ids.append(upload_id)
     if not ids:
-        raise TusError(400, "invalid_concat", "Upload-Concat: final lists no partial uploads")
+        raise ApiError(400, "invalid_concat", "Upload-Concat: final lists no partial uploads")
     return Concat(FINAL, tuple(ids))
 
 
@@ -373,28 +356,28 @@ def plan_creation(
     with_upload = is_offset_stream(content_type)
     has_body = bool(content_length) or chunked
     if not with_upload and has_body:
-        raise TusError(
+        raise ApiError(
             415,
             "unsupported_media_type",
             f"a creation request with a body must be {OFFSET_OCTET_STREAM}",
         )
     if defer_length is not None and defer_length.strip() != "1":
-        raise TusError(400, "invalid_header", "Upload-Defer-Length must be 1")
+        raise ApiError(400, "invalid_header", "Upload-Defer-Length must be 1")
     if concat is not None and concat.kind == FINAL:
         if upload_length is not None or defer_length is not None:
-            raise TusError(
+            raise ApiError(
                 400,
                 "invalid_header",
                 "a final upload takes its length from its partial uploads; "
                 "send no Upload-Length or Upload-Defer-Length",
             )
         if with_upload and has_body:
-            raise TusError(403, "final_upload", "a final upload cannot take bytes of its own")
+            raise ApiError(403, "final_upload", "a final upload cannot take bytes of its own")
         return Creation(FINAL, None, concat.partials, metadata, upload_metadata, False)
     if upload_length is not None and defer_length is not None:
-        raise TusError(400, "invalid_header", "send Upload-Length or Upload-Defer-Length, not both")
+        raise ApiError(400, "invalid_header", "send Upload-Length or Upload-Defer-Length, not both")
     if upload_length is None and defer_length is None:
-        raise TusError(
+        raise ApiError(
             400, "missing_header", "Upload-Length (or Upload-Defer-Length: 1) is required"
         )
     length = None if upload_length is None else parse_uint("Upload-Length", upload_length)
@@ -407,8 +390,8 @@ def plan_creation(
     return Creation(kind, length, (), metadata, upload_metadata, with_upload, checksum)
 
 
-def too_large(size: int, max_size: int) -> TusError:
-    return TusError(
+def too_large(size: int, max_size: int) -> ApiError:
+    return ApiError(
         413,
         "too_large",
         f"{size} bytes exceed the largest upload this server accepts ({max_size} bytes)",
@@ -420,7 +403,7 @@ def check_room(offset: int, length: int | None, content_length: int, max_size: i
     """413 if `content_length` bytes at `offset` go past the length (or the maximum)."""
     end = offset + content_length
     if length is not None and end > length:
-        raise TusError(
+        raise ApiError(
             413,
             "length_exceeded",
             f"{content_length} bytes at offset {offset} go past the upload's length of {length}",
@@ -466,9 +449,9 @@ def check_available(view: UploadView, now: float) -> None:
     """410 for an upload that was terminated or has expired."""
     if view.terminated or view.state == "cancelled":
         reason = f": {view.reason}" if view.reason and not view.terminated else ""
-        raise TusError(410, "upload_terminated", f"upload {view.id} was terminated{reason}")
+        raise ApiError(410, "upload_terminated", f"upload {view.id} was terminated{reason}")
     if view.state == "expired" or (view.state == "open" and now >= view.expires):
-        raise TusError(410, "upload_expired", f"upload {view.id} has expired")
+        raise ApiError(410, "upload_expired", f"upload {view.id} has expired")
 
 
 def upload_headers(view: UploadView, prefix: str) -> dict[str, str]:
@@ -534,25 +517,25 @@ def plan_patch(
     final uploads refuse PATCH (403), then availability (410), content type
     (415), header syntax (400), the offset (409), the length (400/413)."""
     if view.kind == FINAL:
-        raise TusError(
+        raise ApiError(
             403,
             "final_upload",
             f"upload {view.id} is a final upload; send bytes to its partial uploads",
         )
     check_available(view, now)
     if not is_offset_stream(content_type):
-        raise TusError(
+        raise ApiError(
             415,
             "unsupported_media_type",
             f"PATCH bodies must be {OFFSET_OCTET_STREAM}, not {content_type or 'untyped'}",
         )
     if upload_offset is None:
-        raise TusError(400, "missing_header", "Upload-Offset is required")
+        raise ApiError(400, "missing_header", "Upload-Offset is required")
     offset = parse_uint("Upload-Offset", upload_offset)
     declared = None if upload_length is None else parse_uint("Upload-Length", upload_length)
     checksum = parse_checksum(upload_checksum)
     if offset != view.offset:
-        raise TusError(
+        raise ApiError(
             409,
             "offset_mismatch",
             f"Upload-Offset is {offset}, but the upload is at {view.offset}",
@@ -562,14 +545,14 @@ def plan_patch(
     declare = None
     if declared is not None and declared != length:
         if length is not None:
-            raise TusError(
+            raise ApiError(
                 400,
                 "invalid_length",
                 f"the upload's length is {length}; it cannot change",
                 length=length,
             )
         if declared < offset:
-            raise TusError(400, "invalid_length", f"length {declared} is below the offset")
+            raise ApiError(400, "invalid_length", f"length {declared} is below the offset")
         if declared > max_size:
             raise too_large(declared, max_size)
         length = declare = declared

@@ -11,14 +11,10 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
-from urllib.parse import quote
 
 import msgspec
-import trio
 from ingestd import cas
-from ingestd.plugins import UploadRequest
 from quart import Blueprint, Response, request
 from quart_schema import (
     document_headers,
@@ -28,26 +24,17 @@ from quart_schema import (
     validate_request,
 )
 
-from .problems import ApiError
+from .downloads import content_disposition, serve_content
+from .errors import ApiError
+from .ingest import NewUpload
+from .problems import Problem
 from .runtime import Runtime, runtime
+from .shapes import HashHex, Sha256Hex
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
 
 TENANT = cas.DEFAULT_TENANT  # until tokens bind requests to tenants
-FLUSH_BYTES = 1 << 20  # body bytes handed to the writer thread at a time
-READ_BYTES = 1 << 20
 MAX_WAIT = 60.0
-
-HashHex = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
-Sha256Hex = Annotated[str, msgspec.Meta(pattern="^[0-9a-fA-F]{64}$")]
-
-
-class Problem(msgspec.Struct):
-    type: str
-    title: str
-    status: int
-    code: str
-    detail: str
 
 
 class Chunking(msgspec.Struct):
@@ -205,39 +192,18 @@ async def info() -> Info:
 @document_response(Problem, 413)
 async def create_upload(data: CreateUpload) -> tuple[UploadCreated, int, dict[str, str]]:
     """Create an upload. With `chunks`, only the indices in `missing` need sending."""
-    rt = runtime()
-    limit = rt.config.limits.max_file_size
-    if data.size > limit:
-        raise ApiError(
-            413,
-            "file_too_large",
-            f"size {data.size} exceeds the limit of {limit} bytes",
-            limit=limit,
-        )
-    await rt.check_policy(
-        UploadRequest(
+    opened = await runtime().ingest.open_upload(
+        NewUpload(
+            api="v1",
             tenant=TENANT,
             filename=data.filename,
             size=data.size,
-            api="v1",
-            metadata=data.metadata,
             sha256=data.sha256,
+            metadata=data.metadata,
+            chunks=None if data.chunks is None else [(ch.hash, ch.size) for ch in data.chunks],
         )
     )
-    c = chunking(rt)
-    session = await rt.run(
-        rt.store.create_session,
-        filename=data.filename,
-        size=data.size,
-        chunk_size=c.fixed_size,
-        tenant=TENANT,
-        sha256=data.sha256,
-        metadata=data.metadata,
-        chunks=None if data.chunks is None else [(ch.hash, ch.size) for ch in data.chunks],
-        min_chunk_size=c.min_size,
-        max_chunk_size=c.max_size,
-    )
-    missing = await rt.run(rt.store.missing, session.id, TENANT)
+    session, missing = opened.session, opened.missing
     body = UploadCreated(
         id=session.id,
         state=str(session.state),
@@ -319,66 +285,14 @@ async def put_chunk(upload_id: str, index: str) -> ChunkStored:
     """
     if not index.isdigit():
         raise ApiError(400, "invalid_field", f"chunk index {index!r} is not a number")
-    return await _put_chunk(upload_id, int(index))
-
-
-async def _put_chunk(upload_id: str, index: int) -> ChunkStored:
-    rt = runtime()
-    store = rt.store
-    header_hash = declared_blake3(request.headers.get("Content-Digest"))
-    # An LMDB read is a lookup in a memory map: cheap enough for the event
-    # loop, and a thread hop per chunk is not.
-    declared, length = store.expected_chunk(upload_id, index, TENANT)
-    if header_hash and declared and header_hash != declared:
-        raise ApiError(
-            422,
-            "chunk_hash_mismatch",
-            f"Content-Digest says {header_hash}, the upload declared {declared} for chunk {index}",
-        )
-    if request.content_length is not None and request.content_length != length:
-        raise cas.WrongChunkSize(
-            f"chunk {index} must be {length} bytes, got {request.content_length}",
-            expected=length,
-            actual=request.content_length,
-        )
-    writer: cas.ObjectWriter | None = None
-
-    def write(piece: bytearray) -> None:
-        nonlocal writer
-        if writer is None:
-            writer = store.objects.writer(declared or header_hash)
-        writer.write(piece)
-
-    try:
-        received = 0
-        pending = bytearray()
-        async for data in request.body:
-            received += len(data)
-            if received > length:
-                raise cas.WrongChunkSize(
-                    f"chunk {index} must be {length} bytes, got more", expected=length
-                )
-            pending += data
-            if len(pending) >= FLUSH_BYTES and received < length:
-                piece, pending = pending, bytearray()
-                await rt.run(write, piece)
-        if received != length:
-            raise cas.WrongChunkSize(
-                f"chunk {index} must be {length} bytes, got {received}",
-                expected=length,
-                actual=received,
-            )
-
-        def finish() -> cas.ChunkAck:
-            write(pending)
-            return store.attach_chunk(upload_id, index, writer.commit(), TENANT)
-
-        ack = await rt.run(finish)
-    except BaseException:
-        if writer is not None:
-            with trio.CancelScope(shield=True):
-                await rt.run(writer.abort)
-        raise
+    ack = await runtime().ingest.receive_chunk(
+        TENANT,
+        upload_id,
+        int(index),
+        request.body,
+        content_length=request.content_length,
+        claimed_hash=declared_blake3(request.headers.get("Content-Digest")),
+    )
     return ChunkStored(ack.index, ack.hash, ack.size, ack.stored, ack.received_chunks)
 
 
@@ -392,11 +306,7 @@ async def complete_upload(upload_id: str) -> tuple[CompletionAccepted, int, dict
     record and processing happen in the job. Completing again returns the
     same job.
     """
-    rt = runtime()
-    session = await rt.run(rt.store.begin_completion, upload_id, TENANT)
-    job = await rt.run(rt.store.job, session.job_id)
-    if session.state == cas.SessionState.COMPLETING:
-        rt.jobs.submit(job.id)
+    session, job = await runtime().ingest.complete(TENANT, upload_id)
     body = CompletionAccepted(job_id=job.id, upload_id=session.id, state=str(job.state))
     return body, 202, {"Location": f"/v1/jobs/{job.id}"}
 
@@ -404,9 +314,10 @@ async def complete_upload(upload_id: str) -> tuple[CompletionAccepted, int, dict
 @bp.delete("/uploads/<upload_id>")
 @document_response(Problem, 409)
 async def cancel_upload(upload_id: str) -> tuple[str, int]:
-    """Cancel an open upload; its chunks are released."""
-    rt = runtime()
-    await rt.run(rt.store.cancel, upload_id, TENANT)
+    """Cancel an upload; its chunks are released. An upload whose completion has
+    begun but recorded no file yet is cancelled too (its job ends failed); one
+    whose file is recorded cannot be (409): delete the file."""
+    await runtime().ingest.cancel(TENANT, upload_id)
     return "", 204
 
 
@@ -471,7 +382,9 @@ async def list_files(query_args: FilesQuery) -> FileList:
     """Files in id order, optionally those whose name starts with `prefix`; paged."""
     rt = runtime()
     q = query_args
-    files = await rt.run(rt.store.files, TENANT, prefix=q.prefix, after=q.after, limit=q.limit + 1)
+    files = await rt.run(
+        rt.store.list_files, TENANT, prefix=q.prefix, after=q.after, limit=q.limit + 1
+    )
     more = len(files) > q.limit
     files = files[: q.limit]
     return FileList([file_info(f) for f in files], files[-1].id if more else None)
@@ -484,43 +397,9 @@ async def describe_file(file_id: str) -> FileInfo:
     """A file's facts, metadata and a summary of its chunks."""
     rt = runtime()
     file = await rt.run(rt.store.file, file_id, TENANT)
-    manifest = await rt.run(rt.store.manifest, file_id) if file.state != "rejected" else None
+    rejected = file.state == cas.FileState.REJECTED
+    manifest = None if rejected else await rt.run(rt.store.manifest, file_id)
     return file_info(file, manifest)
-
-
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
-
-
-def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """(start, end exclusive) for a single `bytes=` range; None means the whole file."""
-    if not header:
-        return None
-    match = _RANGE.fullmatch(header.strip())
-    if match is None:
-        return None  # multiple or unknown ranges: RFC 9110 lets us send it all
-    first, last = match.groups()
-    if not first and not last:
-        return None
-    if not first:  # suffix: the last N bytes
-        n = int(last)
-        if n == 0:
-            raise unsatisfiable(header, size)
-        return max(size - n, 0), size
-    start = int(first)
-    end = min(int(last) + 1, size) if last else size
-    if start >= size or (last and int(last) < start):
-        raise unsatisfiable(header, size)
-    return start, end
-
-
-def unsatisfiable(header: str, size: int) -> ApiError:
-    return ApiError(
-        416,
-        "range_not_satisfiable",
-        f"range {header!r} selects no bytes of the file's {size}",
-        headers={"Content-Range": f"bytes */{size}"},
-        size=size,
-    )
 
 
 @bp.get("/files/<file_id>/content")
@@ -531,49 +410,19 @@ async def file_content(file_id: str) -> Response:
     `If-None-Match`; the ETag is the file's BLAKE3."""
     rt = runtime()
     file = await rt.run(rt.store.file, file_id, TENANT)
-    if file.state == "rejected":
+    if file.state == cas.FileState.REJECTED:
         raise ApiError(410, "file_rejected", f"file {file_id} was rejected: {file.reason}")
-    etag = f'"{file.blake3}"'
     headers = {
-        "ETag": etag,
-        "Accept-Ranges": "bytes",
         "Content-Type": "application/octet-stream",
         "Content-Disposition": content_disposition(file.filename),
     }
-    if_none_match = request.headers.get("If-None-Match", "")
-    if etag in [t.strip() for t in if_none_match.split(",")] or if_none_match.strip() == "*":
-        return Response(b"", status=304, headers=headers)
-    span = parse_range(request.headers.get("Range"), file.size)
-    start, end = span or (0, file.size)
-    status = 200
-    if span is not None:
-        status = 206
-        headers["Content-Range"] = f"bytes {start}-{end - 1}/{file.size}"
-    headers["Content-Length"] = str(end - start)
-    reader = await rt.run(rt.store.open_file, file_id, TENANT)
-    return Response(stream_content(rt, reader, start, end), status=status, headers=headers)
-
-
-async def stream_content(
-    rt: Runtime, reader: cas.ManifestReader, start: int, end: int
-) -> AsyncIterator[bytes]:
-    try:
-        await rt.run(reader.seek, start)
-        left = end - start
-        while left > 0:
-            data = await rt.run(reader.read, min(READ_BYTES, left))
-            if not data:
-                break
-            left -= len(data)
-            yield data
-    finally:
-        with trio.CancelScope(shield=True):
-            await rt.run(reader.close)
-
-
-def content_disposition(filename: str) -> str:
-    ascii_name = filename.encode("ascii", "replace").decode().replace('"', "'").replace("\\", "_")
-    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename)}"
+    return await serve_content(
+        rt,
+        lambda: rt.run(rt.store.open_file, file_id, TENANT),
+        size=file.size,
+        headers=headers,
+        etag=f'"{file.blake3}"',
+    )
 
 
 @bp.delete("/files/<file_id>")

@@ -23,11 +23,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import lmdb
 import msgspec
 import trio
-from ingestd.cas import FileRecord, ManifestReader, ObjectStore
-from ingestd.cas import records as cas_records
+from ingestd.cas import Files, FileState, Index, LocalChunkStore, ManifestReader
 
 from .manager import PluginSettings, build_plugins
 from .processing import Processing
@@ -62,33 +60,20 @@ class IndexFiles:
     """`FileLookup` over the daemon's LMDB index, opened read-only."""
 
     def __init__(self, index_path: Path, tenant: str) -> None:
-        self._env = lmdb.open(str(index_path), readonly=True, max_dbs=32, lock=True)
-        self._files = self._env.open_db(b"files", create=False)
-        self._hashes = self._env.open_db(b"file_hashes", create=False)
+        self._index = Index(index_path, readonly=True)
+        self._files = Files(self._index, refs=None, sessions=None)
         self._tenant = tenant
 
-    def _file(self, txn: lmdb.Transaction, file_id: bytes) -> FileRecord | None:
-        raw = txn.get(file_id, db=self._files)
-        return None if raw is None else cas_records.decode(FileRecord, raw)
-
     def by_blake3(self, digest: str) -> list[str]:
-        prefix = bytes.fromhex(digest)
-        found = []
-        with self._env.begin() as txn:
-            cursor = txn.cursor(db=self._hashes)
-            if cursor.set_range(prefix):
-                for key in cursor.iternext(keys=True, values=False):
-                    if not key.startswith(prefix):
-                        break
-                    file = self._file(txn, key[len(prefix) :])
-                    if file is not None and file.tenant == self._tenant:
-                        found.append(file)
-        return [f.id for f in sorted(found, key=lambda f: f.created)]
+        with self._index.reader() as txn:
+            return self._files.by_blake3(txn, digest, self._tenant)
 
     def exists(self, file_id: str) -> bool:
-        with self._env.begin() as txn:
-            file = self._file(txn, file_id.encode())
-        return file is not None and file.tenant == self._tenant and file.state != "rejected"
+        with self._index.reader() as txn:
+            file = self._files.find(txn, file_id)
+        return (
+            file is not None and file.tenant == self._tenant and file.state != FileState.REJECTED
+        )
 
 
 class CollectingOutbox:
@@ -106,13 +91,13 @@ async def decide(request: dict[str, Any]) -> dict[str, Any]:
     plugins = build_plugins(settings)
     facts = FileFacts(**request["facts"])
     data_dir = Path(request["data_dir"])
-    objects = ObjectStore(data_dir, reader=True)
+    chunks = LocalChunkStore(data_dir, readonly=True)
     entries = [(h, n) for h, n in request["entries"]]
     messages: list[dict[str, Any]] = []
     run = Processing(
         plugins,
         facts,
-        lambda: io.BufferedReader(ManifestReader(objects, entries), READ_BUFFER),
+        lambda: io.BufferedReader(ManifestReader(chunks, entries), READ_BUFFER),
         outbox_for=lambda plugin: CollectingOutbox(plugin, messages),
         files=IndexFiles(data_dir / "index.lmdb", facts.tenant),
     )

@@ -15,7 +15,7 @@ import os
 import blake3
 import pytest
 import trio
-from ingestd.daemon import tus_api
+from ingestd.daemon import ingest
 from ingestd.daemon.app import create_app, load_plugins
 from ingestd.plugins import Refusal, hookimpl
 
@@ -360,7 +360,7 @@ async def test_disconnect_mid_patch_keeps_the_bytes_received(client):
 
 
 async def test_stalled_body_ends_the_request_and_keeps_its_bytes(client, monkeypatch):
-    monkeypatch.setattr(tus_api, "BODY_IDLE_TIMEOUT", 0.2)
+    monkeypatch.setattr(ingest, "BODY_IDLE_TIMEOUT", 0.2)
     url = await create(client, 3000)
     headers = {**TUS, "Upload-Offset": "0", "Content-Type": OCTETS}
     async with client.request(url, method="PATCH", headers=headers) as connection:
@@ -608,14 +608,14 @@ async def test_concatenation_joins_manifests_without_copying(client):
         r = await head(client, url)
         assert r.headers["Upload-Offset"] == str(len(part)) and "Ingestd-Job-Id" not in r.headers
         partials.append(url)
-    objects = sum(1 for _ in store_of(client).objects.iter_hashes())
+    objects = sum(1 for _ in store_of(client).chunks.iter_hashes())
     absolute = "http://localhost" + partials[1]
     final = await create(
         client,
         **concat(partials[0], absolute, partials[2]),
         **{"Upload-Metadata": meta(filename="joined.bin")},
     )
-    assert sum(1 for _ in store_of(client).objects.iter_hashes()) == objects
+    assert sum(1 for _ in store_of(client).chunks.iter_hashes()) == objects
     r = await head(client, final)
     total = sum(map(len, parts))
     assert r.headers["Upload-Offset"] == r.headers["Upload-Length"] == str(total)
@@ -806,12 +806,12 @@ async def test_same_bytes_twice_are_stored_once(client):
     first = await create(client, len(data))
     await send_all(client, first, data, [3000])
     await job_of(client, first)
-    objects = sum(1 for _ in store_of(client).objects.iter_hashes())
+    objects = sum(1 for _ in store_of(client).chunks.iter_hashes())
     second = await create(client, len(data))
     await send_all(client, second, data, [2000, 1000])
     await job_of(client, second)
     # The second upload's tail (1000 bytes after 2048) is an extra object,
     # but its final chunks are the first upload's.
-    extra = sum(1 for _ in store_of(client).objects.iter_hashes()) - objects
+    extra = sum(1 for _ in store_of(client).chunks.iter_hashes()) - objects
     assert extra == 1
     assert refs(client, data[:1024]) == 2

@@ -28,6 +28,11 @@ pytestmark = pytest.mark.unit
 CHUNK = 1000
 
 
+def object_path(store: Store, digest: str):
+    """Where the local chunk store keeps an object (the data directory's layout)."""
+    return store.root / "objects" / digest[:2] / digest[2:4] / digest
+
+
 def upload(store: Store, data: bytes, name: str = "f.bin", **kw):
     session = store.create_session(filename=name, size=len(data), chunk_size=CHUNK, **kw)
     order = list(range(session.total_chunks))
@@ -56,9 +61,9 @@ def test_full_upload_records_file_and_job(store):
 def test_same_bytes_twice_are_stored_once(store):
     data = os.urandom(4000)
     store.complete(upload(store, data).id)
-    before = sorted(store.objects.iter_hashes())
+    before = sorted(store.chunks.iter_hashes())
     second = store.complete(upload(store, data).id)
-    assert sorted(store.objects.iter_hashes()) == before
+    assert sorted(store.chunks.iter_hashes()) == before
     assert open(second.file.path, "rb").read() == data
 
 
@@ -98,7 +103,7 @@ def test_checksum_mismatch_rejects_and_releases(store, clock):
         store.put_chunk(s.id, 0, data[:CHUNK])
     clock.now += 10
     assert store.collect_garbage(grace=5) == (2, 2000)
-    assert list(store.objects.iter_hashes()) == []
+    assert list(store.chunks.iter_hashes()) == []
 
 
 def test_expiry_releases_chunks_but_keeps_shared_ones(store, clock):
@@ -141,13 +146,13 @@ def test_orphan_sweep_deletes_only_old_unrecorded_objects(store):
     with pytest.raises(ChunkConflict):
         store.put_chunk(s.id, 0, b"b" * CHUNK)
     orphan = blake3.blake3(b"b" * CHUNK).hexdigest()
-    assert sorted(store.objects.iter_hashes()) == sorted([kept.hash, orphan])
+    assert sorted(store.chunks.iter_hashes()) == sorted([kept.hash, orphan])
     assert store.sweep_orphans(grace=60) == (0, 0)  # too young to judge
-    old = store.objects.path(orphan).stat().st_mtime - 120
+    old = object_path(store, orphan).stat().st_mtime - 120
     for digest in (kept.hash, orphan):
-        os.utime(store.objects.path(digest), (old, old))
+        os.utime(object_path(store, digest), (old, old))
     assert store.sweep_orphans(grace=60) == (1, CHUNK)
-    assert list(store.objects.iter_hashes()) == [kept.hash]
+    assert list(store.chunks.iter_hashes()) == [kept.hash]
     assert store.complete(s.id).file.size == CHUNK
 
 
@@ -155,7 +160,7 @@ def test_crash_mid_completion_reopens_session(tmp_path, clock):
     data = os.urandom(2500)
     with Store(tmp_path, durability="none", clock=clock) as store:
         s = upload(store, data)
-        store._hash = lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt)
+        store.completer.hash = lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt)
         with pytest.raises(KeyboardInterrupt):
             store.complete(s.id)
         assert store.session(s.id).state == SessionState.OPEN
@@ -246,7 +251,7 @@ def test_repeated_chunk_is_sent_once_and_filled_at_completion(store):
 def test_identical_reupload_is_recognised_without_rereading(store):
     data = os.urandom(2500)
     first = store.complete(upload(store, data, sha256=hashlib.sha256(data).hexdigest()).id).file
-    store._hash = lambda *a, **k: pytest.fail("identical content must not be re-hashed")
+    store.completer.hash = lambda *a, **k: pytest.fail("identical content must not be re-hashed")
     second = store.complete(upload(store, data, name="again.bin").id).file
     assert (second.blake3, second.sha256) == (first.blake3, first.sha256)
     # Materialised copies are read-only, so identical ones share an inode.
@@ -261,7 +266,7 @@ def test_delete_file_keeps_chunks_another_file_uses(store, clock):
     shared = os.urandom(CHUNK)
     a = store.complete(upload(store, shared + os.urandom(CHUNK)).id).file
     b = store.complete(upload(store, shared).id).file
-    assert [f.id for f in store.files()] == sorted([a.id, b.id])
+    assert [f.id for f in store.list_files()] == sorted([a.id, b.id])
     store.delete_file(a.id)
     with pytest.raises(UnknownFile):
         store.file(a.id)
@@ -275,12 +280,12 @@ def test_delete_file_keeps_chunks_another_file_uses(store, clock):
 def test_files_are_listed_by_prefix_and_paged(store):
     ids = {store.complete(upload(store, os.urandom(10), name=f"{n}.csv").id).file.id for n in "abc"}
     store.complete(upload(store, os.urandom(10), name="zz.json").id)
-    assert {f.filename for f in store.files(prefix="zz")} == {"zz.json"}
-    first = store.files(limit=2)
-    rest = store.files(after=first[-1].id, limit=10)
+    assert {f.filename for f in store.list_files(prefix="zz")} == {"zz.json"}
+    first = store.list_files(limit=2)
+    rest = store.list_files(after=first[-1].id, limit=10)
     assert len(first) == 2 and len(rest) == 2
     assert ids <= {f.id for f in first + rest}
-    assert store.files(tenant="other-team") == []
+    assert store.list_files(tenant="other-team") == []
 
 
 def test_empty_file(store):
@@ -322,9 +327,9 @@ def test_reader_seeks_across_chunk_boundaries(store):
     lengths = [1, 999, 4096, 3000, 1904]
     entries, offset = [], 0
     for n in lengths:
-        entries.append((store.objects.put(data[offset : offset + n]).hash, n))
+        entries.append((store.chunks.put(data[offset : offset + n]).hash, n))
         offset += n
-    reader = ManifestReader(store.objects, entries)
+    reader = ManifestReader(store.chunks, entries)
     rng = random.Random(7)
     for _ in range(200):
         pos = rng.randrange(0, 10_001)
@@ -334,5 +339,5 @@ def test_reader_seeks_across_chunk_boundaries(store):
         assert reader.tell() == min(pos + n, 10_000)
     assert reader.seek(-10, io.SEEK_END) == 9_990
     assert reader.read() == data[-10:]
-    buffered = io.BufferedReader(ManifestReader(store.objects, entries), buffer_size=333)
+    buffered = io.BufferedReader(ManifestReader(store.chunks, entries), buffer_size=333)
     assert buffered.read() == data

@@ -54,7 +54,7 @@ def create(streams: StreamStore, length: int | None, kind: str = SINGLE, name: s
 def append(streams: StreamStore, session_id: str, data: bytes, checksum=None):
     """One request's bytes, as the daemon stores them: tail, appender, commit, attach."""
     state = streams.state(session_id, TENANT)
-    offset = state.stream.offset
+    offset = state.offset
     tail = streams.read_tail(session_id, TENANT, offset)
     appender = streams.appender(state.session, offset, tail, checksum)
     sealed = appender.write(data)
@@ -79,7 +79,7 @@ def content(store: Store, file_id: str) -> bytes:
 def test_appender_cuts_at_absolute_offsets(store):
     tail = b"t" * 30
     checksum = hashlib.sha256()
-    appender = Appender(store.objects, CHUNK, 230, tail, checksum)
+    appender = Appender(store.chunks, CHUNK, 230, tail, checksum)
     sealed = appender.write(b"a" * 150)
     # 230 + 150 = 380: chunk 2 is filled (30 tail + 70 new), chunk 3 gets 80 bytes.
     assert [s.index for s in sealed] == [2]
@@ -87,18 +87,18 @@ def test_appender_cuts_at_absolute_offsets(store):
     assert last.index == 3
     pieces = [s.commit() for s in [*sealed, last]]
     assert [p.put.size for p in pieces] == [100, 80]
-    assert store.objects.read(pieces[0].put.hash) == tail + b"a" * 70
+    assert store.chunks.read(pieces[0].put.hash) == tail + b"a" * 70
     assert checksum.digest() == hashlib.sha256(b"a" * 150).digest()  # the request's bytes only
     assert appender.received == 150
     with pytest.raises(ValueError):
-        Appender(store.objects, CHUNK, 230, b"short")
+        Appender(store.chunks, CHUNK, 230, b"short")
 
 
 def test_appender_without_new_bytes_keeps_the_old_tail(store):
-    appender = Appender(store.objects, CHUNK, 30, b"t" * 30)
+    appender = Appender(store.chunks, CHUNK, 30, b"t" * 30)
     assert appender.write(b"") == [] and appender.finish() is None
-    assert list(store.objects.tmp_dir.iterdir()) == []  # the temp object was dropped
-    aligned = Appender(store.objects, CHUNK, 200)
+    assert list((store.root / "tmp").iterdir()) == []  # the temp object was dropped
+    aligned = Appender(store.chunks, CHUNK, 200)
     assert [s.index for s in aligned.write(b"x" * 200)] == [2, 3] and aligned.finish() is None
 
 
@@ -107,7 +107,7 @@ def test_stream_with_tails_completes_in_its_last_write(store, streams):
     session = create(streams, len(data))
     offsets = []
     for piece in (data[:30], data[30:130], data[130:131], data[131:449]):
-        offsets.append(append(streams, session.id, piece).stream.offset)
+        offsets.append(append(streams, session.id, piece).offset)
     assert offsets == [30, 130, 131, 449]
     state = streams.state(session.id, TENANT)
     assert state.session.state == SessionState.OPEN
@@ -140,7 +140,7 @@ def test_writes_must_continue_the_stream(streams):
         streams.attach(session.id, TENANT, 150, pieces)
     with pytest.raises(OffsetMismatch):
         streams.read_tail(session.id, TENANT, 140)
-    assert streams.state(session.id, TENANT).stream.offset == 150
+    assert streams.state(session.id, TENANT).offset == 150
 
 
 def test_length_is_enforced_and_deferrable(streams):
@@ -207,7 +207,7 @@ def test_state_survives_a_reopen(tmp_path, clock):
         append(streams, session.id, b"q" * 250)
     with Store(root, durability="fsync", clock=clock) as store:
         streams = StreamStore(store)
-        assert streams.state(session.id, TENANT).stream.offset == 250
+        assert streams.state(session.id, TENANT).offset == 250
         assert streams.read_tail(session.id, TENANT, 250) == b"q" * 50
         append(streams, session.id, b"r" * 750)
         completion = store.finish_completion(session.id)
@@ -219,9 +219,9 @@ def test_unattached_pieces_are_orphans_for_the_sweep(store, streams, clock):
     state = streams.state(session.id, TENANT)
     appender = streams.appender(state.session, 0, b"")
     pieces = [s.commit() for s in appender.write(os.urandom(200))]  # never attached
-    assert all(store.objects.exists(p.put.hash) for p in pieces)
+    assert all(store.chunks.exists(p.put.hash) for p in pieces)
     assert store.sweep_orphans(grace=-1) == (2, 200)
-    assert not any(store.objects.exists(p.put.hash) for p in pieces)
+    assert not any(store.chunks.exists(p.put.hash) for p in pieces)
 
 
 # -- concatenation -----------------------------------------------------------------------
@@ -245,9 +245,9 @@ def test_final_of_complete_partials_is_assembled_at_once(store, streams):
         done = append(streams, session.id, part)
         assert done.session.state == SessionState.OPEN and done.jobs == ()
         ids.append(session.id)
-    objects = set(store.objects.iter_hashes())
+    objects = set(store.chunks.iter_hashes())
     created = final_of(streams, ids)
-    assert set(store.objects.iter_hashes()) == objects  # no byte copied
+    assert set(store.chunks.iter_hashes()) == objects  # no byte copied
     assert created.stream.assembled and created.stream.length == 320
     assert created.session.state == SessionState.COMPLETING and len(created.jobs) == 1
     assert refs(store, parts[0][:100]) == 2  # the partial's and the final's

@@ -8,7 +8,8 @@ import hashlib
 
 import pytest
 from ingestd.daemon import tus
-from ingestd.daemon.tus import TusError, UploadView
+from ingestd.daemon.errors import ApiError
+from ingestd.daemon.tus import UploadView
 
 pytestmark = pytest.mark.unit
 
@@ -18,8 +19,8 @@ MAX = 1000
 NOW = 1_000_000.0
 
 
-def refused(status: int, code: str, fn, *args, **kwargs) -> TusError:
-    with pytest.raises(TusError) as info:
+def refused(status: int, code: str, fn, *args, **kwargs) -> ApiError:
+    with pytest.raises(ApiError) as info:
         fn(*args, **kwargs)
     assert (info.value.status, info.value.code) == (status, code), info.value.detail
     return info.value

@@ -1,29 +1,26 @@
-"""Chunk objects on disk, named by the BLAKE3 of their bytes.
+"""The chunk store on the local filesystem: the data directory's ``objects/`` tree.
 
-Layout: ``<root>/objects/<h[0:2]>/<h[2:4]>/<h>``. A chunk is streamed into a
-temp file on the same filesystem while it is hashed, fsynced, then renamed
-into place. Directory fsyncs are left to the caller (the index's group
-commit batches them), so `ObjectWriter.commit` returns the directories whose
-entries changed.
+Layout: ``<root>/objects/<h[0:2]>/<h[2:4]>/<h>``. An object is streamed into
+a temp file under ``<root>/tmp`` (same filesystem) while it is hashed, then
+fdatasynced and hard-linked into place — `link` never replaces a name, so an
+object already stored is never rewritten, even by a racing writer. The
+directory fsyncs that make the new names durable are deferred to `sync`, so
+that the index's group commit syncs each directory once per batch.
+
+This module is the only one that knows object paths.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import blake3
 
+from .chunkstore import ChunkHandle, ChunkStore, ChunkWriter, PutResult, is_hash
 from .errors import ChunkHashMismatch, CorruptObject, StorageError
-
-HASH_HEX_LEN = 64
-_READ_SIZE = 1 << 20
-
-
-def is_hash(value: str) -> bool:
-    return len(value) == HASH_HEX_LEN and all(c in "0123456789abcdef" for c in value)
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
@@ -34,26 +31,16 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-@dataclass(frozen=True, slots=True)
-class PutResult:
-    hash: str
-    size: int
-    existed: bool
-    # Directories whose entries changed and must be fsynced before the chunk
-    # is acknowledged.
-    dirty_dirs: tuple[str, ...]
-
-
-class ObjectStore:
+class LocalChunkStore(ChunkStore):
     def __init__(
-        self, root: str | os.PathLike[str], *, durable: bool = True, reader: bool = False
+        self, root: str | os.PathLike[str], *, durable: bool = True, readonly: bool = False
     ) -> None:
-        """`reader`: another process only reads objects (no set-up, no clean-up)."""
+        """`readonly`: another process only reads objects (no set-up, no clean-up)."""
         self.root = Path(root)
         self.objects_dir = self.root / "objects"
         self.tmp_dir = self.root / "tmp"
         self.durable = durable
-        if reader:
+        if readonly:
             return
         self.objects_dir.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -65,56 +52,46 @@ class ObjectStore:
             if entry.is_file():
                 os.unlink(entry.path)
 
-    def path(self, digest: str) -> Path:
+    def _path(self, digest: str) -> Path:
         return self.objects_dir / digest[0:2] / digest[2:4] / digest
 
-    def exists(self, digest: str) -> bool:
-        return self.path(digest).is_file()
+    def writer(self, expected_hash: str | None = None) -> ChunkWriter:
+        return _FileWriter(self, expected_hash)
 
-    def writer(self, expected_hash: str | None = None) -> ObjectWriter:
-        return ObjectWriter(self, expected_hash)
+    def sync(self, puts: Iterable[PutResult]) -> None:
+        if not self.durable:
+            return
+        for directory in sorted({d for p in puts for d in p.pending}):
+            fsync_dir(directory)
 
-    def put(self, data: bytes | memoryview, expected_hash: str | None = None) -> PutResult:
-        w = self.writer(expected_hash)
+    def open(self, digest: str) -> ChunkHandle:
         try:
-            w.write(data)
-            return w.commit()
-        except BaseException:
-            w.abort()
-            raise
-
-    def read(self, digest: str) -> bytes:
-        try:
-            with open(self.path(digest), "rb") as f:
-                return f.read()
+            return _FileHandle(os.open(self._path(digest), os.O_RDONLY))
         except FileNotFoundError:
             raise CorruptObject(f"object {digest} is missing from the store") from None
 
-    def verify(self, digest: str) -> bool:
-        """Re-hash an object; False if it is missing or its bytes changed."""
-        h = blake3.blake3()
-        try:
-            with open(self.path(digest), "rb") as f:
-                while block := f.read(_READ_SIZE):
-                    h.update(block)
-        except FileNotFoundError:
-            return False
-        return h.hexdigest() == digest
+    def exists(self, digest: str) -> bool:
+        return self._path(digest).is_file()
 
-    def delete(self, digest: str) -> None:
+    def size(self, digest: str) -> int | None:
         try:
-            os.unlink(self.path(digest))
-        except FileNotFoundError:
-            pass
-
-    def age(self, digest: str, now: float) -> float | None:
-        """Seconds since the object was last written, or None if it is absent."""
-        try:
-            return now - self.path(digest).stat().st_mtime
+            return self._path(digest).stat().st_size
         except FileNotFoundError:
             return None
 
-    def iter_hashes(self):
+    def age(self, digest: str, now: float) -> float | None:
+        try:
+            return now - self._path(digest).stat().st_mtime
+        except FileNotFoundError:
+            return None
+
+    def delete(self, digest: str) -> None:
+        try:
+            os.unlink(self._path(digest))
+        except FileNotFoundError:
+            pass
+
+    def iter_hashes(self) -> Iterator[str]:
         for first in sorted(os.scandir(self.objects_dir), key=lambda e: e.name):
             if not first.is_dir():
                 continue
@@ -124,21 +101,52 @@ class ObjectStore:
                         if is_hash(obj.name):
                             yield obj.name
 
+    def copy_into(self, digest: str, fd: int, length: int) -> None:
+        # Both ends are local files: let the kernel copy (reflinks where the
+        # filesystem has them).
+        try:
+            src = os.open(self._path(digest), os.O_RDONLY)
+        except FileNotFoundError:
+            raise CorruptObject(f"object {digest} is missing from the store") from None
+        try:
+            offset = 0
+            while offset < length:
+                try:
+                    n = os.copy_file_range(src, fd, length - offset, offset)
+                except OSError:
+                    # Cross-device or unsupported: an ordinary copy.
+                    n = os.sendfile(fd, src, offset, length - offset)
+                if n == 0:
+                    raise CorruptObject(f"object {digest} is shorter than its manifest entry")
+                offset += n
+        finally:
+            os.close(src)
 
-class ObjectWriter:
-    """Streams one chunk into a temp file while hashing it.
 
-    Not thread-safe; use from one thread at a time. `commit` or `abort` must
-    be called exactly once.
-    """
+class _FileHandle(ChunkHandle):
+    __slots__ = ("_fd",)
 
-    def __init__(self, store: ObjectStore, expected_hash: str | None) -> None:
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def readinto(self, buffer: memoryview, offset: int) -> int:
+        return os.preadv(self._fd, [buffer], offset)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class _FileWriter(ChunkWriter):
+    def __init__(self, store: LocalChunkStore, expected_hash: str | None) -> None:
         self._store = store
         self._expected = expected_hash
         self._hasher = blake3.blake3()
         self._size = 0
         self._tmp = store.tmp_dir / f"{secrets.token_hex(12)}.part"
         self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self._done = False
 
     @property
     def size(self) -> int:
@@ -164,7 +172,9 @@ class ObjectWriter:
                 actual=digest,
                 expected=self._expected,
             )
-        final = self._store.path(digest)
+        final = self._store._path(digest)
+        # The directory is synced even when the object existed: the writer
+        # that created it may not have synced it yet.
         dirty: list[str] = [str(final.parent)]
         try:
             if self._store.durable:
@@ -177,8 +187,6 @@ class ObjectWriter:
                 final.parent.mkdir(parents=True, exist_ok=True)
                 dirty += [str(final.parent.parent), str(final.parent.parent.parent)]
             try:
-                # link() refuses to replace an existing name, so an object
-                # already stored is never rewritten, even by a racing writer.
                 os.link(self._tmp, final)
                 existed = False
             except FileExistsError:
@@ -190,15 +198,15 @@ class ObjectWriter:
         except OSError as exc:
             self.abort()
             raise StorageError(f"could not store object {digest}: {exc}") from exc
-        # The directory is in the fsync set even when the object existed: the
-        # writer that created it may not have synced it yet.
+        self._done = True
         return PutResult(digest, self._size, existed, tuple(dirty))
 
     def abort(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        try:
-            os.unlink(self._tmp)
-        except FileNotFoundError:
-            pass
+        if not self._done:
+            try:
+                os.unlink(self._tmp)
+            except FileNotFoundError:
+                pass

@@ -1,0 +1,172 @@
+"""Files: completed uploads, their manifests, and the indexes that find them.
+
+A file's manifest (packed `(hash, length)` entries, "manifests") holds one
+reference per entry to its chunks. "file_hashes" finds files by the BLAKE3 of
+their content, "manifest_files" by the BLAKE3 of their packed manifest (the
+same manifest means the same bytes: a re-upload is recognised without
+reading it). A rejected file keeps its record, for the record, but not its
+content.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import blake3
+import lmdb
+import msgspec
+
+from . import records
+from .errors import UnknownFile
+from .index import Index
+from .records import FileRecord, FileState, SessionState
+from .refs import ChunkRefs
+from .sessions import Sessions
+
+
+def _hash_key(blake3_hex: str, file_id: str) -> bytes:
+    return bytes.fromhex(blake3_hex) + file_id.encode()
+
+
+def _manifest_key(packed_manifest: bytes, file_id: str) -> bytes:
+    return blake3.blake3(packed_manifest).digest() + file_id.encode()
+
+
+class Files:
+    def __init__(self, index: Index, refs: ChunkRefs | None, sessions: Sessions | None) -> None:
+        """`refs`/`sessions` None: a read-only view (another process's index)."""
+        self._index = index
+        self._refs = refs
+        self._sessions = sessions
+
+    # -- reading ---------------------------------------------------------------
+
+    def find(self, txn: lmdb.Transaction, file_id: str) -> FileRecord | None:
+        return self._index.get(txn, "files", file_id.encode(), FileRecord)
+
+    def get(self, txn: lmdb.Transaction, file_id: str, tenant: str) -> FileRecord:
+        file = self.find(txn, file_id)
+        if file is None or file.tenant != tenant:
+            raise UnknownFile(f"no file with id {file_id!r}")
+        return file
+
+    def manifest(self, txn: lmdb.Transaction, file_id: str) -> list[tuple[str, int]]:
+        raw = txn.get(file_id.encode(), db=self._index.db["manifests"])
+        if raw is None:
+            raise UnknownFile(f"no file with id {file_id!r}")
+        return records.unpack_manifest(raw)
+
+    def listing(
+        self, txn: lmdb.Transaction, tenant: str, *, prefix: str, after: str, limit: int
+    ) -> list[FileRecord]:
+        """A tenant's files in id order, after `after`, names starting with `prefix`.
+
+        A scan of the files database: fine for thousands of files; a name
+        index is the next step if tenants keep millions.
+        """
+        out: list[FileRecord] = []
+        cursor = txn.cursor(db=self._index.db["files"])
+        if not cursor.set_range(after.encode() + b"\0" if after else b""):
+            return out
+        for _, raw in cursor:
+            file = records.decode(FileRecord, raw)
+            if file.tenant == tenant and file.filename.startswith(prefix):
+                out.append(file)
+                if len(out) >= limit:
+                    break
+        return out
+
+    def by_blake3(self, txn: lmdb.Transaction, digest: str, tenant: str) -> list[str]:
+        """Ids of the tenant's live files with this content, oldest first."""
+        found = [
+            file
+            for suffix, _ in self._index.scan(
+                txn, "file_hashes", bytes.fromhex(digest), values=False
+            )
+            if (file := self.find(txn, suffix.decode())) is not None and file.tenant == tenant
+        ]
+        return [f.id for f in sorted(found, key=lambda f: f.created)]
+
+    def twin(self, txn: lmdb.Transaction, packed: bytes, tenant: str) -> FileRecord | None:
+        """A live file of the tenant with exactly this manifest, if any."""
+        prefix = _manifest_key(packed, "")
+        for suffix, _ in self._index.scan(txn, "manifest_files", prefix, values=False):
+            file = self.find(txn, suffix.decode())
+            if file is not None and file.tenant == tenant and file.state != FileState.REJECTED:
+                return file
+        return None
+
+    def all(self, txn: lmdb.Transaction) -> Iterator[FileRecord]:
+        for _, raw in self._index.scan(txn, "files"):
+            yield records.decode(FileRecord, raw)
+
+    # -- changing --------------------------------------------------------------
+
+    def record(self, txn: lmdb.Transaction, file: FileRecord, packed: bytes) -> None:
+        """Store a new file; the references of its manifest come with it (handed
+        over by its session's parts)."""
+        self._index.put(txn, "files", file.id.encode(), file)
+        txn.put(_hash_key(file.blake3, file.id), b"", db=self._index.db["file_hashes"])
+        txn.put(file.id.encode(), packed, db=self._index.db["manifests"])
+        txn.put(_manifest_key(packed, file.id), b"", db=self._index.db["manifest_files"])
+
+    def delete(self, txn: lmdb.Transaction, file_id: str, tenant: str) -> FileRecord:
+        """Forget a file; its chunks are released. A session still processing
+        it is cancelled (its job then ends without a file)."""
+        file = self.get(txn, file_id, tenant)
+        self._drop_content(txn, file)
+        txn.delete(file_id.encode(), db=self._index.db["files"])
+        session = self._sessions.find(txn, file.session_id)
+        if session is not None and session.state == SessionState.PROCESSING:
+            self._sessions.transition(
+                txn, session, SessionState.CANCELLED, reason="its file was deleted"
+            )
+        return file
+
+    def conclude(
+        self,
+        txn: lmdb.Transaction,
+        file_id: str,
+        *,
+        accepted: bool,
+        reason: str,
+        described: dict[str, object],
+        detection: dict[str, object] | None,
+        parents: list[str],
+    ) -> FileRecord:
+        """Record the plugins' verdict on a file in `processing` (and on its session).
+
+        Rejected: the record stays, its content is released. A file already
+        decided is returned as it is; a deleted one raises `UnknownFile`."""
+        file = self.find(txn, file_id)
+        if file is None:
+            raise UnknownFile(f"file {file_id!r} was deleted during processing")
+        if file.state != FileState.PROCESSING:
+            return file
+        file = msgspec.structs.replace(
+            file,
+            state=FileState.ACCEPTED if accepted else FileState.REJECTED,
+            reason=None if accepted else reason,
+            described=described,
+            detection=detection,
+            parents=parents,
+            path=file.path if accepted else None,
+        )
+        self._index.put(txn, "files", file_id.encode(), file)
+        session = self._sessions.find(txn, file.session_id)
+        if session is not None and session.state == SessionState.PROCESSING:
+            target = SessionState.COMPLETED if accepted else SessionState.REJECTED
+            self._sessions.transition(txn, session, target, reason=None if accepted else reason)
+        if not accepted:
+            self._drop_content(txn, file)
+        return file
+
+    def _drop_content(self, txn: lmdb.Transaction, file: FileRecord) -> None:
+        """Release the file's chunks and remove it from the content indexes."""
+        packed = txn.pop(file.id.encode(), db=self._index.db["manifests"]) or b""
+        for digest, _ in records.unpack_manifest(packed):
+            self._refs.release(txn, digest)
+        if packed:
+            txn.delete(_manifest_key(packed, file.id), db=self._index.db["manifest_files"])
+        txn.delete(_hash_key(file.blake3, file.id), db=self._index.db["file_hashes"])
+

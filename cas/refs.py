@@ -1,0 +1,74 @@
+"""Chunk references: how many manifest entries (of sessions and files) use each chunk.
+
+The "chunks" database maps a raw 32-byte BLAKE3 to a `ChunkRecord`. A chunk
+whose count drops to zero records when; garbage collection deletes it after a
+grace period, unless it is attached again first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import lmdb
+import msgspec
+
+from . import records
+from .chunkstore import ChunkStore
+from .errors import StorageError
+from .index import Index
+from .records import ChunkRecord
+
+
+class ChunkRefs:
+    def __init__(self, index: Index, chunks: ChunkStore, clock: Callable[[], float]) -> None:
+        self._index = index
+        self._db = index.db["chunks"]
+        self._chunks = chunks
+        self._clock = clock
+
+    def get(self, txn: lmdb.Transaction, digest: str) -> ChunkRecord | None:
+        raw = txn.get(bytes.fromhex(digest), db=self._db)
+        return None if raw is None else records.decode(ChunkRecord, raw)
+
+    def live(self, txn: lmdb.Transaction, digest: str, length: int) -> bool:
+        """Whether the store holds this chunk and can attach it without its bytes."""
+        chunk = self.get(txn, digest)
+        if chunk is None or chunk.size != length:
+            return False
+        # An unreferenced chunk may be collected at any moment after its grace
+        # period; it is live only while its object is still there.
+        return chunk.refs > 0 or self._chunks.exists(digest)
+
+    def add(self, txn: lmdb.Transaction, digest: str, size: int) -> None:
+        chunk = self.get(txn, digest)
+        if chunk is None or chunk.refs == 0:
+            # A chunk coming back from zero references may have just been
+            # collected; its object must still be there.
+            if not self._chunks.exists(digest):
+                raise StorageError(f"object {digest} vanished before it was attached; retry")
+        if chunk is None:
+            chunk = ChunkRecord(size=size, refs=1, created=self._clock())
+        else:
+            chunk = msgspec.structs.replace(chunk, refs=chunk.refs + 1, released=None)
+        self._index.put(txn, "chunks", bytes.fromhex(digest), chunk)
+
+    def release(self, txn: lmdb.Transaction, digest: str) -> None:
+        chunk = self.get(txn, digest)
+        if chunk is None:
+            return
+        refs = max(chunk.refs - 1, 0)
+        chunk = msgspec.structs.replace(
+            chunk, refs=refs, released=self._clock() if refs == 0 else None
+        )
+        self._index.put(txn, "chunks", bytes.fromhex(digest), chunk)
+
+    def forget(self, txn: lmdb.Transaction, digest: str) -> None:
+        """Drop the record (garbage collection, once the object is deleted)."""
+        txn.delete(bytes.fromhex(digest), db=self._db)
+
+    def all(self, txn: lmdb.Transaction) -> Iterator[tuple[str, ChunkRecord]]:
+        for key, raw in self._index.scan(txn, "chunks"):
+            yield key.hex(), records.decode(ChunkRecord, raw)
+
+    def known(self, txn: lmdb.Transaction, digest: str) -> bool:
+        return txn.get(bytes.fromhex(digest), db=self._db) is not None
