@@ -46,9 +46,13 @@ class Jobs:
         return job
 
     def set(self, txn: lmdb.Transaction, job_id: str, state: JobState, **changes: object) -> Job:
+        """Change a job. A finished job stays as it is (first finish wins: a cancel
+        that failed the job is not undone by the runner marking it running)."""
         job = self.find(txn, job_id)
         if job is None:
             raise UnknownJob(f"no job with id {job_id!r}")
+        if job.state in FINISHED_JOB:
+            return job
         job = msgspec.structs.replace(job, state=state, updated=self._clock(), **changes)
         self._index.put(txn, "jobs", job_id.encode(), job)
         return job

@@ -74,11 +74,33 @@ class JobRunner:
         async for job_id in self._receive:
             try:
                 await self._process(job_id)
-            except Exception:  # one bad job must not stop the others
+            except cas.UnknownFile:
+                await self._end_failed(job_id, "its file was deleted during processing")
+            except Exception as exc:  # one bad job must not stop the others
                 log.exception("job %s failed unexpectedly", job_id)
+                await self._end_failed(job_id, f"internal error: {type(exc).__name__}: {exc}")
             event = self._finished.pop(job_id, None)
             if event is not None:
                 event.set()
+
+    async def _end_failed(self, job_id: str, error: str) -> None:
+        """Make sure a job that could not run to its end ends failed, with `error`,
+        and that a file it left undecided is rejected for the same reason
+        (otherwise it would wait in `processing`, and be retried at every start)."""
+        rt = self._rt
+        try:
+            job = await rt.run(rt.store.update_job, job_id, JobState.FAILED, error=error)
+            file = await rt.run(rt.store.file_any, job.file_id)
+            if file.state == cas.FileState.PROCESSING:
+                await rt.run(
+                    functools.partial(
+                        rt.store.conclude, file.id, accepted=False, reason=f"processing: {error}"
+                    )
+                )
+        except cas.UnknownFile:
+            pass  # no file was recorded, or it is gone: nothing left to decide
+        except Exception:
+            log.exception("could not record the failure of job %s", job_id)
 
     async def _process(self, job_id: str) -> None:
         rt = self._rt
@@ -94,13 +116,8 @@ class JobRunner:
             except cas.ChecksumMismatch:
                 return  # the store rejected the session and failed the job
             except cas.StoreError as exc:
+                # Cancelled meanwhile (the job is failed already), or storage failed.
                 await rt.run(store.update_job, job_id, JobState.FAILED, error=exc.detail)
-                return
-            except Exception as exc:
-                log.exception("completing upload %s failed", session.id)
-                await rt.run(
-                    store.update_job, job_id, JobState.FAILED, error=f"internal error: {exc}"
-                )
                 return
             session = await rt.run(store.session, job.session_id, job.tenant)
         if session.state == SessionState.PROCESSING:
@@ -225,6 +242,6 @@ class TenantFiles:
 
     def exists(self, file_id: str) -> bool:
         try:
-            return self._store.file(file_id, self._tenant).state != "rejected"
+            return self._store.file(file_id, self._tenant).state != cas.FileState.REJECTED
         except cas.UnknownFile:
             return False
