@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint clean
+.PHONY: run test imports bench lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,17 @@ $(STAMP): pyproject.toml | $(BIN)/python
 run: $(STAMP)
 	$(BIN)/ingestd serve --config config.toml
 
-test: $(STAMP)
+# import-linter reads the source tree as the package `ingestd`; the install maps
+# daemon/, plugins/ and cas/ onto it with package-dir, which it cannot follow,
+# so it reads a tree of links with that shape.
+LAYERS := $(VENV)/import-layers
+
+imports: $(STAMP)
+	mkdir -p $(LAYERS)/ingestd
+	for d in daemon plugins cas; do ln -sfn $(CURDIR)/$$d $(LAYERS)/ingestd/$$d; done
+	cd $(LAYERS) && PYTHONPATH=$(CURDIR)/$(LAYERS) $(CURDIR)/$(BIN)/lint-imports --config $(CURDIR)/pyproject.toml
+
+test: imports
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import msgspec
 import trio
 from ingestd import cas
-from ingestd.cas.records import FORMAT_VERSION
+from ingestd.cas import FORMAT_VERSION
 from ingestd.plugins import PluginConfigError, Plugins, PluginSettings, build_plugins
 from quart import Response
 from quart_schema import Info, QuartSchema
