@@ -216,3 +216,35 @@ async def test_two_writers_of_one_stream(rt):
                 pass
     with rt.ingest.writing(session.id):  # released once the first is done
         pass
+
+
+def metric(text: str, name: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name) and not line.startswith("#")
+    )
+
+
+async def test_received_bytes_are_counted_on_every_api(client):
+    data = os.urandom(2500)
+    r = await client.post("/v1/uploads", json={"filename": "m.bin", "size": len(data)})
+    upload = await r.get_json()
+    for i in upload["missing"]:
+        await client.put(f"/v1/uploads/{upload['id']}/chunks/{i}", data=data[i * CHUNK :][:CHUNK])
+    await client.put(f"/v1/uploads/{upload['id']}/chunks/0", data=data[:CHUNK])  # a repeat
+    tus_headers = {"Tus-Resumable": "1.0.0"}
+    r = await client.post("/files/", headers={**tus_headers, "Upload-Length": "1500"})
+    await client.patch(
+        r.headers["Location"],
+        data=data[:1500],
+        headers={
+            **tus_headers,
+            "Upload-Offset": "0",
+            "Content-Type": "application/offset+octet-stream",
+        },
+    )
+    text = (await (await client.get("/metrics")).get_data()).decode()
+    assert metric(text, "ingestd_chunk_bytes_total") == 2500 + CHUNK + 1500
+    assert metric(text, 'ingestd_chunks_total{result="stored"}') == 3 + 2
+    assert metric(text, 'ingestd_chunks_total{result="repeated"}') == 1
