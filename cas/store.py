@@ -407,7 +407,7 @@ class Store:
             self.files.get(txn, file_id, tenant)
             return ManifestReader(self.chunks, self.files.manifest(txn, file_id))
 
-    def open_upload(self, session_id: str, tenant: str = DEFAULT_TENANT) -> ManifestReader:
+    def open_parts(self, session_id: str, tenant: str = DEFAULT_TENANT) -> ManifestReader:
         """The bytes attached to an upload so far, in order (a stream's content
         before its file is recorded)."""
         with self.index.reader() as txn:

@@ -13,10 +13,11 @@ chunks (deduplicated like any upload):
   by reading them back and writing them first, and the longer piece it makes
   replaces the tail in the same index write that attaches it.
 
-`Stream.offset` is therefore exactly what the attached parts hold: it never
-counts a byte that a crash could lose. A write transaction that brings a
-stream to its length also starts its completion (`Store.begin_completion`,
-same transaction), so a crash cannot leave a full upload uncompleted.
+The stream's offset is therefore exactly what the attached parts hold (the
+session's `received_bytes`, kept by the parts ledger): it never counts a
+byte that a crash could lose. A write transaction that brings a stream to
+its length also starts its completion (`Completer.begin`, same
+transaction), so a crash cannot leave a full upload uncompleted.
 
 Concatenation (tus "final" uploads) copies no bytes: a final upload's parts
 are its partial uploads' parts, in order, attached (refcounted) once every

@@ -349,7 +349,7 @@ async def download(upload_id: str) -> Response:
         )
 
     def open_bytes() -> cas.ManifestReader:
-        reader = rt.store.open_upload(upload_id, TENANT)
+        reader = rt.store.open_parts(upload_id, TENANT)
         if reader.size == state.offset or not session.file_id:
             return reader
         # Its completion recorded the file meanwhile (and took the parts).

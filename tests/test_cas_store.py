@@ -14,6 +14,7 @@ from ingestd.cas import (
     InvalidLayout,
     JobState,
     ManifestReader,
+    MemoryChunkStore,
     SessionNotOpen,
     SessionState,
     Store,
@@ -341,3 +342,27 @@ def test_reader_seeks_across_chunk_boundaries(store):
     assert reader.read() == data[-10:]
     buffered = io.BufferedReader(ManifestReader(store.chunks, entries), buffer_size=333)
     assert buffered.read() == data
+
+
+@pytest.mark.parametrize("materialize", ["copy", "none"])
+def test_a_store_over_the_memory_chunk_store(tmp_path, clock, materialize):
+    """Nothing above the chunk-store interface touches object paths: the whole
+    life of an upload works with objects kept in memory."""
+    chunks = MemoryChunkStore(clock=clock)
+    with Store(
+        tmp_path, durability="none", clock=clock, chunks=chunks, materialize=materialize
+    ) as store:
+        data = os.urandom(3500)
+        done = store.complete(upload(store, data).id)
+        assert done.file.blake3 == blake3.blake3(data).hexdigest()
+        with store.open_file(done.file.id) as reader:
+            assert reader.read() == data
+        if materialize == "copy":
+            with open(done.file.path, "rb") as f:
+                assert f.read() == data
+        assert not (tmp_path / "objects").exists() or not any((tmp_path / "objects").iterdir())
+        assert len(list(chunks.iter_hashes())) == 4
+        store.delete_file(done.file.id)
+        clock.now += 10
+        assert store.collect_garbage(grace=5) == (4, 3500)
+        assert list(chunks.iter_hashes()) == []

@@ -139,7 +139,7 @@ async def receive(rt, session, offset, *pieces, limit=10 * CHUNK, checksum=None)
 
 
 def stream_bytes(rt, session) -> bytes:
-    with rt.store.open_upload(session.id) as reader:
+    with rt.store.open_parts(session.id) as reader:
         return reader.read()
 
 
