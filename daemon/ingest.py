@@ -232,25 +232,30 @@ class Ingest:
             raise _wrong_size(index, length, content_length)
         writer: cas.ChunkWriter | None = None
 
-        def write(piece: bytes | bytearray) -> None:
+        def write(pieces: list[bytes | bytearray]) -> None:
             nonlocal writer
             if writer is None:
                 writer = store.chunks.writer(declared or claimed_hash)
-            writer.write(piece)
+            for piece in pieces:
+                writer.write(piece)
 
         try:
             received = 0
-            pending = bytearray()
+            # Pieces as the body gave them (not joined: no copy), written a
+            # thread hop per FLUSH_BYTES.
+            pending: list[bytes | bytearray] = []
+            pending_bytes = 0
             async for data in body:
                 received += len(data)
                 if received > length:
                     raise cas.WrongChunkSize(
                         f"chunk {index} must be {length} bytes, got more", expected=length
                     )
-                pending += data
-                if len(pending) >= FLUSH_BYTES and received < length:
-                    piece, pending = pending, bytearray()
-                    await rt.run(write, piece)
+                pending.append(data)
+                pending_bytes += len(data)
+                if pending_bytes >= FLUSH_BYTES and received < length:
+                    await rt.run(write, pending)
+                    pending, pending_bytes = [], 0
             if received != length:
                 raise _wrong_size(index, length, received)
 
