@@ -65,6 +65,12 @@ def problem(status: int, code: str, detail: str, **extra: object) -> Response:
     return Response(json.dumps(body), status=status, content_type=PROBLEM_JSON)
 
 
+def api_error_response(exc: ApiError) -> Response:
+    response = problem(exc.status, exc.code, exc.detail, **exc.extra)
+    response.headers.update(exc.headers)
+    return response
+
+
 def _http_code(exc: HTTPException) -> str:
     return (exc.name or "error").lower().replace(" ", "_")
 
@@ -98,9 +104,7 @@ def register(app: Quart) -> None:
 
     @app.errorhandler(ApiError)
     async def _api_error(exc: ApiError) -> Response:
-        response = problem(exc.status, exc.code, exc.detail, **exc.extra)
-        response.headers.update(exc.headers)
-        return response
+        return api_error_response(exc)
 
     @app.errorhandler(cas.ClientError)
     async def _client_error(exc: cas.ClientError) -> Response:

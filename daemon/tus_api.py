@@ -32,7 +32,7 @@ from .config import Config
 from .downloads import content_disposition, serve_content
 from .errors import ApiError
 from .ingest import NewUpload, StreamSpec, UploadLocked
-from .problems import problem
+from .problems import api_error_response
 from .runtime import Runtime, runtime
 
 bp = Blueprint("tus", __name__)
@@ -67,12 +67,6 @@ def settings() -> TusSettings:
 # -- errors and common headers ------------------------------------------------
 
 
-def tus_problem(exc: ApiError) -> Response:
-    response = problem(exc.status, exc.code, exc.detail, **exc.extra)
-    response.headers.update(exc.headers)
-    return response
-
-
 def from_store_error(exc: cas.ClientError) -> ApiError:
     """The tus answer to a store (or upload core) refusal."""
     if isinstance(exc, UploadLocked):
@@ -97,14 +91,9 @@ def from_store_error(exc: cas.ClientError) -> ApiError:
     return ApiError(400, exc.code, exc.detail, **exc.extra)
 
 
-@bp.errorhandler(ApiError)
-async def _tus_error(exc: ApiError) -> Response:
-    return tus_problem(exc)
-
-
 @bp.errorhandler(cas.ClientError)
 async def _store_refusal(exc: cas.ClientError) -> Response:
-    return tus_problem(from_store_error(exc))
+    return api_error_response(from_store_error(exc))
 
 
 @bp.after_request
