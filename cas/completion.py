@@ -64,6 +64,8 @@ class Completer:
         files: Files,
         jobs: Jobs,
         clock: Callable[[], float],
+        end_session: Callable[[lmdb.Transaction, Session, SessionState, str], Session],
+        durable: bool,
         materialize_mode: str,
         completed_dir: Path,
         process_files: bool,
@@ -78,6 +80,8 @@ class Completer:
         self._files = files
         self._jobs = jobs
         self._clock = clock
+        self._end_session = end_session
+        self._durable = durable
         self.materialize_mode = materialize_mode
         self.completed_dir = completed_dir
         self.process_files = process_files
@@ -125,7 +129,9 @@ class Completer:
             session,
             SessionState.COMPLETING,
             file_id=session.file_id or new_id(),
-            job_id=session.job_id or new_id(),
+            # A new job each time: one that failed (a completion retried after
+            # an error) stays failed, with its reason.
+            job_id=new_id(),
         )
         self._jobs.create(
             txn,
@@ -150,8 +156,9 @@ class Completer:
 
         Runs on a `completing` session (after `begin`, or after a crash
         interrupted an earlier call). A sha256 mismatch rejects the session
-        and fails its job; any other failure puts the session back to `open`
-        so that completion can be retried.
+        and fails its job; any other failure (reading, copying, recording)
+        fails the job and puts the session back to `open`, so that completion
+        can be retried.
         """
         with self._lock(session_id):
             with self._index.reader() as txn:
@@ -176,14 +183,18 @@ class Completer:
                 digest, sha256, path = self._read_through(session, entries, twin)
                 if session.sha256 is not None and sha256 != session.sha256:
                     reason = f"content sha256 is {sha256}, the upload declared {session.sha256}"
-                    self._index.write(lambda txn: self._reject(txn, session_id, reason))
+                    self._index.write(
+                        lambda txn: self._end_session(
+                            txn, self._find(txn, session_id), SessionState.REJECTED, reason
+                        )
+                    )
                     remove_copy(path)
                     raise ChecksumMismatch(reason, expected=session.sha256, actual=sha256)
             except ChecksumMismatch:
                 raise
-            except BaseException:
+            except BaseException as exc:
                 remove_copy(path)
-                self._index.write(lambda txn: self._reopen(txn, session_id))
+                self._reopen(session_id, exc)
                 raise
             file = FileRecord(
                 id=session.file_id,
@@ -212,7 +223,11 @@ class Completer:
             try:
                 return self._index.write(record)
             except SessionNotOpen:
+                remove_copy(path)  # cancelled meanwhile: the cancel won
+                raise
+            except BaseException as exc:
                 remove_copy(path)
+                self._reopen(session_id, exc)
                 raise
 
     def _read_through(
@@ -267,20 +282,22 @@ class Completer:
             entries,
             dest,
             within=self.completed_dir,
-            durable=self._chunks.durable,
+            durable=self._durable,
             same_as=same_as,
         )
 
-    def _reject(self, txn: lmdb.Transaction, session_id: str, reason: str) -> None:
-        session = self._find(txn, session_id)
-        self._parts.release(txn, session_id)
-        self._sessions.transition(txn, session, SessionState.REJECTED, reason=reason)
-        self._jobs.fail(txn, session.job_id, reason)
+    def _reopen(self, session_id: str, exc: BaseException) -> None:
+        """`completing → open` after a failure, with its job failed in the same
+        write, so that the client can complete it again (a new job)."""
+        error = getattr(exc, "detail", None) or f"{type(exc).__name__}: {exc}"
 
-    def _reopen(self, txn: lmdb.Transaction, session_id: str) -> None:
-        session = self._sessions.find(txn, session_id)
-        if session is not None and session.state == SessionState.COMPLETING:
-            self._sessions.transition(txn, session, SessionState.OPEN)
+        def op(txn: lmdb.Transaction) -> None:
+            session = self._sessions.find(txn, session_id)
+            if session is not None and session.state == SessionState.COMPLETING:
+                self._sessions.transition(txn, session, SessionState.OPEN)
+                self._jobs.fail(txn, session.job_id, f"completion failed: {error}")
+
+        self._index.write(op)
 
     def _find(self, txn: lmdb.Transaction, session_id: str) -> Session:
         session = self._sessions.find(txn, session_id)

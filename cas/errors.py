@@ -86,6 +86,12 @@ class CorruptObject(StorageError):
     code = "corrupt_object"
 
 
+class ObjectVanished(StorageError):
+    """A chunk was collected just as it was attached again: retrying succeeds."""
+
+    code = "try_again"
+
+
 class NotAStream(UnknownSession):
     """The session exists but was not created as a stream (another API's upload)."""
 

@@ -14,8 +14,7 @@ import lmdb
 
 from .chunkstore import ChunkStore
 from .index import Index
-from .parts import Parts
-from .records import SessionState
+from .records import Session, SessionState
 from .refs import ChunkRefs
 from .sessions import Sessions
 
@@ -27,15 +26,15 @@ class GarbageCollector:
         index: Index,
         chunks: ChunkStore,
         sessions: Sessions,
-        parts: Parts,
         refs: ChunkRefs,
+        end_session: Callable[[lmdb.Transaction, Session, SessionState, str], Session],
         clock: Callable[[], float],
     ) -> None:
         self._index = index
         self._chunks = chunks
         self._sessions = sessions
-        self._parts = parts
         self._refs = refs
+        self._end_session = end_session
         self._clock = clock
 
     def expire_sessions(self) -> list[str]:
@@ -54,9 +53,8 @@ class GarbageCollector:
                 session = self._sessions.find(txn, session_id)
                 # Re-checked: it may have completed since the scan.
                 if session is not None and session.state == SessionState.OPEN:
-                    self._parts.release(txn, session_id)
-                    self._sessions.transition(
-                        txn, session, SessionState.EXPIRED, reason="expired before completion"
+                    self._end_session(
+                        txn, session, SessionState.EXPIRED, "expired before completion"
                     )
                     expired.append(session_id)
             return expired

@@ -14,7 +14,7 @@ import msgspec
 
 from . import records
 from .chunkstore import ChunkStore
-from .errors import StorageError
+from .errors import ObjectVanished
 from .index import Index
 from .records import ChunkRecord
 
@@ -45,7 +45,7 @@ class ChunkRefs:
             # A chunk coming back from zero references may have just been
             # collected; its object must still be there.
             if not self._chunks.exists(digest):
-                raise StorageError(f"object {digest} vanished before it was attached; retry")
+                raise ObjectVanished(f"object {digest} vanished before it was attached; retry")
         if chunk is None:
             chunk = ChunkRecord(size=size, refs=1, created=self._clock())
         else:

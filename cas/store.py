@@ -20,7 +20,7 @@ from pathlib import Path
 import lmdb
 
 from .chunkstore import ChunkStore, PutResult, is_hash
-from .completion import MATERIALIZE_MODES, Completer, Completion
+from .completion import Completer, Completion
 from .errors import (
     ChunkHashMismatch,
     ChunkOutOfRange,
@@ -42,6 +42,7 @@ from .reader import ManifestReader
 from .records import (
     DEFAULT_TENANT,
     FileRecord,
+    FileState,
     Job,
     JobState,
     OutboxEntry,
@@ -53,7 +54,7 @@ from .sessions import Sessions, new_id
 
 DURABILITY_MODES = ("fsync", "none")
 
-__all__ = ["ChunkAck", "Completion", "Store", "new_id", "MATERIALIZE_MODES"]
+__all__ = ["ChunkAck", "Completion", "Store"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +115,8 @@ class Store:
             files=self.files,
             jobs=self.jobs,
             clock=clock,
+            end_session=self.end_session,
+            durable=self.durable,
             materialize_mode=materialize,
             completed_dir=Path(completed_dir) if completed_dir else self.root / "completed",
             process_files=process_files,
@@ -122,8 +125,8 @@ class Store:
             index=self.index,
             chunks=self.chunks,
             sessions=self.sessions,
-            parts=self.parts,
             refs=self.refs,
+            end_session=self.end_session,
             clock=clock,
         )
 
@@ -329,7 +332,16 @@ class Store:
         with its job queued. Quick: no bytes are read."""
 
         def op(txn: lmdb.Transaction) -> Session:
-            return self.completer.begin(txn, self.sessions.get(txn, session_id, tenant))
+            session = self.sessions.get(txn, session_id, tenant)
+            if session.stream:
+                # It completes in the write that brings it to its length (or
+                # never, for a partial upload of a concatenation).
+                raise SessionNotOpen(
+                    f"upload {session_id} is a tus upload; it completes when its last byte "
+                    "arrives",
+                    state=session.state,
+                )
+            return self.completer.begin(txn, session)
 
         return self.index.write(op)
 
@@ -363,14 +375,28 @@ class Store:
                     "delete the file instead",
                     state=session.state,
                 )
-            session = self.sessions.transition(
-                txn, session, SessionState.CANCELLED, reason="cancelled by the client"
+            if session.stream:
+                # Its concatenations depend on it: tus termination handles them.
+                raise SessionNotOpen(
+                    f"upload {session_id} is a tus upload; terminate it with a tus DELETE",
+                    state=session.state,
+                )
+            return self.end_session(
+                txn, session, SessionState.CANCELLED, "cancelled by the client"
             )
-            self.parts.release(txn, session_id)
-            self.jobs.fail(txn, session.job_id, f"upload {session_id} was cancelled by the client")
-            return session
 
         return self.index.write(op)
+
+    def end_session(
+        self, txn: lmdb.Transaction, session: Session, target: SessionState, reason: str
+    ) -> Session:
+        """The one way an upload ends without a file (cancelled, expired, rejected),
+        inside the caller's write transaction: its parts are released, its state
+        moves (if the transition table allows it) and its job, if any, fails."""
+        session = self.sessions.transition(txn, session, target, reason=reason)
+        self.parts.release(txn, session.id)
+        self.jobs.fail(txn, session.job_id, reason)
+        return session
 
     def expire_sessions(self) -> list[str]:
         """End open sessions past their expiry and release their chunks."""
@@ -452,6 +478,7 @@ class Store:
 
         def op(txn: lmdb.Transaction) -> tuple[FileRecord, str | None]:
             before = self.files.find(txn, file_id)
+            deciding = before is not None and before.state == FileState.PROCESSING
             file = self.files.conclude(
                 txn,
                 file_id,
@@ -461,7 +488,8 @@ class Store:
                 detection=detection,
                 parents=parents or [],
             )
-            return file, (before.path if before is not None and not accepted else None)
+            # Only a rejection decided now drops the copy (not a repeated call).
+            return file, (before.path if deciding and not accepted else None)
 
         file, stale_copy = self.index.write(op)
         remove_copy(stale_copy)

@@ -224,11 +224,6 @@ class StreamStore:
             raise CorruptObject(f"object {digest} does not match its hash")
         return data
 
-    def parts(self, session_id: str) -> list[tuple[str, int]]:
-        """The attached parts in order: (hash, length) each."""
-        with self._index.reader() as txn:
-            return self._parts.entries(txn, session_id)
-
     def appender(self, session: Session, offset: int, tail: bytes, checksum=None) -> Appender:
         return Appender(self._chunks, session.chunk_size, offset, tail, checksum)
 
@@ -465,9 +460,7 @@ class StreamStore:
                 self._end(txn, final, f"partial upload {session.id} was terminated")
 
     def _end(self, txn: lmdb.Transaction, session: Session, reason: str) -> None:
-        self._parts.release(txn, session.id)
-        self._sessions.transition(txn, session, SessionState.CANCELLED, reason=reason)
-        self.store.jobs.fail(txn, session.job_id, f"upload {session.id} was {reason}")
+        self.store.end_session(txn, session, SessionState.CANCELLED, reason)
 
     # -- helpers --------------------------------------------------------------
 

@@ -1,9 +1,9 @@
-"""Errors the HTTP layer itself finds in a request, and errors of the upload core.
+"""The refusal whose HTTP answer is decided where it is raised.
 
-`ApiError` is a refusal with its HTTP answer decided where it is raised (a
-malformed header, a protocol rule, a limit): a status, a stable `code`, words
-for people, extra headers. It is the one such type: the sans-IO tus core, the
-upload core and the API modules all raise it. Refusals of the store are
+`ApiError` carries a status, a stable `code`, words for people and extra
+headers: a malformed header, a protocol rule, a limit. The sans-IO tus core,
+the upload core and the API modules all raise this one type. Refusals of
+the store (and of the core, when they are of the same kind) are
 `ingestd.cas.ClientError`s, mapped to statuses in `problems`.
 """
 

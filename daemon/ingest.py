@@ -92,14 +92,15 @@ class StreamReceipt:
 
 
 class UploadLocked(cas.ClientError):
-    """Another request is writing to this upload."""
+    """Another request is writing to this upload (a conflict, as a store
+    refusal is: the tus layer answers 409)."""
 
     code = "upload_locked"
 
 
 class Ingest:
     def __init__(self, rt: Runtime) -> None:
-        self._rt = rt
+        self.rt = rt
         self._writing: set[str] = set()
         self._streams: cas.StreamStore | None = None
         config = rt.config
@@ -109,7 +110,7 @@ class Ingest:
 
     @property
     def store(self) -> cas.Store:
-        return self._rt.store
+        return self.rt.store
 
     @property
     def streams(self) -> cas.StreamStore:
@@ -121,7 +122,7 @@ class Ingest:
 
     async def open_upload(self, new: NewUpload) -> Opened:
         """Check limits and the policy, then create the upload."""
-        rt = self._rt
+        rt = self.rt
         if new.size is not None and new.size > self.max_file_size:
             raise ApiError(
                 413,
@@ -175,7 +176,7 @@ class Ingest:
             created = await rt.run(
                 functools.partial(self.streams.create, kind=spec.kind, length=new.size, **common)
             )
-        self._submit(created.jobs)
+        self.submit_jobs(created.jobs)
         return Opened(created.session, [])
 
     def _known_length(self, tenant: str, partials: tuple[str, ...]) -> int | None:
@@ -192,7 +193,7 @@ class Ingest:
 
     async def _check_policy(self, request: UploadRequest) -> None:
         """Run the plugins' upload policy; a refusal becomes a 4xx problem."""
-        rt = self._rt
+        rt = self.rt
         try:
             refusal = await run_policy(rt.plugins, request, limiter=rt.limiter)
         except PolicyUnavailable as exc:
@@ -217,16 +218,16 @@ class Ingest:
         The server hashes the bytes itself; a body that does not match the
         declared hash (the upload's chunk list or `claimed_hash`) or length
         is refused and not kept. The same bytes again are harmless."""
-        rt, store = self._rt, self.store
+        rt, store = self.rt, self.store
         # An LMDB read is a lookup in a memory map: cheap enough for the event
         # loop, and a thread hop per chunk is not.
         declared, length = store.expected_chunk(upload_id, index, tenant)
         if claimed_hash and declared and claimed_hash != declared:
-            raise cas.ChunkHashMismatch(
+            raise ApiError(
+                422,
+                "chunk_hash_mismatch",
                 f"Content-Digest says {claimed_hash}, the upload declared {declared} "
                 f"for chunk {index}",
-                expected=declared,
-                actual=claimed_hash,
             )
         if content_length is not None and content_length != length:
             raise _wrong_size(index, length, content_length)
@@ -293,8 +294,8 @@ class Ingest:
             self._writing.discard(upload_id)
 
     async def declare_length(self, tenant: str, upload_id: str, length: int) -> None:
-        declared = await self._rt.run(self.streams.declare_length, upload_id, tenant, length)
-        self._submit(declared.jobs)
+        declared = await self.rt.run(self.streams.declare_length, upload_id, tenant, length)
+        self.submit_jobs(declared.jobs)
 
     async def receive_stream(
         self,
@@ -310,7 +311,7 @@ class Ingest:
 
         `checksum`: an object with `hasher()` and `matches(hasher)` (tus's
         Upload-Checksum). Call under `writing(upload_id)`."""
-        rt = self._rt
+        rt = self.rt
 
         def start() -> cas.Appender:
             tail = self.streams.read_tail(upload_id, tenant, offset)
@@ -329,38 +330,38 @@ class Ingest:
 
     async def complete(self, tenant: str, upload_id: str) -> tuple[cas.Session, cas.Job]:
         """Accept an upload for completion: the job verifies and records it."""
-        rt = self._rt
+        rt = self.rt
         session = await rt.run(self.store.begin_completion, upload_id, tenant)
         job = await rt.run(self.store.job, session.job_id)
         if session.state == cas.SessionState.COMPLETING:
-            self._submit((job.id,))
+            self.submit_jobs((job.id,))
         return session, job
 
     async def complete_now(
         self, tenant: str, upload_id: str, metadata: dict[str, object]
     ) -> cas.Completion:
         """Verify and record the file before answering; its job then runs the plugins."""
-        done = await self._rt.run(
+        done = await self.rt.run(
             functools.partial(self.store.complete, upload_id, tenant, metadata=metadata)
         )
-        self._submit((done.job.id,))
+        self.submit_jobs((done.job.id,))
         return done
 
     async def cancel(self, tenant: str, upload_id: str) -> None:
-        await self._rt.run(self.store.cancel, upload_id, tenant)
+        await self.rt.run(self.store.cancel, upload_id, tenant)
 
     async def terminate(self, tenant: str, upload_id: str) -> None:
         """tus termination: cancel the upload, or delete what it became."""
-        await self._rt.run(self.streams.terminate, upload_id, tenant)
+        await self.rt.run(self.streams.terminate, upload_id, tenant)
 
     # -- shared ----------------------------------------------------------------
 
-    def _submit(self, job_ids: tuple[str, ...]) -> None:
+    def submit_jobs(self, job_ids: tuple[str, ...]) -> None:
         for job_id in job_ids:
-            self._rt.jobs.submit(job_id)
+            self.rt.jobs.submit(job_id)
 
     def _count_chunk(self, new: bool, size: int) -> None:
-        metrics = self._rt.metrics
+        metrics = self.rt.metrics
         metrics.chunks.labels("stored" if new else "repeated").inc()
         metrics.chunk_bytes.inc(size)
 
@@ -396,7 +397,7 @@ class _StreamRun:
         checksum: Any,
     ) -> None:
         self.ingest = ingest
-        self.rt = ingest._rt
+        self.rt = ingest.rt
         self.tenant = tenant
         self.upload_id = upload_id
         # The upload's offset as far as this request has attached.
@@ -554,7 +555,7 @@ class _StreamRun:
         # A tail is rewritten as it grows: count the bytes the offset moved by.
         metrics.chunk_bytes.inc(appended.offset - self.offset)
         self.offset = appended.offset
-        self.ingest._submit(appended.jobs)
+        self.ingest.submit_jobs(appended.jobs)
 
 
 def _drain(channel: trio.MemoryReceiveChannel, limit: int | None = None) -> list:

@@ -29,7 +29,7 @@ from .runtime import Runtime
 
 log = logging.getLogger("ingestd.jobs")
 
-FINISHED = (JobState.SUCCEEDED, JobState.FAILED)
+FINISHED = cas.FINISHED_JOB
 
 
 class JobRunner:
@@ -38,8 +38,14 @@ class JobRunner:
         self._workers = workers
         self._send, self._receive = trio.open_memory_channel[str](math.inf)
         self._finished: dict[str, trio.Event] = {}
+        # Jobs queued or running here: a job submitted again meanwhile (a
+        # retried completion request) is not run twice.
+        self._active: set[str] = set()
 
     def submit(self, job_id: str) -> None:
+        if job_id in self._active:
+            return
+        self._active.add(job_id)
         self._send.send_nowait(job_id)
 
     async def run(self) -> None:
@@ -79,6 +85,7 @@ class JobRunner:
             except Exception as exc:  # one bad job must not stop the others
                 log.exception("job %s failed unexpectedly", job_id)
                 await self._end_failed(job_id, f"internal error: {type(exc).__name__}: {exc}")
+            self._active.discard(job_id)
             event = self._finished.pop(job_id, None)
             if event is not None:
                 event.set()

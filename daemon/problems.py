@@ -116,6 +116,10 @@ def register(app: Quart) -> None:
         cause = exc.__cause__
         if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
             return problem(507, "storage_full", "the server's storage is full")
+        if isinstance(exc, cas.ObjectVanished):
+            response = problem(503, exc.code, exc.detail)
+            response.headers["Retry-After"] = "1"
+            return response
         log.error("storage error: %s", exc.detail)
         return problem(500, exc.code, exc.detail)
 

@@ -146,7 +146,10 @@ async def chunk() -> ChunkResponse:
             f"of {session.chunk_size} bytes",
             expected=session.total_chunks,
         )
-    ack = await rt.ingest.receive_chunk(TENANT, upload_id, index, _one(form.files["chunk"]))
+    part = form.files["chunk"]
+    ack = await rt.ingest.receive_chunk(
+        TENANT, upload_id, index, _one(part), content_length=len(part)
+    )
     return ChunkResponse(
         success=True,
         receivedChunks=ack.received_chunks,

@@ -108,7 +108,7 @@ ALLOWED_HEADERS = (
 ALLOWED_METHODS = ("POST", "GET", "HEAD", "PATCH", "DELETE", "OPTIONS")
 CORS_MAX_AGE = 86400
 
-# Upload ids are 128-bit lowercase hex (cas.store.new_id).
+# Upload ids are 128-bit lowercase hex (cas.sessions.new_id).
 _ID = re.compile(r"[0-9a-f]{32}")
 _UINT = re.compile(r"[0-9]{1,19}")
 # Upload-Metadata keys: no spaces or commas (by construction), nothing invisible.

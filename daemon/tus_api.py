@@ -43,11 +43,10 @@ _UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
 
 
 class TusSettings:
-    """The tus endpoint's settings."""
+    """The tus endpoint's settings (the largest upload is the core's `max_stream_size`)."""
 
     def __init__(self, config: Config) -> None:
         self.prefix = config.tus.prefix
-        self.max_size = min(config.tus.max_size, config.limits.max_file_size)
         self.cors_origins = list(config.tus.cors_origins)
 
 
@@ -164,7 +163,7 @@ def not_allowed(method: str, allowed: str) -> ApiError:
 
 def options_response() -> Response:
     tus = settings()
-    headers = core.options_headers(tus.max_size)
+    headers = core.options_headers(runtime().ingest.max_stream_size)
     if request.headers.get("Access-Control-Request-Method"):
         headers.update(core.preflight_headers(request.headers.get("Origin"), tus.cors_origins))
     return empty(204, headers)
@@ -184,7 +183,7 @@ async def create_upload() -> Response:
         content_type=headers.get("Content-Type"),
         content_length=request.content_length,
         upload_checksum=headers.get("Upload-Checksum"),
-        max_size=tus.max_size,
+        max_size=rt.ingest.max_stream_size,
         prefix=tus.prefix,
         chunked="chunked" in headers.get("Transfer-Encoding", "").lower(),
     )
@@ -212,7 +211,9 @@ async def create_upload() -> Response:
                     rt,
                     upload_id,
                     0,
-                    creation.length if creation.length is not None else tus.max_size,
+                    creation.length
+                    if creation.length is not None
+                    else rt.ingest.max_stream_size,
                     creation.checksum,
                 )
         except ApiError as exc:
@@ -261,7 +262,7 @@ async def head_upload(upload_id: str) -> Response:
 
 
 async def patch_upload(upload_id: str) -> Response:
-    rt, tus = runtime(), settings()
+    rt = runtime()
     with rt.ingest.writing(upload_id):
         view, _ = load_view(rt, upload_id)
         headers = request.headers
@@ -273,7 +274,7 @@ async def patch_upload(upload_id: str) -> Response:
             upload_checksum=headers.get("Upload-Checksum"),
             content_length=request.content_length,
             now=rt.store.clock(),
-            max_size=tus.max_size,
+            max_size=rt.ingest.max_stream_size,
         )
         offset = plan.offset
         if plan.declare_length is not None:

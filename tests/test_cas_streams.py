@@ -179,7 +179,15 @@ def test_an_incomplete_tail_cannot_be_completed_by_chunk_count(store, streams):
     session = create(streams, 250)
     append(streams, session.id, b"z" * 220)  # chunks 0, 1 and a tail at 2: 3 of 3 indices
     with pytest.raises(IncompleteUpload):
+        # Completion itself counts bytes, not only chunk indices...
+        store.index.write(
+            lambda txn: store.completer.begin(txn, store.sessions.get(txn, session.id, TENANT))
+        )
+    # ...and the chunk APIs cannot complete (or cancel) a stream at all.
+    with pytest.raises(SessionNotOpen):
         store.begin_completion(session.id)
+    with pytest.raises(SessionNotOpen):
+        store.cancel(session.id)
 
 
 def test_expiry_and_termination_release_the_tail(store, streams, clock):

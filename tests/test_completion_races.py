@@ -5,6 +5,7 @@ while its plugins run ends its job cleanly; every job ends with a reason."""
 
 from __future__ import annotations
 
+import io
 import os
 
 import blake3
@@ -15,6 +16,7 @@ from ingestd.cas import TRANSITIONS, JobState, SessionNotOpen, SessionState
 from ingestd.cas.records import ChunkRecord
 from ingestd.daemon.app import create_app, load_plugins
 from ingestd.plugins import hookimpl
+from werkzeug.datastructures import FileStorage
 
 CHUNK = 1000
 
@@ -130,6 +132,30 @@ def test_cancel_after_the_file_is_recorded_is_refused(tmp_path, clock):
         assert refs(store, data[:CHUNK]) == 1
 
 
+@pytest.mark.unit
+def test_a_failure_to_record_reopens_the_upload_and_fails_its_job(store):
+    data = os.urandom(2500)
+    session = upload(store, data)
+    begun = store.begin_completion(session.id)
+    real_record = store.files.record
+
+    def broken(*args, **kwargs):
+        raise cas.StorageError("index commit failed: disk full")
+
+    store.files.record = broken
+    with pytest.raises(cas.StorageError):
+        store.finish_completion(session.id)
+    assert store.session(session.id).state == SessionState.OPEN
+    failed = store.job(begun.job_id)
+    assert failed.state == JobState.FAILED and "disk full" in failed.error
+    assert not (store.completed_dir / cas.DEFAULT_TENANT / begun.file_id).exists()
+    # Completed again: a new job, which succeeds; the failed one keeps its reason.
+    store.files.record = real_record
+    done = store.complete(session.id)
+    assert done.job.id != begun.job_id and done.file.blake3 == blake3.blake3(data).hexdigest()
+    assert store.job(begun.job_id).state == JobState.FAILED
+
+
 # -- through the daemon -----------------------------------------------------------
 
 
@@ -139,9 +165,11 @@ class Gate:
     def __init__(self) -> None:
         self.entered = trio.Event()
         self.open = trio.Event()
+        self.scanned: list[str] = []
 
     @hookimpl
     async def ingestd_scan(self, ctx):
+        self.scanned.append(ctx.facts.file_id)
         self.entered.set()
         await self.open.wait()
         return None
@@ -267,3 +295,34 @@ async def test_metadata_the_worker_cannot_serialise_still_ends_the_job(make_conf
             assert job["error"]
         file = await (await client.get(f"/v1/files/{job['file_id']}")).get_json()
         assert file["state"] in ("accepted", "rejected")
+
+
+@pytest.mark.api
+async def test_completion_requested_again_runs_the_plugins_once(gated):
+    client, gate = gated
+    data = jsonl(50)
+    created = await v1_upload(client, data)
+    first = await client.post(f"/v1/uploads/{created['id']}/complete")
+    again = await client.post(f"/v1/uploads/{created['id']}/complete")
+    job_id = (await first.get_json())["job_id"]
+    assert (await again.get_json())["job_id"] == job_id
+    with trio.fail_after(20):
+        await gate.entered.wait()
+    # The original API's complete, retried while the plugins run.
+    payload = jsonl(2)
+    r = await client.post(
+        "/api/upload/init", json={"filename": "s.jsonl", "totalSize": len(payload)}
+    )
+    seed_id = (await r.get_json())["uploadId"]
+    form = {"uploadId": seed_id, "chunkIndex": "0", "totalChunks": "1"}
+    part = FileStorage(io.BytesIO(payload), filename="blob")
+    r = await client.post("/api/upload/chunk", form=form, files={"chunk": part})
+    assert r.status_code == 200, await r.get_data()
+    for _ in range(2):
+        assert (await client.post(f"/api/upload/complete/{seed_id}")).status_code == 200
+    gate.open.set()
+    job = await job_after(client, job_id)
+    assert job["state"] == "succeeded", job
+    await trio.sleep(0.2)
+    assert sorted(gate.scanned) == sorted({*gate.scanned}), gate.scanned  # none twice
+    assert len(gate.scanned) == 2
