@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import blake3
 
-from .errors import CorruptObject
+from .errors import ChunkHashMismatch, CorruptObject
 
 HASH_HEX_LEN = 64
 READ_BLOCK = 1 << 20
@@ -53,7 +53,14 @@ class PutResult:
 
 class ChunkWriter(abc.ABC):
     """Streams one object into the store. Use from one thread at a time;
-    `commit` or `abort` ends it (abort after commit is harmless)."""
+    `commit` or `abort` ends it (abort after commit is harmless).
+
+    The hashing and the check against the expected hash are the same for
+    every store: implementations feed `_hasher` and call `_checked_digest`."""
+
+    def __init__(self, expected_hash: str | None) -> None:
+        self._expected = expected_hash
+        self._hasher = blake3.blake3()
 
     @property
     @abc.abstractmethod
@@ -63,9 +70,9 @@ class ChunkWriter(abc.ABC):
     @abc.abstractmethod
     def write(self, data: bytes | bytearray | memoryview) -> None: ...
 
-    @abc.abstractmethod
     def hexdigest(self) -> str:
         """The BLAKE3 of the bytes written so far."""
+        return self._hasher.hexdigest()
 
     @abc.abstractmethod
     def commit(self) -> PutResult:
@@ -75,6 +82,18 @@ class ChunkWriter(abc.ABC):
     @abc.abstractmethod
     def abort(self) -> None:
         """Forget the bytes written."""
+
+    def _checked_digest(self) -> str:
+        """The digest of what was written; aborts and raises if it is not the expected one."""
+        digest = self._hasher.hexdigest()
+        if self._expected is not None and digest != self._expected:
+            self.abort()
+            raise ChunkHashMismatch(
+                f"chunk hashes to {digest}, not the declared {self._expected}",
+                actual=digest,
+                expected=self._expected,
+            )
+        return digest
 
 
 class ChunkHandle(abc.ABC):

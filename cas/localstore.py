@@ -17,10 +17,8 @@ import secrets
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import blake3
-
 from .chunkstore import ChunkHandle, ChunkStore, ChunkWriter, PutResult, is_hash
-from .errors import ChunkHashMismatch, CorruptObject, StorageError
+from .errors import CorruptObject, StorageError
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
@@ -140,9 +138,8 @@ class _FileHandle(ChunkHandle):
 
 class _FileWriter(ChunkWriter):
     def __init__(self, store: LocalChunkStore, expected_hash: str | None) -> None:
+        super().__init__(expected_hash)
         self._store = store
-        self._expected = expected_hash
-        self._hasher = blake3.blake3()
         self._size = 0
         self._tmp = store.tmp_dir / f"{secrets.token_hex(12)}.part"
         self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -160,18 +157,8 @@ class _FileWriter(ChunkWriter):
             view = view[written:]
         self._size += len(data)
 
-    def hexdigest(self) -> str:
-        return self._hasher.hexdigest()
-
     def commit(self) -> PutResult:
-        digest = self._hasher.hexdigest()
-        if self._expected is not None and digest != self._expected:
-            self.abort()
-            raise ChunkHashMismatch(
-                f"chunk hashes to {digest}, not the declared {self._expected}",
-                actual=digest,
-                expected=self._expected,
-            )
+        digest = self._checked_digest()
         final = self._store._path(digest)
         # The directory is synced even when the object existed: the writer
         # that created it may not have synced it yet.

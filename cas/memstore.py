@@ -6,10 +6,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 
-import blake3
-
 from .chunkstore import ChunkHandle, ChunkStore, ChunkWriter, PutResult
-from .errors import ChunkHashMismatch, CorruptObject
+from .errors import CorruptObject
 
 
 class MemoryChunkStore(ChunkStore):
@@ -84,9 +82,8 @@ class _MemoryHandle(ChunkHandle):
 
 class _MemoryWriter(ChunkWriter):
     def __init__(self, store: MemoryChunkStore, expected_hash: str | None) -> None:
+        super().__init__(expected_hash)
         self._store = store
-        self._expected = expected_hash
-        self._hasher = blake3.blake3()
         self._buf = bytearray()
 
     @property
@@ -97,18 +94,8 @@ class _MemoryWriter(ChunkWriter):
         self._hasher.update(data)
         self._buf += data
 
-    def hexdigest(self) -> str:
-        return self._hasher.hexdigest()
-
     def commit(self) -> PutResult:
-        digest = self._hasher.hexdigest()
-        if self._expected is not None and digest != self._expected:
-            self.abort()
-            raise ChunkHashMismatch(
-                f"chunk hashes to {digest}, not the declared {self._expected}",
-                actual=digest,
-                expected=self._expected,
-            )
+        digest = self._checked_digest()
         size = len(self._buf)
         existed = self._store._store(digest, bytes(self._buf))
         self._buf = bytearray()
