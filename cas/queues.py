@@ -17,6 +17,7 @@ from . import records
 from .errors import StorageError, UnknownJob
 from .index import Index
 from .records import Job, JobState, OutboxEntry, OutboxState
+from .sessions import new_id
 
 FINISHED_JOB = frozenset({JobState.SUCCEEDED, JobState.FAILED})
 
@@ -59,9 +60,8 @@ class Jobs:
 
     def fail(self, txn: lmdb.Transaction, job_id: str | None, error: str) -> None:
         """End an unfinished job as failed (a no-op for a finished or absent one)."""
-        job = self.find(txn, job_id) if job_id else None
-        if job is not None and job.state not in FINISHED_JOB:
-            self.set(txn, job.id, JobState.FAILED, error=error)
+        if job_id and self.find(txn, job_id) is not None:
+            self.set(txn, job_id, JobState.FAILED, error=error)
 
     def get(self, job_id: str, tenant: str | None = None) -> Job:
         """A job by id; with `tenant`, another tenant's job is reported as unknown."""
@@ -112,8 +112,9 @@ class Outbox:
         self._index = index
         self._clock = clock
 
-    def put(self, plugin: str, payload: dict[str, object], message_id: str) -> str:
+    def put(self, plugin: str, payload: dict[str, object], message_id: str | None = None) -> str:
         """Queue a message for delivery; the same `message_id` is queued once."""
+        message_id = message_id or new_id()
 
         def op(txn: lmdb.Transaction) -> str:
             if txn.get(message_id.encode(), db=self._index.db["outbox"]) is None:

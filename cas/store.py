@@ -4,9 +4,9 @@
 sessions with their transition table (`sessions`), the parts ledger
 (`parts`), chunk references (`refs`), files (`files`), completion
 (`completer`), garbage collection (`gc`) and the durable queues (`jobs`,
-`outbox`). Its methods are the operations a caller needs, each one durable
-when it returns. Synchronous and thread-safe; an async server calls it from
-worker threads.
+`outbox`, used directly). Its methods are the operations on uploads and
+files a caller needs, each one durable when it returns. Synchronous and
+thread-safe; an async server calls it from worker threads.
 """
 
 from __future__ import annotations
@@ -43,14 +43,11 @@ from .records import (
     DEFAULT_TENANT,
     FileRecord,
     FileState,
-    Job,
-    JobState,
-    OutboxEntry,
     Session,
     SessionState,
 )
 from .refs import ChunkRefs
-from .sessions import Sessions, new_id
+from .sessions import Sessions
 
 DURABILITY_MODES = ("fsync", "none")
 
@@ -136,10 +133,6 @@ class Store:
     @property
     def completed_dir(self) -> Path:
         return self.completer.completed_dir
-
-    @property
-    def session_ttl(self) -> float:
-        return self.sessions.ttl
 
     def close(self) -> None:
         self.completer.close()
@@ -249,12 +242,7 @@ class Store:
     ) -> tuple[str | None, int]:
         if session.state != SessionState.OPEN:
             raise SessionNotOpen(f"upload {session.id} is {session.state}", state=session.state)
-        if session.stream:
-            # Its parts follow the stream's offset; a chunk by index would break it.
-            raise SessionNotOpen(
-                f"upload {session.id} is a tus upload; send its bytes with tus PATCH requests",
-                state=session.state,
-            )
+        _not_a_stream(session, "send its bytes with tus PATCH requests")
         if not 0 <= index < session.total_chunks:
             raise ChunkOutOfRange(
                 f"chunk index {index} is outside 0..{session.total_chunks - 1}",
@@ -333,14 +321,7 @@ class Store:
 
         def op(txn: lmdb.Transaction) -> Session:
             session = self.sessions.get(txn, session_id, tenant)
-            if session.stream:
-                # It completes in the write that brings it to its length (or
-                # never, for a partial upload of a concatenation).
-                raise SessionNotOpen(
-                    f"upload {session_id} is a tus upload; it completes when its last byte "
-                    "arrives",
-                    state=session.state,
-                )
+            _not_a_stream(session, "it completes when its last byte arrives")
             return self.completer.begin(txn, session)
 
         return self.index.write(op)
@@ -375,12 +356,7 @@ class Store:
                     "delete the file instead",
                     state=session.state,
                 )
-            if session.stream:
-                # Its concatenations depend on it: tus termination handles them.
-                raise SessionNotOpen(
-                    f"upload {session_id} is a tus upload; terminate it with a tus DELETE",
-                    state=session.state,
-                )
+            _not_a_stream(session, "terminate it with a tus DELETE")
             return self.end_session(
                 txn, session, SessionState.CANCELLED, "cancelled by the client"
             )
@@ -500,33 +476,15 @@ class Store:
         with self.index.reader() as txn:
             return self.files.by_blake3(txn, digest, tenant)
 
-    # -- jobs and outbox --------------------------------------------------
 
-    def job(self, job_id: str, tenant: str | None = None) -> Job:
-        """A job by id; with `tenant`, another tenant's job is reported as unknown."""
-        return self.jobs.get(job_id, tenant)
-
-    def update_job(self, job_id: str, state: JobState, **changes: object) -> Job:
-        return self.jobs.update(job_id, state, **changes)
-
-    def unfinished_jobs(self) -> list[Job]:
-        return self.jobs.unfinished()
-
-    def outbox_put(self, plugin: str, payload: dict[str, object], key: str | None = None) -> str:
-        """Queue a message for delivery; the same `key` is queued once."""
-        return self.outbox.put(plugin, payload, key or new_id())
-
-    def outbox_due(self, limit: int = 100) -> list[OutboxEntry]:
-        return self.outbox.due(limit)
-
-    def outbox_next_time(self) -> float | None:
-        return self.outbox.next_time()
-
-    def outbox_done(self, message_id: str) -> None:
-        self.outbox.done(message_id)
-
-    def outbox_failed(self, message_id: str, error: str, retry_at: float | None) -> OutboxEntry:
-        return self.outbox.failed(message_id, error, retry_at)
+def _not_a_stream(session: Session, instead: str) -> None:
+    """The chunk-index operations refuse a tus upload: its parts follow its offset,
+    it completes in the write of its last byte, and its concatenations depend
+    on how it ends (`cas.streams`)."""
+    if session.stream:
+        raise SessionNotOpen(
+            f"upload {session.id} is a tus upload; {instead}", state=session.state
+        )
 
 
 def _check_layout(size: int, chunks: list[tuple[str, int]], min_size: int, max_size: int) -> None:

@@ -424,7 +424,6 @@ class StreamStore:
         copies: list[str | None] = []
 
         def op(txn: lmdb.Transaction) -> Session:
-            copies.clear()
             session = self._sessions.get(txn, session_id, tenant)
             stream = self._stream(txn, session_id)
             if session.state in (SessionState.OPEN, SessionState.COMPLETING):

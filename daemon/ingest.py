@@ -332,7 +332,7 @@ class Ingest:
         """Accept an upload for completion: the job verifies and records it."""
         rt = self.rt
         session = await rt.run(self.store.begin_completion, upload_id, tenant)
-        job = await rt.run(self.store.job, session.job_id)
+        job = await rt.run(self.store.jobs.get, session.job_id)
         if session.state == cas.SessionState.COMPLETING:
             self.submit_jobs((job.id,))
         return session, job

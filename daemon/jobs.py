@@ -29,8 +29,6 @@ from .runtime import Runtime
 
 log = logging.getLogger("ingestd.jobs")
 
-FINISHED = cas.FINISHED_JOB
-
 
 class JobRunner:
     def __init__(self, rt: Runtime, workers: int = 2) -> None:
@@ -50,7 +48,7 @@ class JobRunner:
 
     async def run(self) -> None:
         """Resume unfinished jobs, then process submitted ones until cancelled."""
-        for job in await self._rt.run(self._rt.store.unfinished_jobs):
+        for job in await self._rt.run(self._rt.store.jobs.unfinished):
             self.submit(job.id)
         async with trio.open_nursery() as nursery:
             for _ in range(self._workers):
@@ -62,11 +60,11 @@ class JobRunner:
         # still wakes this waiter.
         event = self._finished.setdefault(job_id, trio.Event())
         try:
-            job = await self._rt.run(self._rt.store.job, job_id, tenant)
+            job = await self._rt.run(self._rt.store.jobs.get, job_id, tenant)
         except cas.UnknownJob:
             self._finished.pop(job_id, None)
             raise
-        if job.state in FINISHED:
+        if job.state in cas.FINISHED_JOB:
             # Nothing will set it now; set it so it can go (and wakes any waiter).
             self._finished.pop(job_id, event).set()
             return job
@@ -74,7 +72,7 @@ class JobRunner:
             return job
         with trio.move_on_after(timeout):
             await event.wait()
-        return await self._rt.run(self._rt.store.job, job_id, tenant)
+        return await self._rt.run(self._rt.store.jobs.get, job_id, tenant)
 
     async def _work(self) -> None:
         async for job_id in self._receive:
@@ -96,7 +94,7 @@ class JobRunner:
         (otherwise it would wait in `processing`, and be retried at every start)."""
         rt = self._rt
         try:
-            job = await rt.run(rt.store.update_job, job_id, JobState.FAILED, error=error)
+            job = await rt.run(rt.store.jobs.update, job_id, JobState.FAILED, error=error)
             file = await rt.run(rt.store.file_any, job.file_id)
             if file.state == cas.FileState.PROCESSING:
                 await rt.run(
@@ -112,32 +110,32 @@ class JobRunner:
     async def _process(self, job_id: str) -> None:
         rt = self._rt
         store = rt.store
-        job = await rt.run(store.job, job_id)
-        if job.state in FINISHED:
+        job = await rt.run(store.jobs.get, job_id)
+        if job.state in cas.FINISHED_JOB:
             return
         session = await rt.run(store.session, job.session_id, job.tenant)
         if session.state == SessionState.COMPLETING:
-            await rt.run(store.update_job, job_id, JobState.RUNNING)
+            await rt.run(store.jobs.update, job_id, JobState.RUNNING)
             try:
                 await rt.run(store.finish_completion, session.id)
             except cas.ChecksumMismatch:
                 return  # the store rejected the session and failed the job
             except cas.StoreError as exc:
                 # Cancelled meanwhile (the job is failed already), or storage failed.
-                await rt.run(store.update_job, job_id, JobState.FAILED, error=exc.detail)
+                await rt.run(store.jobs.update, job_id, JobState.FAILED, error=exc.detail)
                 return
             session = await rt.run(store.session, job.session_id, job.tenant)
         if session.state == SessionState.PROCESSING:
-            await rt.run(store.update_job, job_id, JobState.RUNNING)
+            await rt.run(store.jobs.update, job_id, JobState.RUNNING)
             await self._run_plugins(job)
             return
         if session.state == SessionState.COMPLETED:
-            await rt.run(store.update_job, job_id, JobState.SUCCEEDED, verdict="accepted")
+            await rt.run(store.jobs.update, job_id, JobState.SUCCEEDED, verdict="accepted")
             return
         error = f"upload {session.id} is {session.state}"
         if session.reason:
             error += f": {session.reason}"
-        await rt.run(store.update_job, job_id, JobState.FAILED, error=error)
+        await rt.run(store.jobs.update, job_id, JobState.FAILED, error=error)
 
     async def _run_plugins(self, job: cas.Job) -> None:
         rt = self._rt
@@ -189,7 +187,7 @@ class JobRunner:
         rt.metrics.jobs.labels(verdict).inc()
         await rt.run(
             functools.partial(
-                store.update_job,
+                store.jobs.update,
                 job.id,
                 JobState.SUCCEEDED if outcome.accepted else JobState.FAILED,
                 error=None if outcome.accepted else f"rejected: {outcome.reason}",

@@ -39,7 +39,7 @@ class StoreOutbox:
         if key is not None:
             digest = blake3.blake3(f"{self._plugin}\0{key}".encode()).hexdigest()[:32]
             message_id = f"msg_{digest}"
-        message_id = self._rt.store.outbox_put(self._plugin, dict(payload), message_id)
+        message_id = self._rt.store.outbox.put(self._plugin, dict(payload), message_id)
         self._rt.outbox.wake()
         return message_id
 
@@ -69,9 +69,9 @@ class OutboxService:
         store = self._rt.store
         while True:
             self._wakeup = trio.Event()
-            for entry in await self._rt.run(store.outbox_due):
+            for entry in await self._rt.run(store.outbox.due):
                 await self._deliver(entry)
-            next_time = await self._rt.run(store.outbox_next_time)
+            next_time = await self._rt.run(store.outbox.next_time)
             delay = math.inf if next_time is None else max(next_time - store.clock(), 0.05)
             with trio.move_on_after(min(delay, 60.0)):
                 await self._wakeup.wait()
@@ -94,7 +94,7 @@ class OutboxService:
             too_old = now - entry.created > rt.config.plugins.delivery_max_age
             too_old = too_old or isinstance(exc, DeliveryFailed)
             retry_at = None if too_old else now + backoff(entry.attempt)
-            await rt.run(rt.store.outbox_failed, entry.id, error, retry_at)
+            await rt.run(rt.store.outbox.failed, entry.id, error, retry_at)
             rt.metrics.deliveries.labels(entry.plugin, "dead" if too_old else "retry").inc()
             log.warning(
                 "delivery %s by %s failed (attempt %d): %s%s",
@@ -105,5 +105,5 @@ class OutboxService:
                 "; giving up" if too_old else "",
             )
             return
-        await rt.run(rt.store.outbox_done, entry.id)
+        await rt.run(rt.store.outbox.done, entry.id)
         rt.metrics.deliveries.labels(entry.plugin, "delivered").inc()

@@ -175,7 +175,7 @@ def test_crash_after_completion_began_is_finished_on_restart(tmp_path, clock):
         s = upload(store, data)
         begun = store.begin_completion(s.id)
         assert begun.state == SessionState.COMPLETING
-        assert store.job(begun.job_id).state == JobState.QUEUED
+        assert store.jobs.get(begun.job_id).state == JobState.QUEUED
     # The process died here; the next one finds the session and finishes it.
     with Store(tmp_path, durability="none", clock=clock) as store:
         assert store.completing_sessions() == [s.id]

@@ -117,7 +117,7 @@ def test_stream_with_tails_completes_in_its_last_write(store, streams):
     assert refs(store, data[400:449]) == 1
     done = append(streams, session.id, data[449:])
     assert done.session.state == SessionState.COMPLETING and done.jobs == (done.session.job_id,)
-    assert store.job(done.jobs[0]).state == JobState.QUEUED
+    assert store.jobs.get(done.jobs[0]).state == JobState.QUEUED
     completion = store.finish_completion(session.id)
     assert completion.file.blake3 == blake3.blake3(data).hexdigest()
     assert [n for _, n in store.manifest(completion.file.id)] == [100, 100, 100, 100, 50]

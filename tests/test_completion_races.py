@@ -85,7 +85,7 @@ def test_cancel_after_completion_began_wins_and_records_no_file(store):
     session = upload(store, data)
     begun = store.begin_completion(session.id)
     assert store.cancel(session.id).state == SessionState.CANCELLED
-    job = store.job(begun.job_id)
+    job = store.jobs.get(begun.job_id)
     assert job.state == JobState.FAILED and "cancelled" in job.error
     with pytest.raises(SessionNotOpen):
         store.finish_completion(session.id)
@@ -116,7 +116,7 @@ def test_cancel_while_completion_reads_the_bytes(store):
     assert store.list_files() == []
     assert not (store.completed_dir / cas.DEFAULT_TENANT / begun.file_id).exists()
     assert refs(store, data[:CHUNK]) == 0
-    assert store.job(begun.job_id).state == JobState.FAILED
+    assert store.jobs.get(begun.job_id).state == JobState.FAILED
 
 
 @pytest.mark.unit
@@ -146,14 +146,14 @@ def test_a_failure_to_record_reopens_the_upload_and_fails_its_job(store):
     with pytest.raises(cas.StorageError):
         store.finish_completion(session.id)
     assert store.session(session.id).state == SessionState.OPEN
-    failed = store.job(begun.job_id)
+    failed = store.jobs.get(begun.job_id)
     assert failed.state == JobState.FAILED and "disk full" in failed.error
     assert not (store.completed_dir / cas.DEFAULT_TENANT / begun.file_id).exists()
     # Completed again: a new job, which succeeds; the failed one keeps its reason.
     store.files.record = real_record
     done = store.complete(session.id)
     assert done.job.id != begun.job_id and done.file.blake3 == blake3.blake3(data).hexdigest()
-    assert store.job(begun.job_id).state == JobState.FAILED
+    assert store.jobs.get(begun.job_id).state == JobState.FAILED
 
 
 # -- through the daemon -----------------------------------------------------------
