@@ -22,7 +22,6 @@ The contract:
 from __future__ import annotations
 
 import abc
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -194,21 +193,6 @@ class ChunkStore(abc.ABC):
         except CorruptObject:
             return False
         return h.hexdigest() == digest
-
-    def copy_into(self, digest: str, fd: int, length: int) -> None:
-        """Append the object's first `length` bytes to the open file `fd`."""
-        buf = bytearray(min(READ_BLOCK, max(length, 1)))
-        view = memoryview(buf)
-        with self.open(digest) as handle:
-            offset = 0
-            while offset < length:
-                n = handle.readinto(view[: length - offset], offset)
-                if n == 0:
-                    raise CorruptObject(f"object {digest} is shorter than its manifest entry")
-                written = 0
-                while written < n:
-                    written += os.write(fd, view[written:n])
-                offset += n
 
     def close(self) -> None:  # noqa: B027 - optional for implementations
         """Release what the store holds open (nothing, by default)."""

@@ -2,7 +2,7 @@
 
 Two steps. `begin` (inside a write transaction; quick, no bytes read) checks
 that every chunk is attached, moves the session to `completing` and creates
-its job. `finish` hashes the content (and materialises a copy, side by side),
+its job. `finish` hashes the content (and materialises a copy in the same pass),
 checks a declared sha256, and records the file in one write that hands the
 session's chunk references over to it — only if the session is still
 `completing` then: a session cancelled meanwhile gets no file.
@@ -27,16 +27,15 @@ from .chunkstore import ChunkStore
 from .errors import ChecksumMismatch, IncompleteUpload, SessionNotOpen, StorageError
 from .files import Files
 from .index import Index
-from .materialize import materialize, remove_copy, safe_filename
+from .materialize import materialize, read_blocks, remove_copy, safe_filename
 from .parts import Parts
 from .queues import Jobs
-from .reader import ManifestReader
 from .records import FileRecord, FileState, Job, Session, SessionState
 from .refs import ChunkRefs
 from .sessions import FINISHED_UPLOAD, Sessions, new_id
 
 MATERIALIZE_MODES = ("copy", "none")
-_HASH_BLOCK = 1 << 20
+_HASH_BLOCK = 4 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,53 +233,63 @@ class Completer:
         self, session: Session, entries: list[tuple[str, int]], twin: FileRecord | None
     ) -> tuple[str, str | None, str | None]:
         """(BLAKE3, sha256 or None, materialised path or None) of the content."""
-        copying = None
-        if self.materialize_mode == "copy":
-            # The copy and the hashing both read every chunk; run them side by
-            # side rather than one after the other.
-            same_as = twin.path if twin is not None else None
-            copying = self._pool.submit(self._materialize, session, entries, same_as)
-        try:
-            if twin is not None:
-                # Identical manifest, identical bytes: the hashes are known.
-                digest, sha256 = twin.blake3, twin.sha256
-            else:
-                hashing = self._pool.submit(
-                    self.hash, entries, with_sha256=session.sha256 is not None
-                )
-                digest, sha256 = hashing.result()
-        except BaseException:
-            if copying is not None:
-                with contextlib.suppress(Exception):
-                    remove_copy(str(copying.result()))
-            raise
-        path = str(copying.result()) if copying is not None else None
-        return digest, sha256, path
+        copying = self.materialize_mode == "copy"
+        if twin is not None:
+            # Identical manifest, identical bytes: the hashes are known, and
+            # the twin's copy can be linked rather than written again.
+            path = self._materialize(session, entries, twin.path) if copying else None
+            return twin.blake3, twin.sha256, path and str(path)
+        # On the pool's threads: completion runs at a lower CPU priority.
+        return self._pool.submit(
+            self.hash,
+            entries,
+            with_sha256=session.sha256 is not None,
+            copy_to=self._destination(session) if copying else None,
+        ).result()
 
-    def hash(self, entries: list[tuple[str, int]], *, with_sha256: bool) -> tuple[str, str | None]:
-        """BLAKE3 (and sha256) of a manifest's bytes, on one thread: completion
-        must leave a core to the uploads still running."""
+    def hash(
+        self,
+        entries: list[tuple[str, int]],
+        *,
+        with_sha256: bool,
+        copy_to: Path | None = None,
+    ) -> tuple[str, str | None, str | None]:
+        """BLAKE3 (and sha256) of a manifest's bytes, and the path of the copy
+        written to `copy_to` in the same pass; one thread, so that completion
+        leaves a core to the uploads still running."""
         whole = blake3.blake3()
         sha = hashlib.sha256() if with_sha256 else None
-        with ManifestReader(self._chunks, entries) as reader:
-            buf = bytearray(_HASH_BLOCK)
-            view = memoryview(buf)
-            while n := reader.readinto(buf):
-                whole.update(view[:n])
-                if sha is not None:
-                    sha.update(view[:n])
-        return whole.hexdigest(), sha.hexdigest() if sha else None
+        observers = [whole.update] + ([sha.update] if sha is not None else [])
+        path = None
+        if copy_to is not None:
+            path = str(
+                materialize(
+                    self._chunks,
+                    entries,
+                    copy_to,
+                    within=self.completed_dir,
+                    durable=self._durable,
+                    observers=observers,
+                )
+            )
+        else:
+            for block in read_blocks(self._chunks, entries, _HASH_BLOCK):
+                for observe in observers:
+                    observe(block)
+        return whole.hexdigest(), sha.hexdigest() if sha else None, path
+
+    def _destination(self, session: Session) -> Path:
+        return (
+            self.completed_dir / session.tenant / session.file_id / safe_filename(session.filename)
+        )
 
     def _materialize(
         self, session: Session, entries: list[tuple[str, int]], same_as: str | None
     ) -> Path:
-        dest = (
-            self.completed_dir / session.tenant / session.file_id / safe_filename(session.filename)
-        )
         return materialize(
             self._chunks,
             entries,
-            dest,
+            self._destination(session),
             within=self.completed_dir,
             durable=self._durable,
             same_as=same_as,

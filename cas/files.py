@@ -169,4 +169,3 @@ class Files:
         if packed:
             txn.delete(_manifest_key(packed, file.id), db=self._index.db["manifest_files"])
         txn.delete(_hash_key(file.blake3, file.id), db=self._index.db["file_hashes"])
-

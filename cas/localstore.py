@@ -99,27 +99,6 @@ class LocalChunkStore(ChunkStore):
                         if is_hash(obj.name):
                             yield obj.name
 
-    def copy_into(self, digest: str, fd: int, length: int) -> None:
-        # Both ends are local files: let the kernel copy (reflinks where the
-        # filesystem has them).
-        try:
-            src = os.open(self._path(digest), os.O_RDONLY)
-        except FileNotFoundError:
-            raise CorruptObject(f"object {digest} is missing from the store") from None
-        try:
-            offset = 0
-            while offset < length:
-                try:
-                    n = os.copy_file_range(src, fd, length - offset, offset)
-                except OSError:
-                    # Cross-device or unsupported: an ordinary copy.
-                    n = os.sendfile(fd, src, offset, length - offset)
-                if n == 0:
-                    raise CorruptObject(f"object {digest} is shorter than its manifest entry")
-                offset += n
-        finally:
-            os.close(src)
-
 
 class _FileHandle(ChunkHandle):
     __slots__ = ("_fd",)

@@ -335,9 +335,7 @@ class Store:
     def completing_sessions(self) -> list[str]:
         """Sessions whose completion was accepted but not finished (e.g. by a crash)."""
         with self.index.reader() as txn:
-            return [
-                s.id for s in self.sessions.all(txn) if s.state == SessionState.COMPLETING
-            ]
+            return [s.id for s in self.sessions.all(txn) if s.state == SessionState.COMPLETING]
 
     # -- ending sessions, garbage -----------------------------------------
 
@@ -357,9 +355,7 @@ class Store:
                     state=session.state,
                 )
             _not_a_stream(session, "terminate it with a tus DELETE")
-            return self.end_session(
-                txn, session, SessionState.CANCELLED, "cancelled by the client"
-            )
+            return self.end_session(txn, session, SessionState.CANCELLED, "cancelled by the client")
 
         return self.index.write(op)
 
@@ -482,9 +478,7 @@ def _not_a_stream(session: Session, instead: str) -> None:
     it completes in the write of its last byte, and its concatenations depend
     on how it ends (`cas.streams`)."""
     if session.stream:
-        raise SessionNotOpen(
-            f"upload {session.id} is a tus upload; {instead}", state=session.state
-        )
+        raise SessionNotOpen(f"upload {session.id} is a tus upload; {instead}", state=session.state)
 
 
 def _check_layout(size: int, chunks: list[tuple[str, int]], min_size: int, max_size: int) -> None:

@@ -475,9 +475,7 @@ class StreamStore:
     def _put_stream(self, txn: lmdb.Transaction, stream: Stream) -> None:
         self._index.put(txn, "streams", stream.id.encode(), stream)
 
-    def _appended(
-        self, txn: lmdb.Transaction, session_id: str, jobs: tuple[str, ...]
-    ) -> Appended:
+    def _appended(self, txn: lmdb.Transaction, session_id: str, jobs: tuple[str, ...]) -> Appended:
         session = self._sessions.find(txn, session_id)
         return Appended(session, self._stream(txn, session_id), jobs)
 

@@ -8,7 +8,7 @@ to the `chunk_store` fixture's params and pass the suite unchanged.
 from __future__ import annotations
 
 import gc
-import os
+import hashlib
 import random
 import threading
 import time
@@ -19,6 +19,7 @@ import pytest
 from ingestd.cas.chunkstore import ChunkStore, PutResult
 from ingestd.cas.errors import ChunkHashMismatch, CorruptObject
 from ingestd.cas.localstore import LocalChunkStore
+from ingestd.cas.materialize import COPY_BLOCK, materialize
 from ingestd.cas.memstore import MemoryChunkStore
 
 pytestmark = pytest.mark.unit
@@ -212,24 +213,39 @@ def test_verify(chunk_store):
     assert chunk_store.verify(b3(b"missing")) is False
 
 
-def test_copy_into(chunk_store, tmp_path):
-    data = blob(10, 2_500_000)
-    digest = chunk_store.put(data).hash
-    for name, length in [("whole", len(data)), ("prefix", 1_234_567), ("none", 0)]:
-        path = tmp_path / f"copy-{name}"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, b"head:")
-            chunk_store.copy_into(digest, fd, length)
-        finally:
-            os.close(fd)
-        assert path.read_bytes() == b"head:" + data[:length]
-    fd = os.open(os.devnull, os.O_WRONLY)
-    try:
-        with pytest.raises(CorruptObject):
-            chunk_store.copy_into(b3(b"missing"), fd, 1)
-    finally:
-        os.close(fd)
+def test_materialize_reads_every_object_once_in_whole_blocks(chunk_store, tmp_path):
+    """A completed copy is written in full blocks across objects of odd lengths,
+    and the observers (the completion's hashers) see exactly the copy's bytes."""
+    parts = [blob(20 + i, n) for i, n in enumerate([1, 4095, 700_001, 3_000_000, 12_345])]
+    entries = [(chunk_store.put(p).hash, len(p)) for p in parts]
+    whole = b"".join(parts)
+    seen = hashlib.sha256()
+    sizes: list[int] = []
+
+    def observe(block: memoryview) -> None:
+        sizes.append(len(block))
+        seen.update(block)
+
+    dest = materialize(
+        chunk_store,
+        entries,
+        tmp_path / "out" / "file.bin",
+        within=tmp_path,
+        durable=False,
+        observers=[observe],
+    )
+    assert dest.read_bytes() == whole
+    assert seen.hexdigest() == hashlib.sha256(whole).hexdigest()
+    assert all(n == COPY_BLOCK for n in sizes[:-1]) and sum(sizes) == len(whole)
+    with pytest.raises(CorruptObject):
+        materialize(
+            chunk_store,
+            [(b3(b"missing"), 1)],
+            tmp_path / "gone" / "x",
+            within=tmp_path,
+            durable=False,
+        )
+    assert not (tmp_path / "gone").exists()
 
 
 # -- concurrency ------------------------------------------------------------------
