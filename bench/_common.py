@@ -7,11 +7,14 @@ import hashlib
 import json
 import os
 import platform
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -96,6 +99,156 @@ def proc_cpu_seconds(pid: int) -> float | None:
         return None
     # After the command name: state is field 3, utime 14 and stime 15 (1-based).
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# -- process trees ----------------------------------------------------------------
+#
+# A server may not be one process: ingestd runs each processing job in a
+# `python -m ingestd.plugins.worker` child, and with `serve --workers N` (N > 1)
+# the PID we start is a master whose children serve the requests. So CPU and
+# peak RSS are measured over the process tree of the PID we started, found by
+# reading every /proc/*/stat (the ppid field); nothing here depends on how the
+# server names or arranges its processes.
+
+
+def _proc_stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state first)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def process_tree(root: int) -> list[int]:
+    """root and all its live descendants (by ppid in /proc/*/stat), root first."""
+    children: dict[int, list[int]] = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return [root]
+    for name in names:
+        if not name.isdigit():
+            continue
+        fields = _proc_stat_fields(int(name))
+        if fields is None:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(name))
+    tree, todo = [], [root]
+    while todo and len(tree) < 100_000:  # bounded, whatever /proc says
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, ()))
+    return tree
+
+
+def tree_cpu_seconds(root: int) -> float | None:
+    """User + system CPU seconds of root and its descendants, the reaped ones included.
+
+    For each live process in the tree: utime + stime (all its threads) plus
+    cutime + cstime (its children that it has waited for). A child that has
+    exited and been reaped is thus counted once, in its parent; one still
+    running is counted by itself. Read it when no child is about to be reaped
+    (see wait_tree), or a child reaped mid-scan may be counted twice or not at all.
+    None if root is gone."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = None
+    for pid in process_tree(root):
+        fields = _proc_stat_fields(pid)
+        if fields is None:
+            continue
+        # utime, stime, cutime, cstime are fields 14-17 (1-based) of /proc/PID/stat.
+        ticks = sum(int(v) for v in fields[11:15])
+        total = (total or 0.0) + ticks / tick
+    return total
+
+
+def wait_tree(root: int, allowed: set[int], timeout: float, interval: float = 0.05) -> bool:
+    """Wait until root's tree holds no process outside `allowed` (e.g. a job's
+    child has exited and been reaped); False if it still does after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if set(process_tree(root)) <= allowed:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+def proc_cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Reset a process's VmHWM to its current RSS (Linux >= 4.0); False if not possible."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class TreeWatch:
+    """Peak RSS (VmHWM) per process of a server's tree during one case.
+
+    start() resets VmHWM of every process in the tree and remembers them as the
+    server's own processes (the master and its workers); a thread then scans the
+    tree every `interval` seconds, so short-lived children (a processing job's
+    worker) are seen too, and stop() reads every process a last time. The
+    server's figure is the largest VmHWM among its own processes; children that
+    came and went are reported apart."""
+
+    def __init__(self, root: int, interval: float = 0.25) -> None:
+        self.root = root
+        self.interval = interval
+        self.baseline: set[int] = set()
+        self.reset_ok = False
+        self.peak_kib: dict[int, int] = {}
+        self.cmdline: dict[int, str] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.baseline = set(process_tree(self.root))
+        self.reset_ok = all([reset_peak_rss(pid) for pid in self.baseline])
+        self._sample()
+        self._thread = threading.Thread(target=self._run, name="tree-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def _sample(self) -> None:
+        for pid in process_tree(self.root):
+            kib = proc_status_kib(pid, "VmHWM")
+            if kib is None:
+                continue
+            if pid not in self.cmdline:
+                self.cmdline[pid] = proc_cmdline(pid)
+            self.peak_kib[pid] = max(kib, self.peak_kib.get(pid, 0))
+
+    def stop(self) -> dict[str, Any]:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._sample()
+        own = {p: k for p, k in self.peak_kib.items() if p in self.baseline}
+        others = {p: k for p, k in self.peak_kib.items() if p not in self.baseline}
+        return {
+            "server_processes": len(self.baseline),
+            "server_peak_rss_mib": max(own.values()) / 1024 if own else None,
+            "server_peak_rss_mib_by_pid": {str(p): k / 1024 for p, k in sorted(own.items())},
+            "server_peak_rss_scope": "case" if self.reset_ok else "process lifetime",
+            "children_seen": len(others),
+            "children_peak_rss_mib": max(others.values()) / 1024 if others else None,
+            "children_cmdlines": sorted({self.cmdline.get(p, "?")[:120] for p in others}),
+        }
 
 
 def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
@@ -215,6 +368,88 @@ def disk_write_limit(directory: Path, size: int) -> dict[str, float]:
     }
 
 
+def durable_ack_limit(
+    directory: Path, size: int, writers: int = 5, file_size: int = MIB
+) -> dict[str, float]:
+    """The disk's limit for durable acknowledgements: `writers` threads each write
+    `file_size` files into a temp dir, fdatasync each one and rename it into a
+    final dir (as a store answering a request only once its data is on disk), until
+    `size` bytes are written; then one fsync of each dir. MiB/s includes it all."""
+    tmp = directory / "durable-probe.tmp"
+    final = directory / "durable-probe.final"
+    tmp.mkdir()
+    final.mkdir()
+    count = -(-size // file_size)
+    block = os.urandom(file_size)
+    lock = threading.Lock()
+    state = {"next": 0}
+    errors: list[BaseException] = []
+    latencies: list[float] = []
+
+    def take() -> int | None:
+        with lock:
+            if errors or state["next"] >= count:
+                return None
+            state["next"] += 1
+            return state["next"] - 1
+
+    def writer() -> None:
+        mine = []
+        try:
+            while (i := take()) is not None:
+                n = min(file_size, size - i * file_size)
+                t = time.perf_counter()
+                path = tmp / f"{i:08d}"
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                try:
+                    view = memoryview(block)[:n]
+                    while view:
+                        view = view[os.write(fd, view) :]
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+                os.rename(path, final / f"{i:08d}")
+                mine.append(time.perf_counter() - t)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            with lock:
+                errors.append(exc)
+        finally:
+            with lock:
+                latencies.extend(mine)
+
+    try:
+        threads = [threading.Thread(target=writer, name=f"durable-{i}") for i in range(writers)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        t_files = time.perf_counter()
+        for d in (tmp, final):
+            fd = os.open(d, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        t1 = time.perf_counter()
+        if errors:
+            raise BenchError(f"durable-ack probe failed: {errors[0]!r}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(final, ignore_errors=True)
+    elapsed = t1 - t0
+    return {
+        "seconds": elapsed,
+        "files": count,
+        "file_size": file_size,
+        "writers": writers,
+        "dir_fsync_seconds": t1 - t_files,
+        "file_p50_ms": (percentile(latencies, 50) or 0.0) * 1000,
+        "file_p99_ms": (percentile(latencies, 99) or 0.0) * 1000,
+        "mib_s": size / MIB / elapsed,
+    }
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -276,7 +511,15 @@ class ServerProcess:
         return self.proc.pid
 
     def cpu_seconds(self) -> float | None:
+        """This PID's own CPU (its threads, not its children); see tree_cpu_seconds."""
         return proc_cpu_seconds(self.pid)
+
+    def tree_cpu_seconds(self) -> float | None:
+        """CPU of the whole process tree, reaped children included."""
+        return tree_cpu_seconds(self.pid)
+
+    def tree(self) -> list[int]:
+        return process_tree(self.pid)
 
     def peak_rss_mib(self) -> float | None:
         kib = proc_status_kib(self.pid, "VmHWM")
@@ -293,10 +536,13 @@ class ServerProcess:
 
     def stop(self) -> float | None:
         """SIGTERM and wait; SIGKILL (this PID only) if it does not stop in time.
+        Descendants still alive afterwards (a master's workers it left behind) get
+        the same, each by PID, and are logged.
 
         Returns the seconds a clean stop took (None if killed or not running)."""
         took = None
         if self.proc is not None and self.proc.poll() is None:
+            descendants = {p: _proc_start_time(p) for p in process_tree(self.pid)[1:]}
             t0 = time.perf_counter()
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -306,6 +552,7 @@ class ServerProcess:
                 log(f"{self.name} (pid {self.proc.pid}) ignored SIGTERM; killing it")
                 self.proc.kill()
                 self.proc.wait(timeout=STOP_TIMEOUT)
+            _stop_leftovers(self.name, descendants)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
@@ -319,10 +566,59 @@ class ServerProcess:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def start_ingestd(data_dir: Path, log_path: Path) -> ServerProcess:
+def _proc_start_time(pid: int) -> str | None:
+    fields = _proc_stat_fields(pid)
+    return None if fields is None else fields[19]  # starttime, field 22
+
+
+def _stop_leftovers(name: str, procs: dict[int, str | None]) -> None:
+    """SIGTERM, then SIGKILL, the given PIDs that are still the same processes."""
+
+    def alive() -> list[int]:
+        return [p for p, st in procs.items() if st is not None and _proc_start_time(p) == st]
+
+    deadline = time.monotonic() + 5.0  # they may be on their way out
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        left = alive()
+        if not left:
+            return
+        log(f"{name}: {len(left)} child process(es) outlived it ({left}); sending {sig.name}")
+        for pid in left:
+            with contextlib.suppress(OSError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + 10.0
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+def ingestd_serve_options() -> set[str]:
+    """The long options `ingestd serve --help` lists (to tell whether --workers exists)."""
+    r = subprocess.run(
+        [str(_ingestd_exe()), "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+    )
+    return set(re.findall(r"(--[a-z][a-z0-9-]*)", r.stdout))
+
+
+def _ingestd_exe() -> Path:
     ingestd = Path(sys.executable).parent / "ingestd"
     if not ingestd.exists():
         ingestd = REPO_ROOT / ".venv" / "bin" / "ingestd"
+    return ingestd
+
+
+def start_ingestd(data_dir: Path, log_path: Path, workers: int = 1) -> ServerProcess:
+    """A fresh `ingestd serve` on 127.0.0.1 with storage.durability = fsync.
+
+    workers > 1 adds `--workers N` (a master process whose children serve the
+    requests); workers = 1 adds nothing, so this works with a daemon without
+    the option."""
+    ingestd = _ingestd_exe()
     # Only the durability is forced; everything else is the daemon's default.
     env = {k: v for k, v in os.environ.items() if not k.startswith("INGESTD_")}
     env["INGESTD_STORAGE_DURABILITY"] = "fsync"
@@ -338,6 +634,7 @@ def start_ingestd(data_dir: Path, log_path: Path) -> ServerProcess:
             str(port),
             "--data-dir",
             str(data_dir),
+            *(["--workers", str(workers)] if workers > 1 else []),
         ],
         port=port,
         log_path=log_path,

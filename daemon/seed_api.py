@@ -19,7 +19,7 @@ from quart_schema import DataSource, document_request, document_response, valida
 from .errors import ApiError
 from .filetypes import file_type
 from .ingest import NewUpload
-from .multipart import read_form
+from .multipart import FormStream
 from .problems import Problem
 from .runtime import runtime
 from .shapes import Sha256Hex
@@ -104,6 +104,9 @@ def _int_field(fields: dict[str, str], name: str) -> int:
         raise ApiError(400, "invalid_field", f"field {name!r} must be an integer") from None
 
 
+REQUIRED_FIELDS = frozenset({"uploadId", "chunkIndex", "totalChunks"})
+
+
 async def _one(data: bytes | bytearray) -> AsyncIterator[bytes | bytearray]:
     """A body already read (the multipart part), as the core takes bodies."""
     yield data
@@ -122,21 +125,28 @@ async def chunk() -> ChunkResponse:
     an index already stored are refused with 409.
     """
     rt = runtime()
-    form = await read_form(
+    form = FormStream(
         request.headers.get("Content-Type"),
         request.body,
+        file_name="chunk",
         max_file_bytes=rt.config.limits.max_chunk_size,
     )
-    missing = [n for n in ("uploadId", "chunkIndex", "totalChunks") if n not in form.fields]
-    if "chunk" not in form.files:
+    fields = await form.read_fields()
+    buffered: bytearray | None = None
+    if not (form.file_seen and REQUIRED_FIELDS.issubset(fields)):
+        # The chunk came before the fields that say where it goes (or not at all).
+        buffered = await form.buffer_file()
+        fields = form.fields
+    missing = [n for n in ("uploadId", "chunkIndex", "totalChunks") if n not in fields]
+    if not form.file_seen:
         missing.append("chunk")
     if missing:
         raise ApiError(
             400, "missing_field", f"missing form field(s): {', '.join(missing)}", missing=missing
         )
-    upload_id = form.fields["uploadId"]
-    index = _int_field(form.fields, "chunkIndex")
-    total = _int_field(form.fields, "totalChunks")
+    upload_id = fields["uploadId"]
+    index = _int_field(fields, "chunkIndex")
+    total = _int_field(fields, "totalChunks")
     session = await rt.run(rt.store.session, upload_id, TENANT)
     if total != session.total_chunks:
         raise ApiError(
@@ -146,10 +156,19 @@ async def chunk() -> ChunkResponse:
             f"of {session.chunk_size} bytes",
             expected=session.total_chunks,
         )
-    part = form.files["chunk"]
-    ack = await rt.ingest.receive_chunk(
-        TENANT, upload_id, index, _one(part), content_length=len(part)
-    )
+    if buffered is not None:
+        ack = await rt.ingest.receive_chunk(
+            TENANT, upload_id, index, _one(buffered), content_length=len(buffered)
+        )
+    else:
+        # Streamed from the socket to the chunk's writer as it arrives; the
+        # closing boundary is read after, as the rest of the body.
+        try:
+            ack = await rt.ingest.receive_chunk(TENANT, upload_id, index, form.file_data())
+        except cas.WrongChunkSize:
+            await form.finish()  # a part over the size limit is a 413 first
+            raise
+        await form.finish()
     return ChunkResponse(
         success=True,
         receivedChunks=ack.received_chunks,
