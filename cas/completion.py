@@ -27,6 +27,7 @@ from .chunkstore import ChunkStore
 from .errors import ChecksumMismatch, IncompleteUpload, SessionNotOpen, StorageError
 from .files import Files
 from .index import Index
+from .locks import LockDir
 from .materialize import materialize, read_blocks, remove_copy, safe_filename
 from .parts import Parts
 from .queues import Jobs
@@ -68,6 +69,7 @@ class Completer:
         materialize_mode: str,
         completed_dir: Path,
         process_files: bool,
+        locks: LockDir,
     ) -> None:
         if materialize_mode not in MATERIALIZE_MODES:
             raise ValueError(f"materialize must be one of {MATERIALIZE_MODES}")
@@ -89,8 +91,7 @@ class Completer:
         self._pool = concurrent.futures.ThreadPoolExecutor(
             4, "ingestd-complete", initializer=_lower_thread_priority
         )
-        self._locks_guard = threading.Lock()
-        self._locks: dict[str, tuple[threading.Lock, int]] = {}
+        self._locks = locks
 
     def close(self) -> None:
         self._pool.shutdown()
@@ -159,7 +160,10 @@ class Completer:
         fails the job and puts the session back to `open`, so that completion
         can be retried.
         """
-        with self._lock(session_id):
+        # Two callers finishing the same session (a retried request, the job
+        # runner, in this process or another) must not both hash and record
+        # it; the second waits and then finds it completed.
+        with self._locks.hold(f"complete-{session_id}"):
             with self._index.reader() as txn:
                 session = self._find(txn, session_id)
                 if session.state in (SessionState.PROCESSING, SessionState.COMPLETED):
@@ -317,22 +321,3 @@ class Completer:
     def _completion(self, txn: lmdb.Transaction, session: Session) -> Completion:
         file = self._files.get(txn, session.file_id, session.tenant)
         return Completion(session, file, self._jobs.find(txn, session.job_id))
-
-    @contextlib.contextmanager
-    def _lock(self, session_id: str):
-        # Two callers finishing the same session (a retried request, the job
-        # runner) must not both hash and record it; the second waits and
-        # then finds it completed. Entries live only while someone holds them.
-        with self._locks_guard:
-            lock, users = self._locks.get(session_id, (threading.Lock(), 0))
-            self._locks[session_id] = (lock, users + 1)
-        try:
-            with lock:
-                yield
-        finally:
-            with self._locks_guard:
-                lock, users = self._locks[session_id]
-                if users == 1:
-                    del self._locks[session_id]
-                else:
-                    self._locks[session_id] = (lock, users - 1)

@@ -41,6 +41,8 @@ DATABASES = (
     "manifests",
     "manifest_files",
     "jobs",
+    # Ids of jobs not finished yet, so that finding them reads only those.
+    "open_jobs",
     "outbox",
     "streams",
 )

@@ -29,26 +29,48 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def clear_temp(root: str | os.PathLike[str]) -> None:
+    """Remove every temp file under ``<root>/tmp`` (no process may be writing)."""
+    tmp = Path(root) / "tmp"
+    if not tmp.is_dir():
+        return
+    _remove_files(tmp)
+    for entry in os.scandir(tmp):
+        if entry.is_dir(follow_symlinks=False):
+            _remove_files(Path(entry.path))
+
+
+def _remove_files(directory: Path) -> None:
+    for entry in os.scandir(directory):
+        if entry.is_file(follow_symlinks=False):
+            os.unlink(entry.path)
+
+
 class LocalChunkStore(ChunkStore):
     def __init__(
-        self, root: str | os.PathLike[str], *, durable: bool = True, readonly: bool = False
+        self,
+        root: str | os.PathLike[str],
+        *,
+        durable: bool = True,
+        readonly: bool = False,
+        worker: str | None = None,
     ) -> None:
-        """`readonly`: another process only reads objects (no set-up, no clean-up)."""
+        """`readonly`: another process only reads objects (no set-up, no clean-up).
+        `worker`: one of several processes sharing the directory, with temp
+        files of its own under ``tmp/<worker>`` (the only ones it clears)."""
         self.root = Path(root)
         self.objects_dir = self.root / "objects"
-        self.tmp_dir = self.root / "tmp"
+        self.tmp_dir = self.root / "tmp" if worker is None else self.root / "tmp" / worker
         self.durable = durable
         if readonly:
             return
         self.objects_dir.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        self._clear_tmp()
-
-    def _clear_tmp(self) -> None:
         # Temp files are only ever half-written objects from a crashed process.
-        for entry in os.scandir(self.tmp_dir):
-            if entry.is_file():
-                os.unlink(entry.path)
+        if worker is None:
+            clear_temp(self.root)
+        else:
+            _remove_files(self.tmp_dir)
 
     def _path(self, digest: str) -> Path:
         return self.objects_dir / digest[0:2] / digest[2:4] / digest

@@ -44,7 +44,15 @@ class Jobs:
             updated=now,
         )
         self._index.put(txn, "jobs", job_id.encode(), job)
+        txn.put(job_id.encode(), b"", db=self._index.db["open_jobs"])
         return job
+
+    def open_ids(self) -> list[str]:
+        """Ids of the jobs created and not finished yet (a read of those only:
+        cheap enough to poll, e.g. by the process that runs jobs created by
+        others)."""
+        with self._index.reader() as txn:
+            return [k.decode() for k, _ in self._index.scan(txn, "open_jobs", values=False)]
 
     def set(self, txn: lmdb.Transaction, job_id: str, state: JobState, **changes: object) -> Job:
         """Change a job. A finished job stays as it is (first finish wins: a cancel
@@ -56,6 +64,8 @@ class Jobs:
             return job
         job = msgspec.structs.replace(job, state=state, updated=self._clock(), **changes)
         self._index.put(txn, "jobs", job_id.encode(), job)
+        if state in FINISHED_JOB:
+            txn.delete(job_id.encode(), db=self._index.db["open_jobs"])
         return job
 
     def fail(self, txn: lmdb.Transaction, job_id: str | None, error: str) -> None:
@@ -98,7 +108,8 @@ class Jobs:
         return self._index.write(op)
 
     def unfinished(self) -> list[Job]:
-        """Jobs queued or running, e.g. when a crash interrupted them."""
+        """Jobs queued or running, e.g. when a crash interrupted them (a scan
+        of every job: those of a data directory older than `open_ids` too)."""
         with self._index.reader() as txn:
             return [job for job in self._all(txn) if job.state not in FINISHED_JOB]
 

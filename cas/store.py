@@ -35,6 +35,7 @@ from .files import Files
 from .gc import GarbageCollector
 from .index import DEFAULT_MAP_SIZE, Index
 from .localstore import LocalChunkStore
+from .locks import LockDir
 from .materialize import remove_copy
 from .parts import Parts
 from .queues import Jobs, Outbox
@@ -78,10 +79,13 @@ class Store:
         clock: Callable[[], float] = time.time,
         process_files: bool = False,
         chunks: ChunkStore | None = None,
+        worker: str | None = None,
     ) -> None:
         """`process_files`: completed files wait in `processing` for `conclude`
         (the daemon's plugins decide); otherwise they are accepted at once.
-        `chunks`: where objects live (default: the data directory's files)."""
+        `chunks`: where objects live (default: the data directory's files).
+        `worker`: this process is one of several sharing the directory (its
+        name keeps its temp files apart)."""
         if durability not in DURABILITY_MODES:
             raise ValueError(f"durability must be one of {DURABILITY_MODES}")
         self.root = Path(root)
@@ -89,7 +93,7 @@ class Store:
         self.clock = clock
         # The parts read the clock through the store, so that it can be swapped.
         clock = self._now
-        self.chunks = chunks or LocalChunkStore(self.root, durable=self.durable)
+        self.chunks = chunks or LocalChunkStore(self.root, durable=self.durable, worker=worker)
         self.index = Index(
             self.root / "index.lmdb",
             durable=self.durable,
@@ -97,6 +101,7 @@ class Store:
             group_commit=group_commit,
             sync_objects=self.chunks.sync,
         )
+        self.locks = LockDir(self.root / "locks")
         self.sessions = Sessions(self.index, ttl=session_ttl, clock=clock)
         self.refs = ChunkRefs(self.index, self.chunks, clock)
         self.parts = Parts(self.index, self.refs, self.sessions)
@@ -117,6 +122,7 @@ class Store:
             materialize_mode=materialize,
             completed_dir=Path(completed_dir) if completed_dir else self.root / "completed",
             process_files=process_files,
+            locks=self.locks,
         )
         self.gc = GarbageCollector(
             index=self.index,

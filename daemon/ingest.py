@@ -101,7 +101,6 @@ class UploadLocked(cas.ClientError):
 class Ingest:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
-        self._writing: set[str] = set()
         self._streams: cas.StreamStore | None = None
         config = rt.config
         self.chunk_size = config.storage.chunk_size
@@ -281,17 +280,16 @@ class Ingest:
 
     @contextlib.contextmanager
     def writing(self, upload_id: str) -> Iterator[None]:
-        """Hold the upload for one writing request; `UploadLocked` if another holds it."""
-        # One event loop: nothing runs between the check and the add.
-        if upload_id in self._writing:
+        """Hold the upload for one writing request; `UploadLocked` if another
+        holds it, in this process or another worker's."""
+        # Never waits (a flock taken or refused at once): fine on the event loop.
+        held = self.store.locks.try_hold(f"upload-{upload_id}")
+        if held is None:
             raise UploadLocked(
                 f"another request is writing to upload {upload_id}; retry after a HEAD"
             )
-        self._writing.add(upload_id)
-        try:
+        with held:
             yield
-        finally:
-            self._writing.discard(upload_id)
 
     async def declare_length(self, tenant: str, upload_id: str, length: int) -> None:
         declared = await self.rt.run(self.streams.declare_length, upload_id, tenant, length)

@@ -6,10 +6,15 @@ the processing hooks over it (detect → validate → scan → describe → line
 records the verdict (`Store.conclude`), then runs notify and pipeline hooks,
 and marks the job succeeded (file accepted) or failed (rejected, with the
 reason). Jobs are persisted, so those a crash interrupted run again at start.
+
+Of several worker processes sharing a data directory, one runs the jobs (the
+leader, see `leader.py`): the others only create them, and the runner finds
+them by polling the store's open jobs.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import io
@@ -29,6 +34,11 @@ from .runtime import Runtime
 
 log = logging.getLogger("ingestd.jobs")
 
+# Seconds between looks for jobs another process created, and between looks
+# at a job another process runs, for a waiter here.
+POLL_INTERVAL = 0.05
+REMEMBERED_JOBS = 10_000
+
 
 class JobRunner:
     def __init__(self, rt: Runtime, workers: int = 2) -> None:
@@ -39,20 +49,39 @@ class JobRunner:
         # Jobs queued or running here: a job submitted again meanwhile (a
         # retried completion request) is not run twice.
         self._active: set[str] = set()
+        # Jobs this process ran lately: the watch does not start one again
+        # that somehow stayed open (it would be run again at the next start).
+        self._ran: collections.OrderedDict[str, None] = collections.OrderedDict()
+        # Whether this process runs jobs (it leads); until then `submit` leaves
+        # a job to the process that does.
+        self.running = False
 
     def submit(self, job_id: str) -> None:
-        if job_id in self._active:
+        if not self.running or job_id in self._active:
             return
         self._active.add(job_id)
         self._send.send_nowait(job_id)
 
     async def run(self) -> None:
-        """Resume unfinished jobs, then process submitted ones until cancelled."""
+        """Resume unfinished jobs, then process those submitted here or created by
+        other processes, until cancelled."""
+        self.running = True
         for job in await self._rt.run(self._rt.store.jobs.unfinished):
             self.submit(job.id)
         async with trio.open_nursery() as nursery:
             for _ in range(self._workers):
                 nursery.start_soon(self._work)
+            nursery.start_soon(self._watch)
+
+    async def _watch(self) -> None:
+        store = self._rt.store
+        while True:
+            await trio.sleep(POLL_INTERVAL)
+            # A read of the open jobs only: a lookup in LMDB's memory map,
+            # cheap enough for the event loop.
+            for job_id in store.jobs.open_ids():
+                if job_id not in self._ran:
+                    self.submit(job_id)
 
     async def wait(self, job_id: str, tenant: str, timeout: float) -> cas.Job:
         """The job, once finished or after `timeout` seconds, whichever is first."""
@@ -70,9 +99,20 @@ class JobRunner:
             return job
         if timeout <= 0:
             return job
-        with trio.move_on_after(timeout):
-            await event.wait()
-        return await self._rt.run(self._rt.store.jobs.get, job_id, tenant)
+        deadline = trio.current_time() + timeout
+        while True:
+            # The event fires when this process ran the job; one run by
+            # another process is seen by looking again.
+            with trio.move_on_at(min(deadline, trio.current_time() + POLL_INTERVAL)):
+                await event.wait()
+            # An LMDB read: cheap enough for the event loop.
+            job = self._rt.store.jobs.get(job_id, tenant)
+            if job.state in cas.FINISHED_JOB:
+                # However it finished, wake any other waiter and let the event go.
+                self._finished.pop(job_id, event).set()
+                return job
+            if trio.current_time() >= deadline:
+                return job
 
     async def _work(self) -> None:
         async for job_id in self._receive:
@@ -84,6 +124,9 @@ class JobRunner:
                 log.exception("job %s failed unexpectedly", job_id)
                 await self._end_failed(job_id, f"internal error: {type(exc).__name__}: {exc}")
             self._active.discard(job_id)
+            self._ran[job_id] = None
+            if len(self._ran) > REMEMBERED_JOBS:
+                self._ran.popitem(last=False)
             event = self._finished.pop(job_id, None)
             if event is not None:
                 event.set()
