@@ -44,7 +44,8 @@ from .errors import (
 )
 from .files import Files
 from .index import Index
-from .localstore import LocalChunkStore
+from .localstore import LocalChunkStore, clear_temp
+from .locks import HeldLock, LockDir
 from .materialize import safe_filename
 from .memstore import MemoryChunkStore
 from .queues import FINISHED_JOB
@@ -100,6 +101,7 @@ __all__ = [
     "FileRecord",
     "FileState",
     "Files",
+    "HeldLock",
     "IncompleteUpload",
     "Index",
     "InvalidConcat",
@@ -108,6 +110,7 @@ __all__ = [
     "Job",
     "JobState",
     "LocalChunkStore",
+    "LockDir",
     "ManifestReader",
     "MemoryChunkStore",
     "NotAStream",
@@ -132,6 +135,7 @@ __all__ = [
     "UnknownJob",
     "UnknownSession",
     "WrongChunkSize",
+    "clear_temp",
     "is_hash",
     "safe_filename",
 ]

@@ -48,6 +48,11 @@ class HeldLock:
         os.close(self._fd)  # closing the last descriptor releases the flock
         self._fd = -1
 
+    def note(self, text: str) -> None:
+        """Say in the lock's file who holds it (e.g. a PID, for operators)."""
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, text.encode(), 0)
+
     def __enter__(self) -> HeldLock:
         return self
 

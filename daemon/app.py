@@ -18,6 +18,7 @@ from . import problems, seed_api, tus_api, v1_api
 from .config import Config, ConfigError
 from .ingest import Ingest
 from .jobs import JobRunner
+from .leader import become_leader
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .outbox import OutboxService
 from .runtime import Runtime, runtime
@@ -55,6 +56,7 @@ def create_app(
     config: Config,
     store: cas.Store | None = None,
     plugins: Plugins | None = None,
+    worker: str | None = None,
 ) -> QuartTrio:
     """Build the app. With `store` given, the caller owns it; `plugins` default
     to those `config` names (built-ins and entry points)."""
@@ -74,7 +76,7 @@ def create_app(
         scalar_ui_path=None,
         conversion_preference="msgspec",
     )
-    rt = Runtime(config, store)
+    rt = Runtime(config, store, worker=worker)
     rt.plugins = plugins if plugins is not None else load_plugins(config)
     rt.metrics = Metrics()
     rt.ingest = Ingest(rt)
@@ -93,10 +95,12 @@ def create_app(
     async def _background() -> None:
         try:
             with background:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(rt.maintain)
-                    nursery.start_soon(rt.jobs.run)
-                    nursery.start_soon(rt.outbox.run)
+                # One process of those sharing the data directory runs these.
+                with await become_leader(rt.store):
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(rt.maintain)
+                        nursery.start_soon(rt.jobs.run)
+                        nursery.start_soon(rt.outbox.run)
         finally:
             background_done.set()
 

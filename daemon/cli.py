@@ -22,6 +22,7 @@ def _serve(args: argparse.Namespace) -> int:
                 ("server", "host"): args.host,
                 ("server", "port"): args.port,
                 ("storage", "data_dir"): args.data_dir,
+                ("server", "workers"): args.workers,
             },
         )
         from .app import load_plugins
@@ -30,10 +31,30 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"ingestd: {exc}", file=sys.stderr)
         return 2
+    if args.listen_fd is None and config.server.workers > 1:
+        from .master import Master
+
+        return Master(config, _worker_argv(args)).run()
     from .server import run
 
-    run(config, plugins)
+    worker = None if args.worker_slot is None else f"w{args.worker_slot}"
+    run(config, plugins, listen_fd=args.listen_fd, worker=worker)
     return 0
+
+
+def _worker_argv(args: argparse.Namespace) -> list[str]:
+    """The `serve` options a worker process is started with: the master's own."""
+    argv = ["--verbose"] if args.verbose else []
+    for flag, value in [
+        ("--config", args.config),
+        ("--host", args.host),
+        ("--port", args.port),
+        ("--data-dir", args.data_dir),
+        ("--workers", args.workers),
+    ]:
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv
 
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -287,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (overrides server.host)")
     serve.add_argument("--port", type=int, help="port to bind (overrides server.port)")
     serve.add_argument("--data-dir", metavar="DIR", help="overrides storage.data_dir")
+    serve.add_argument(
+        "--workers", type=int, metavar="N", help="worker processes (overrides server.workers)"
+    )
+    # Given by the master to the worker processes it starts.
+    serve.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-slot", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=_serve)
 
     upload = sub.add_parser(

@@ -31,6 +31,8 @@ class ConfigError(Exception):
 class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     host: str = "127.0.0.1"
     port: Port = 8000
+    # Processes serving the one listening socket and data directory.
+    workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
 
 
 class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

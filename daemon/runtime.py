@@ -18,8 +18,12 @@ log = logging.getLogger("ingestd")
 
 
 class Runtime:
-    def __init__(self, config: Config, store: Store | None = None) -> None:
+    def __init__(
+        self, config: Config, store: Store | None = None, worker: str | None = None
+    ) -> None:
         self.config = config
+        # One of several processes sharing the data directory (see master.py).
+        self.worker = worker
         self.store = store
         self._owns_store = store is None
         # Store calls block on disk and on group commits; bound the threads.
@@ -41,6 +45,7 @@ class Runtime:
                 completed_dir=self.config.completed_dir,
                 session_ttl=s.session_ttl,
                 process_files=True,
+                worker=self.worker,
             )
 
     def close(self) -> None:

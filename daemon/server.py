@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import signal
 import sys
 
@@ -25,10 +27,15 @@ log = logging.getLogger("ingestd")
 tcp_server.MAX_RECV = 1 << 20
 
 
-def hypercorn_config(config: Config) -> HypercornConfig:
+def hypercorn_config(config: Config, listen_fd: int | None = None) -> HypercornConfig:
     hc = HypercornConfig()
     host = config.server.host
-    hc.bind = [f"[{host}]:{config.server.port}" if ":" in host else f"{host}:{config.server.port}"]
+    if listen_fd is not None:
+        hc.bind = [f"fd://{listen_fd}"]  # the master's socket, shared by the workers
+    else:
+        hc.bind = [
+            f"[{host}]:{config.server.port}" if ":" in host else f"{host}:{config.server.port}"
+        ]
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
     # In-flight requests get this long to finish on SIGINT/SIGTERM. It is also
@@ -41,8 +48,16 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     return hc
 
 
-async def serve(config: Config, plugins: Plugins | None = None) -> None:
-    app = create_app(config, plugins=plugins)
+async def serve(
+    config: Config,
+    plugins: Plugins | None = None,
+    *,
+    listen_fd: int | None = None,
+    worker: str | None = None,
+) -> None:
+    """Serve until SIGINT or SIGTERM; `listen_fd` and `worker`: as one of the
+    master's workers (see `master.py`)."""
+    app = create_app(config, plugins=plugins, worker=worker)
     stop = trio.Event()
     # The receiver stays installed for the whole shutdown, so a second signal
     # (a supervisor repeating itself) does not interrupt a clean stop.
@@ -54,17 +69,36 @@ async def serve(config: Config, plugins: Plugins | None = None) -> None:
                     log.info("received %s, shutting down", signal.Signals(signum).name)
                 stop.set()
 
-        print(
-            f"ingestd serving http://{config.server.host}:{config.server.port} "
-            f"(data in {config.data_dir})",
-            file=sys.stderr,
-            flush=True,
-        )
+        if worker is None:
+            print(
+                f"ingestd serving http://{config.server.host}:{config.server.port} "
+                f"(data in {config.data_dir})",
+                file=sys.stderr,
+                flush=True,
+            )
+        async def orphaned() -> None:
+            # A worker whose master died (even by SIGKILL) stops too.
+            master = os.getppid()
+            while os.getppid() == master:
+                await trio.sleep(1.0)
+            log.warning("the master process %d is gone, shutting down", master)
+            stop.set()
+
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch)
-            await hypercorn_serve(app, hypercorn_config(config), shutdown_trigger=stop.wait)
+            if worker is not None:
+                nursery.start_soon(orphaned)
+            await hypercorn_serve(
+                app, hypercorn_config(config, listen_fd), shutdown_trigger=stop.wait
+            )
             nursery.cancel_scope.cancel()
 
 
-def run(config: Config, plugins: Plugins | None = None) -> None:
-    trio.run(serve, config, plugins)
+def run(
+    config: Config,
+    plugins: Plugins | None = None,
+    *,
+    listen_fd: int | None = None,
+    worker: str | None = None,
+) -> None:
+    trio.run(functools.partial(serve, config, plugins, listen_fd=listen_fd, worker=worker))

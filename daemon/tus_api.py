@@ -211,9 +211,7 @@ async def create_upload() -> Response:
                     rt,
                     upload_id,
                     0,
-                    creation.length
-                    if creation.length is not None
-                    else rt.ingest.max_stream_size,
+                    creation.length if creation.length is not None else rt.ingest.max_stream_size,
                     creation.checksum,
                 )
         except ApiError as exc:
@@ -346,9 +344,7 @@ async def download(upload_id: str) -> Response:
         reader.close()
         return rt.store.open_file(session.file_id, TENANT)
 
-    return await serve_content(
-        rt, lambda: rt.run(open_bytes), size=state.offset, headers=headers
-    )
+    return await serve_content(rt, lambda: rt.run(open_bytes), size=state.offset, headers=headers)
 
 
 # -- storing a body -----------------------------------------------------------

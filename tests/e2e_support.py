@@ -6,6 +6,7 @@ Everything here talks to 127.0.0.1 only and every wait is bounded.
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import os
 import signal
@@ -69,6 +70,22 @@ def write_random_file(path: Path, size: int) -> str:
     return h.hexdigest()
 
 
+def child_pids(parent: int) -> list[int]:
+    """PIDs whose parent is `parent` (from /proc)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent:
+            pids.append(int(entry))
+    return sorted(pids)
+
+
 class Daemon:
     """The real daemon in a subprocess; restartable on the same port and data dir."""
 
@@ -80,8 +97,10 @@ class Daemon:
         data_dir: Path | None = None,
         extra_env: dict[str, str] | None = None,
         config_path: Path | None = None,
+        args: list[str] | None = None,
     ) -> None:
         self.workdir = Path(workdir)
+        self.args = list(args or [])
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.data_dir = Path(data_dir) if data_dir else self.workdir / "data"
@@ -133,6 +152,7 @@ class Daemon:
         ]
         if self.config_path is not None:
             cmd += ["--config", str(self.config_path)]
+        cmd += self.args
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 cmd,
@@ -166,12 +186,22 @@ class Daemon:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def children(self) -> list[int]:
+        """PIDs of the daemon's child processes (its workers, with --workers)."""
+        if not self.running:
+            return []
+        return child_pids(self.proc.pid)
+
     def kill(self) -> int | None:
-        """SIGKILL this daemon's own process (by PID) and wait for it."""
+        """SIGKILL this daemon's own process and its children (by PID), and wait."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
+            children = self.children()
             os.kill(self.proc.pid, signal.SIGKILL)
+            for pid in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         try:
             return self.proc.wait(timeout=KILL_TIMEOUT)
         except subprocess.TimeoutExpired:
