@@ -43,6 +43,8 @@ DATABASES = (
     "jobs",
     # Ids of jobs not finished yet, so that finding them reads only those.
     "open_jobs",
+    # Decision key -> the job that accepted a file with it (reusable verdicts).
+    "decisions",
     "outbox",
     "streams",
 )

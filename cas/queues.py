@@ -90,12 +90,17 @@ class Jobs:
         results: dict[str, object] | None = None,
         verdict: str | None = None,
         timings: dict[str, dict[str, float]] | None = None,
+        decision_key: str | None = None,
+        reused_from: str | None = None,
     ) -> Job:
+        """Change a job; one that succeeds with a `decision_key` is remembered
+        as the job that made that decision (`decided`)."""
+
         def op(txn: lmdb.Transaction) -> Job:
             job = self.find(txn, job_id)
             if job is None:
                 raise UnknownJob(f"no job with id {job_id!r}")
-            return self.set(
+            job = self.set(
                 txn,
                 job_id,
                 state,
@@ -103,9 +108,20 @@ class Jobs:
                 results=job.results if results is None else results,
                 verdict=verdict if verdict is not None else job.verdict,
                 timings=job.timings if timings is None else timings,
+                decision_key=decision_key or job.decision_key,
+                reused_from=reused_from or job.reused_from,
             )
+            if decision_key and job.state == JobState.SUCCEEDED:
+                txn.put(decision_key.encode(), job_id.encode(), db=self._index.db["decisions"])
+            return job
 
         return self._index.write(op)
+
+    def decided(self, decision_key: str) -> Job | None:
+        """The job that last succeeded with this decision key, if it is still there."""
+        with self._index.reader() as txn:
+            job_id = txn.get(decision_key.encode(), db=self._index.db["decisions"])
+            return None if job_id is None else self.find(txn, job_id.decode())
 
     def unfinished(self) -> list[Job]:
         """Jobs queued or running, e.g. when a crash interrupted them (a scan

@@ -138,6 +138,10 @@ class Job(msgspec.Struct, frozen=True):
     verdict: str | None = None
     # Seconds per plugin and stage.
     timings: dict[str, dict[str, float]] = {}
+    # The plugins' decision this job made (see Plugins.decision_key), and the
+    # earlier job whose deciding answers it reused instead of running them.
+    decision_key: str | None = None
+    reused_from: str | None = None
 
 
 class Stream(msgspec.Struct, frozen=True):

@@ -44,6 +44,7 @@ def load_plugins(config: Config, extra: Mapping[str, object] | None = None) -> P
         on_error=p.on_error,
         autoload=p.autoload,
         isolation=p.isolation,
+        reuse_verdicts=p.reuse_verdicts,
         tables=config.plugin_tables,
     )
     try:

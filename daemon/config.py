@@ -73,6 +73,9 @@ class PluginsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # Run validation, scanning and description in a child process per job
     # ("process"), so CPU-heavy plugins do not slow uploads, or in threads.
     isolation: Literal["process", "thread"] = "process"
+    # Content the same plugins and settings already accepted under the same
+    # name and metadata is not examined again (the job says which it reused).
+    reuse_verdicts: bool = True
     # Outbox deliveries (e.g. webhooks) are retried until this old, in seconds.
     delivery_max_age: Seconds = 2 * 24 * 3600.0
 

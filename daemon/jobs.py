@@ -21,12 +21,13 @@ import io
 import logging
 import math
 import sys
+from typing import Any
 
 import msgspec
 import trio
 from ingestd import cas
 from ingestd.cas import JobState, SessionState
-from ingestd.plugins import FileFacts, Outcome, Processing
+from ingestd.plugins import REUSABLE_STAGES, Detection, FileFacts, Outcome, Processing
 from ingestd.plugins.worker import make_request, read_answer
 
 from .outbox import StoreOutbox
@@ -205,10 +206,19 @@ class JobRunner:
             limiter=rt.limiter,
             on_error=lambda plugin, stage: rt.metrics.plugin_errors.labels(plugin, stage).inc(),
         )
-        if rt.plugins.isolated:
+        key = rt.plugins.decision_key(facts)
+        earlier = await rt.run(self._earlier_decision, file, key)
+        if earlier is not None:
+            # Milliseconds instead of a worker process reading the whole file.
+            run.reuse(earlier.results, file_detection(earlier), earlier.id)
+            outcome = await run.decide()
+        elif rt.plugins.isolated:
             outcome = await self._decide_in_child(run, file)
         else:
             outcome = await run.decide()
+        # Only a clean acceptance is a decision to reuse: not a rejection, and
+        # not one a failing plugin (under on_error = "accept") had no say in.
+        clean = outcome.accepted and not any(stage in REUSABLE_STAGES for _, stage in run.failed)
         detection = (
             msgspec.to_builtins(dataclasses.asdict(outcome.detection))
             if outcome.detection
@@ -237,8 +247,27 @@ class JobRunner:
                 results=msgspec.to_builtins(dict(outcome.results)),
                 verdict=verdict,
                 timings=run.timings,
+                decision_key=key if clean else None,
+                reused_from=run.reused_from,
             )
         )
+
+    def _earlier_decision(self, file: cas.FileRecord, key: str) -> _Earlier | None:
+        """The job that accepted a file with the same decision key, while that
+        file is still there and accepted (so its detection can be reused)."""
+        if not self._rt.plugins.settings.reuse_verdicts:
+            return None
+        store = self._rt.store
+        job = store.jobs.decided(key)
+        if job is None or job.file_id == file.id:
+            return None
+        try:
+            earlier = store.file(job.file_id, file.tenant)
+        except cas.UnknownFile:
+            return None
+        if earlier.state != cas.FileState.ACCEPTED or earlier.blake3 != file.blake3:
+            return None
+        return _Earlier(job.id, job.results, earlier.detection)
 
     async def _decide_in_child(self, run: Processing, file: cas.FileRecord) -> Outcome:
         """Run the deciding stages in `python -m ingestd.plugins.worker`."""
@@ -276,6 +305,17 @@ class JobRunner:
             outbox = StoreOutbox(rt, message["plugin"])
             await rt.run(functools.partial(outbox.enqueue, message["payload"], key=message["key"]))
         return outcome
+
+
+@dataclasses.dataclass(frozen=True)
+class _Earlier:
+    id: str  # the job
+    results: dict[str, Any]
+    detection: dict[str, Any] | None  # as the file record keeps it
+
+
+def file_detection(earlier: _Earlier) -> Detection | None:
+    return Detection(**earlier.detection) if earlier.detection else None
 
 
 class TenantFiles:

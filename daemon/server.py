@@ -76,6 +76,7 @@ async def serve(
                 file=sys.stderr,
                 flush=True,
             )
+
         async def orphaned() -> None:
             # A worker whose master died (even by SIGKILL) stops too.
             master = os.getppid()

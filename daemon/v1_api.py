@@ -117,6 +117,9 @@ class JobInfo(msgspec.Struct):
     timings: dict[str, dict[str, float]]
     created: float
     updated: float
+    # The earlier job whose detect/validate/scan answers this one reused
+    # (identical content, name and metadata, unchanged plugins), or null.
+    reused_from: str | None = None
 
 
 class WaitQuery(msgspec.Struct):
@@ -344,6 +347,7 @@ async def job_status(job_id: str, query_args: WaitQuery) -> JobInfo:
         timings=job.timings,
         created=job.created,
         updated=job.updated,
+        reused_from=job.reused_from,
     )
 
 

@@ -19,7 +19,7 @@ from .manager import (
     PluginSettings,
     build_plugins,
 )
-from .processing import PolicyUnavailable, Processing, run_policy
+from .processing import REUSABLE_STAGES, PolicyUnavailable, Processing, run_policy
 from .types import (
     DeliveryFailed,
     Detection,
@@ -47,6 +47,7 @@ __all__ = [
     "PluginSettings",
     "Plugins",
     "Processing",
+    "REUSABLE_STAGES",
     "Refusal",
     "UploadRequest",
     "Verdict",

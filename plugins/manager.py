@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib
+import inspect
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -12,6 +15,7 @@ import msgspec
 import pluggy
 
 from . import hookspecs
+from .types import FileFacts
 
 ENTRY_POINT_GROUP = "ingestd"
 # Like pytest's PYTEST_DISABLE_PLUGIN_AUTOLOAD: only built-ins and plugins
@@ -49,6 +53,10 @@ class PluginSettings:
     # Where the deciding stages run: a child process per job ("process": CPU-
     # heavy plugins cannot starve the daemon) or the daemon's worker threads.
     isolation: Literal["process", "thread"] = "process"
+    # Content the same plugins (same code, same settings) already accepted
+    # under the same name and declared metadata is not examined again: the
+    # earlier answers of the deciding stages are reused, and say so.
+    reuse_verdicts: bool = True
     # ``[plugins.<name>]`` tables, raw.
     tables: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
@@ -75,6 +83,45 @@ class Plugins:
     def names(self) -> list[str]:
         return _names(self.pm)
 
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """What the plugins' decisions depend on besides the file: each plugin's
+        name, code (the hash of its source file) and parsed config, in call
+        order, and the settings that change verdicts. Any change, a new
+        version of a plugin included, gives another fingerprint."""
+        plugins = []
+        for name, plugin in self.pm.list_name_plugin():
+            if name is None:
+                continue
+            plugins.append(
+                {
+                    "name": name,
+                    "code": _source_hash(plugin),
+                    "config": msgspec.to_builtins(self.configs.get(name)),
+                }
+            )
+        basis = {
+            "plugins": plugins,
+            "on_error": self.settings.on_error,
+            "timeout": self.settings.timeout,
+            "processing": _source_hash(importlib.import_module(__package__ + ".processing")),
+        }
+        return hashlib.sha256(msgspec.json.encode(basis, order="sorted")).hexdigest()
+
+    def decision_key(self, facts: FileFacts) -> str:
+        """Names one decision: these plugins on this content, under this name and
+        declared metadata, for this tenant (everything a deciding stage sees,
+        but the ids and times that differ for every upload)."""
+        basis = {
+            "fingerprint": self.fingerprint,
+            "tenant": facts.tenant,
+            "filename": facts.filename,
+            "size": facts.size,
+            "blake3": facts.blake3,
+            "declared_metadata": facts.declared_metadata,
+        }
+        return hashlib.sha256(msgspec.json.encode(basis, order="sorted")).hexdigest()
+
     def hookimpls(self, hook: str) -> list[pluggy.HookImpl]:
         """Implementations of `hook` in call order (last registered first)."""
         return list(reversed(getattr(self.pm.hook, hook).get_hookimpls()))
@@ -89,6 +136,18 @@ class Plugins:
             return msgspec.convert(table, schema, strict=False)
         except msgspec.ValidationError as exc:
             raise PluginConfigError(f"invalid config [plugins.{name}]: {exc}") from None
+
+
+def _source_hash(plugin: object) -> str:
+    """The sha256 of the file that defines `plugin` (a module or an object)."""
+    try:
+        path = inspect.getfile(plugin if inspect.ismodule(plugin) else type(plugin))
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except (OSError, TypeError):
+        # Defined where no source file is (built in, or made at run time):
+        # only its name can tell.
+        return f"unknown:{getattr(plugin, '__name__', type(plugin).__qualname__)}"
 
 
 def _names(pm: pluggy.PluginManager) -> list[str]:

@@ -12,7 +12,7 @@ import dataclasses
 import functools
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, BinaryIO
 
 import msgspec
@@ -49,6 +49,11 @@ class PolicyUnavailable(Exception):
         self.plugin = plugin
 
 
+# The stages whose answers depend on the content (and name) only, so that an
+# earlier run's answers can stand for a new file with the same decision key.
+REUSABLE_STAGES = ("detect", "validate", "scan")
+
+
 class Processing:
     """One run of the pipeline over one file."""
 
@@ -80,19 +85,41 @@ class Processing:
         self.failed: list[tuple[str, str]] = []
         self.metadata: dict[str, Any] = {}
         self.parents: list[str] = []
+        # The job whose deciding answers this run took (`reuse`), if any.
+        self.reused_from: str | None = None
 
     async def run(self) -> Outcome:
         """detect → validate → scan → describe → lineage → verdict → notify → pipeline."""
         outcome = await self.decide()
         return await self.announce(outcome)
 
+    def reuse(
+        self, results: Mapping[str, Mapping[str, Any]], detection: Detection | None, job_id: str
+    ) -> None:
+        """Take the answers of `REUSABLE_STAGES` from an earlier job that accepted
+        the same content under the same decision key (`Plugins.decision_key`)
+        instead of asking the plugins again. Each reused answer is marked with
+        ``reused_from_job``, so that nobody takes it for a fresh scan; describe
+        and lineage still run for this file."""
+        for plugin, stages in results.items():
+            kept = {
+                stage: {**answer, "reused_from_job": job_id}
+                for stage, answer in stages.items()
+                if stage in REUSABLE_STAGES and isinstance(answer, Mapping)
+            }
+            if kept:
+                self.results[plugin] = kept
+        self.detection = detection
+        self.reused_from = job_id
+
     async def decide(self) -> Outcome:
         """The stages up to the verdict. The caller records it, then `announce`s it."""
-        await self._detect()
-        for stage in ("validate", "scan"):
-            for name, verdict in await self._all(stage, Verdict):
-                if not verdict.ok:
-                    self.rejections.append(f"{name}: {verdict.reason}")
+        if self.reused_from is None:
+            await self._detect()
+            for stage in ("validate", "scan"):
+                for name, verdict in await self._all(stage, Verdict):
+                    if not verdict.ok:
+                        self.rejections.append(f"{name}: {verdict.reason}")
         for name, described in await self._all("describe", dict):
             self.metadata[name] = described
         for _, parents in await self._all("lineage", list):

@@ -71,9 +71,7 @@ class IndexFiles:
     def exists(self, file_id: str) -> bool:
         with self._index.reader() as txn:
             file = self._files.find(txn, file_id)
-        return (
-            file is not None and file.tenant == self._tenant and file.state != FileState.REJECTED
-        )
+        return file is not None and file.tenant == self._tenant and file.state != FileState.REJECTED
 
 
 class CollectingOutbox:
