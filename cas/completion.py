@@ -151,7 +151,9 @@ class Completer:
 
     # -- finish ----------------------------------------------------------------
 
-    def finish(self, session_id: str, metadata: dict[str, object] | None = None) -> Completion:
+    def finish(
+        self, session_id: str, metadata: dict[str, object] | None = None, *, copy_now: bool = False
+    ) -> Completion:
         """Hash the content, check the declared sha256, materialise, record the file.
 
         Runs on a `completing` session (after `begin`, or after a crash
@@ -176,6 +178,7 @@ class Completer:
                 packed = records.pack_manifest(entries)
                 twin = self._files.twin(txn, packed, session.tenant)
             path: str | None = None
+            copy_due = False
             try:
                 if len(entries) != session.total_chunks or sum(n for _, n in entries) != (
                     session.size
@@ -183,7 +186,10 @@ class Completer:
                     raise StorageError(f"manifest of {session_id} does not add up to its size")
                 if twin is not None and twin.sha256 is None and session.sha256 is not None:
                     twin = None  # its sha256 is unknown; this upload needs it
-                digest, sha256, path = self._read_through(session, entries, twin)
+                digest, sha256, path = self._read_through(
+                    session, entries, twin, copy_now or not self.process_files
+                )
+                copy_due = self.materialize_mode == "copy" and path is None
                 if session.sha256 is not None and sha256 != session.sha256:
                     reason = f"content sha256 is {sha256}, the upload declared {session.sha256}"
                     self._index.write(
@@ -219,7 +225,7 @@ class Completer:
                 target = SessionState.PROCESSING if self.process_files else SessionState.COMPLETED
                 # Refused unless still `completing` (a cancel may have won the race).
                 done = self._sessions.transition(txn, current, target)
-                self._files.record(txn, file, packed)
+                self._files.record(txn, file, packed, copy_due=copy_due)
                 self._parts.hand_over(txn, session_id)
                 return Completion(done, file, self._jobs.find(txn, session.job_id))
 
@@ -234,22 +240,40 @@ class Completer:
                 raise
 
     def _read_through(
-        self, session: Session, entries: list[tuple[str, int]], twin: FileRecord | None
+        self,
+        session: Session,
+        entries: list[tuple[str, int]],
+        twin: FileRecord | None,
+        copy_now: bool,
     ) -> tuple[str, str | None, str | None]:
-        """(BLAKE3, sha256 or None, materialised path or None) of the content."""
+        """(BLAKE3, sha256 or None, materialised path or None) of the content.
+
+        Unless `copy_now`, the copy is left to `write_copy` once the file is
+        accepted, off the client's wait; a hard link to an identical file's
+        copy is made at once."""
         copying = self.materialize_mode == "copy"
         if twin is not None:
             # Identical manifest, identical bytes: the hashes are known, and
             # the twin's copy can be linked rather than written again.
-            path = self._materialize(session, entries, twin.path) if copying else None
-            return twin.blake3, twin.sha256, path and str(path)
+            if copying and (twin.path is not None or copy_now):
+                return twin.blake3, twin.sha256, str(self._materialize(session, entries, twin.path))
+            return twin.blake3, twin.sha256, None
         # On the pool's threads: completion runs at a lower CPU priority.
         return self._pool.submit(
             self.hash,
             entries,
             with_sha256=session.sha256 is not None,
-            copy_to=self._destination(session) if copying else None,
+            copy_to=self._destination(session) if copying and copy_now else None,
         ).result()
+
+    def write_copy(self, file: FileRecord, entries: list[tuple[str, int]]) -> Path:
+        """Materialise an accepted file's copy (a link if an identical file has one)."""
+        with self._index.reader() as txn:
+            twin = self._files.twin(
+                txn, records.pack_manifest(entries), file.tenant, with_copy=True
+            )
+        same_as = twin.path if twin is not None else None
+        return self._pool.submit(self._materialize, file, entries, same_as).result()
 
     def hash(
         self,
@@ -282,13 +306,12 @@ class Completer:
                     observe(block)
         return whole.hexdigest(), sha.hexdigest() if sha else None, path
 
-    def _destination(self, session: Session) -> Path:
-        return (
-            self.completed_dir / session.tenant / session.file_id / safe_filename(session.filename)
-        )
+    def _destination(self, upload: Session | FileRecord) -> Path:
+        file_id = upload.file_id if isinstance(upload, Session) else upload.id
+        return self.completed_dir / upload.tenant / file_id / safe_filename(upload.filename)
 
     def _materialize(
-        self, session: Session, entries: list[tuple[str, int]], same_as: str | None
+        self, session: Session | FileRecord, entries: list[tuple[str, int]], same_as: str | None
     ) -> Path:
         return materialize(
             self._chunks,

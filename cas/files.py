@@ -87,12 +87,17 @@ class Files:
         ]
         return [f.id for f in sorted(found, key=lambda f: f.created)]
 
-    def twin(self, txn: lmdb.Transaction, packed: bytes, tenant: str) -> FileRecord | None:
-        """A live file of the tenant with exactly this manifest, if any."""
+    def twin(
+        self, txn: lmdb.Transaction, packed: bytes, tenant: str, *, with_copy: bool = False
+    ) -> FileRecord | None:
+        """A live file of the tenant with exactly this manifest, if any (with
+        `with_copy`: one whose materialised copy is written)."""
         prefix = _manifest_key(packed, "")
         for suffix, _ in self._index.scan(txn, "manifest_files", prefix, values=False):
             file = self.find(txn, suffix.decode())
-            if file is not None and file.tenant == tenant and file.state != FileState.REJECTED:
+            if file is None or file.tenant != tenant or file.state == FileState.REJECTED:
+                continue
+            if not with_copy or file.path is not None:
                 return file
         return None
 
@@ -102,10 +107,15 @@ class Files:
 
     # -- changing --------------------------------------------------------------
 
-    def record(self, txn: lmdb.Transaction, file: FileRecord, packed: bytes) -> None:
+    def record(
+        self, txn: lmdb.Transaction, file: FileRecord, packed: bytes, *, copy_due: bool = False
+    ) -> None:
         """Store a new file; the references of its manifest come with it (handed
-        over by its session's parts)."""
+        over by its session's parts). `copy_due`: its materialised copy is to be
+        written later (`copies_due`, `set_copy`)."""
         self._index.put(txn, "files", file.id.encode(), file)
+        if copy_due:
+            txn.put(file.id.encode(), b"", db=self._index.db["copies_due"])
         txn.put(_hash_key(file.blake3, file.id), b"", db=self._index.db["file_hashes"])
         txn.put(file.id.encode(), packed, db=self._index.db["manifests"])
         txn.put(_manifest_key(packed, file.id), b"", db=self._index.db["manifest_files"])
@@ -161,8 +171,24 @@ class Files:
             self._drop_content(txn, file)
         return file
 
+    def copies_due(self, txn: lmdb.Transaction) -> list[str]:
+        """Ids of files whose copy is still to be written."""
+        return [k.decode() for k, _ in self._index.scan(txn, "copies_due", values=False)]
+
+    def set_copy(self, txn: lmdb.Transaction, file_id: str, path: str) -> bool:
+        """Record the written copy of an accepted file; False (nothing changed)
+        if the file is gone, rejected or has a copy already."""
+        if not txn.delete(file_id.encode(), db=self._index.db["copies_due"]):
+            return False
+        file = self.find(txn, file_id)
+        if file is None or file.state == FileState.REJECTED or file.path is not None:
+            return False
+        self._index.put(txn, "files", file_id.encode(), msgspec.structs.replace(file, path=path))
+        return True
+
     def _drop_content(self, txn: lmdb.Transaction, file: FileRecord) -> None:
         """Release the file's chunks and remove it from the content indexes."""
+        txn.delete(file.id.encode(), db=self._index.db["copies_due"])
         packed = txn.pop(file.id.encode(), db=self._index.db["manifests"]) or b""
         for digest, _ in records.unpack_manifest(packed):
             self._refs.release(txn, digest)

@@ -45,6 +45,8 @@ DATABASES = (
     "open_jobs",
     # Decision key -> the job that accepted a file with it (reusable verdicts).
     "decisions",
+    # Accepted or processing files whose materialised copy is still to be written.
+    "copies_due",
     "outbox",
     "streams",
 )

@@ -312,14 +312,18 @@ class Store:
         session_id: str,
         tenant: str = DEFAULT_TENANT,
         metadata: dict[str, object] | None = None,
+        *,
+        copy_now: bool = False,
     ) -> Completion:
         """Verify a session's chunks, record the file and queue its job.
 
         `begin_completion` then `finish_completion`, in one call. Idempotent:
-        completing a completed session returns the same result.
+        completing a completed session returns the same result. `copy_now`:
+        the materialised copy is written before this returns, even when the
+        file waits for its plugins (the caller answers with its path).
         """
         self.begin_completion(session_id, tenant)
-        return self.finish_completion(session_id, metadata)
+        return self.finish_completion(session_id, metadata, copy_now=copy_now)
 
     def begin_completion(self, session_id: str, tenant: str = DEFAULT_TENANT) -> Session:
         """Check that every chunk is there and move the session to `completing`,
@@ -333,10 +337,12 @@ class Store:
         return self.index.write(op)
 
     def finish_completion(
-        self, session_id: str, metadata: dict[str, object] | None = None
+        self, session_id: str, metadata: dict[str, object] | None = None, *, copy_now: bool = False
     ) -> Completion:
-        """Hash, verify, materialise and record the file of a `completing` session."""
-        return self.completer.finish(session_id, metadata)
+        """Hash, verify and record the file of a `completing` session; its
+        materialised copy now or, when plugins decide it and not `copy_now`,
+        once it is accepted (`write_copy`)."""
+        return self.completer.finish(session_id, metadata, copy_now=copy_now)
 
     def completing_sessions(self) -> list[str]:
         """Sessions whose completion was accepted but not finished (e.g. by a crash)."""
@@ -401,6 +407,27 @@ class Store:
         if file is None:
             raise UnknownFile(f"no file with id {file_id!r}")
         return file
+
+    def copies_due(self) -> list[str]:
+        """Ids of files whose materialised copy is still to be written."""
+        with self.index.reader() as txn:
+            return self.files.copies_due(txn)
+
+    def write_copy(self, file_id: str) -> str | None:
+        """Write the materialised copy of an accepted file whose copy is due, and
+        record its path once it is durable; None if there is nothing to do (not
+        due, not accepted yet, gone)."""
+        with self.locks.hold(f"copy-{file_id}"):
+            with self.index.reader() as txn:
+                due = txn.get(file_id.encode(), db=self.index.db["copies_due"]) is not None
+                file = self.files.find(txn, file_id)
+            if not due or file is None or file.state != FileState.ACCEPTED:
+                return None
+            path = str(self.completer.write_copy(file, self.manifest(file_id)))
+            if not self.index.write(lambda txn: self.files.set_copy(txn, file_id, path)):
+                remove_copy(path)  # deleted meanwhile
+                return None
+            return path
 
     def manifest(self, file_id: str) -> list[tuple[str, int]]:
         with self.index.reader() as txn:

@@ -338,9 +338,13 @@ class Ingest:
     async def complete_now(
         self, tenant: str, upload_id: str, metadata: dict[str, object]
     ) -> cas.Completion:
-        """Verify and record the file before answering; its job then runs the plugins."""
+        """Verify and record the file, with its materialised copy, before
+        answering (the seed API answers with its path); its job then runs the
+        plugins."""
         done = await self.rt.run(
-            functools.partial(self.store.complete, upload_id, tenant, metadata=metadata)
+            functools.partial(
+                self.store.complete, upload_id, tenant, metadata=metadata, copy_now=True
+            )
         )
         self.submit_jobs((done.job.id,))
         return done

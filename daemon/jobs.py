@@ -73,6 +73,19 @@ class JobRunner:
             for _ in range(self._workers):
                 nursery.start_soon(self._work)
             nursery.start_soon(self._watch)
+            # Copies a stop interrupted (their files were accepted before it).
+            for file_id in await self._rt.run(self._rt.store.copies_due):
+                await self._write_copy(file_id)
+
+    async def _write_copy(self, file_id: str) -> None:
+        """An accepted file's materialised copy, after its job has answered:
+        derived data, so a failure is logged and retried at the next start."""
+        try:
+            await self._rt.run(self._rt.store.write_copy, file_id)
+        except Exception:
+            log.exception(
+                "could not write the copy of file %s; retrying at the next start", file_id
+            )
 
     async def _watch(self) -> None:
         store = self._rt.store
@@ -131,6 +144,16 @@ class JobRunner:
             event = self._finished.pop(job_id, None)
             if event is not None:
                 event.set()
+            # After the answer, so that the client does not wait for it.
+            await self._write_copy_of(job_id)
+
+    async def _write_copy_of(self, job_id: str) -> None:
+        try:
+            job = await self._rt.run(self._rt.store.jobs.get, job_id)
+        except cas.UnknownJob:
+            return
+        if job.verdict == "accepted":
+            await self._write_copy(job.file_id)
 
     async def _end_failed(self, job_id: str, error: str) -> None:
         """Make sure a job that could not run to its end ends failed, with `error`,

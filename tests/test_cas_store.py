@@ -6,6 +6,7 @@ import random
 import blake3
 import pytest
 from ingestd.cas import (
+    DEFAULT_TENANT,
     ChecksumMismatch,
     ChunkConflict,
     ChunkHashMismatch,
@@ -366,3 +367,53 @@ def test_a_store_over_the_memory_chunk_store(tmp_path, clock, materialize):
         clock.now += 10
         assert store.collect_garbage(grace=5) == (4, 3500)
         assert list(chunks.iter_hashes()) == []
+
+
+def test_a_file_plugins_decide_gets_its_copy_once_accepted(tmp_path, clock):
+    """The copy is written after the verdict (off the client's wait), recorded
+    only once durable, never for a rejected or deleted file; a due copy
+    outlives a restart."""
+    with Store(tmp_path, durability="fsync", clock=clock, process_files=True) as store:
+        data, other, third = os.urandom(2500), os.urandom(3100), os.urandom(1200)
+        first = store.complete(upload(store, data).id).file
+        assert first.path is None and store.copies_due() == [first.id]
+        assert store.write_copy(first.id) is None  # not accepted yet
+        store.conclude(first.id, accepted=True)
+        path = store.write_copy(first.id)
+        assert path is not None and store.file(first.id).path == path
+        with open(path, "rb") as f:
+            assert f.read() == data
+        assert store.copies_due() == [] and store.write_copy(first.id) is None
+
+        rejected = store.complete(upload(store, other).id).file
+        store.conclude(rejected.id, accepted=False, reason="no")
+        assert store.copies_due() == [] and store.write_copy(rejected.id) is None
+        assert not (store.completed_dir / DEFAULT_TENANT / rejected.id).exists()
+
+        deleted = store.complete(upload(store, other, name="o.bin").id).file
+        store.conclude(deleted.id, accepted=True)
+        store.delete_file(deleted.id)
+        assert store.copies_due() == [] and store.write_copy(deleted.id) is None
+
+        # The same content again: a link to the first copy, made at completion.
+        twin = store.complete(upload(store, data, name="again.bin").id).file
+        assert twin.path is not None
+        assert os.stat(twin.path).st_ino == os.stat(path).st_ino
+
+        pending = store.complete(upload(store, third).id).file
+        store.conclude(pending.id, accepted=True)
+    with Store(tmp_path, durability="fsync", clock=clock, process_files=True) as store:
+        assert store.copies_due() == [pending.id]
+        with open(store.write_copy(pending.id), "rb") as f:
+            assert f.read() == third
+        assert store.copies_due() == []
+
+
+def test_copy_now_writes_the_copy_before_the_verdict(tmp_path, clock):
+    """The seed API answers its completion with the copy's path."""
+    with Store(tmp_path, durability="none", clock=clock, process_files=True) as store:
+        data = os.urandom(2200)
+        file = store.complete(upload(store, data).id, copy_now=True).file
+        assert file.path is not None and store.copies_due() == []
+        with open(file.path, "rb") as f:
+            assert f.read() == data

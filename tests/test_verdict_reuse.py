@@ -8,6 +8,7 @@ accepted cleanly; describe and lineage still run for the new file.
 from __future__ import annotations
 
 import pytest
+import trio
 from ingestd.daemon.app import create_app, load_plugins
 from ingestd.plugins import Verdict, hookimpl
 
@@ -80,6 +81,14 @@ async def test_an_identical_reupload_reuses_the_verdict_and_says_so(make_config)
         assert second["results"]["datasets"]["validate"]["reused_from_job"] == first["id"]
         file = await (await client.get(f"/v1/files/{second['file_id']}")).get_json()
         assert file["state"] == "accepted"
+        # The copy is written after the answer; the second is a link to the first's.
+        for _ in range(100):
+            first_file = await (await client.get(f"/v1/files/{first['file_id']}")).get_json()
+            if first_file["path"]:
+                break
+            await trio.sleep(0.05)
+        with open(first_file["path"], "rb") as f:
+            assert f.read() == data
         content = await (await client.get(f"/v1/files/{second['file_id']}/content")).get_data()
         assert content == data
 
