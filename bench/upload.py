@@ -360,6 +360,7 @@ def measured(
     what: str,
     profile: Path | None = None,
     wait_children: bool = False,
+    after: Callable[[T], float | None] | None = None,
 ) -> tuple[T, dict[str, Any]]:
     """Run one case after settling the disk: wall seconds, the server's CPU over its
     process tree, its peak RSS per process, and this process's CPU (the client's,
@@ -368,7 +369,10 @@ def measured(
     With wait_children, the CPU is read once the processes the case started in the
     server's tree have gone (a processing job's worker, reaped by the daemon); the
     cases here wait for their job, so this takes no time unless something lingers.
-    Without it (bench/tus.py, which times the job itself) the CPU is read at once."""
+    Without it (bench/tus.py, which times the job itself) the CPU is read at once.
+    `after(value)`: work the server does after answering that belongs to the case
+    (ingestd writes a file's materialised copy after the verdict): waited for
+    before the CPU is read, its seconds reported as after_s, not in seconds."""
     settle()
     profiler = Profiler(server.pid, profile) if profile is not None else None
     watch = TreeWatch(server.pid)
@@ -379,6 +383,7 @@ def measured(
         t0 = time.perf_counter()
         value = run_bounded(fn, timeout, what)
         seconds = time.perf_counter() - t0
+        after_s = after(value) if after is not None else None
         reaped = wait_tree(server.pid, watch.baseline, REAP_TIMEOUT if wait_children else 0)
         if wait_children and not reaped:
             log(f"  {what}: the server's children were not all reaped in {REAP_TIMEOUT:.0f}s")
@@ -395,6 +400,7 @@ def measured(
         # server_cpu_s is the plugin workers' (and, with --workers, the workers').
         "server_main_cpu_s": None if main0 is None or main1 is None else main1 - main0,
         "server_children_reaped": reaped,
+        "after_s": after_s,
         **rss,
         "client_cpu_s": own1 - own0,
     }
@@ -474,7 +480,13 @@ def ingestd_upload(
         return result
 
     result, m = measured(
-        server, upload, upload_timeout(source.size), what, profile, wait_children=True
+        server,
+        upload,
+        upload_timeout(source.size),
+        what,
+        profile,
+        wait_children=True,
+        after=lambda result: wait_for_copy(server, result.file_id),
     )
     fields = (
         "file_id",
@@ -547,6 +559,21 @@ class PhaseClock:
         }
 
 
+COPY_TIMEOUT = 120.0
+
+
+def wait_for_copy(server: ServerProcess, file_id: str) -> float | None:
+    """Seconds until the file's materialised copy is recorded (ingestd writes it
+    after answering); None if it did not appear within COPY_TIMEOUT."""
+    t0 = time.perf_counter()
+    with httpx.Client(base_url=server.base_url, timeout=REQUEST_TIMEOUT) as client:
+        while time.perf_counter() - t0 < COPY_TIMEOUT:
+            if client.get(f"/v1/files/{file_id}").json().get("path"):
+                return time.perf_counter() - t0
+            time.sleep(0.02)
+    return None
+
+
 def verify_ingestd(
     server: ServerProcess, source: SourceFile, res: dict[str, Any]
 ) -> dict[str, bool]:
@@ -565,7 +592,8 @@ def verify_ingestd(
         if info.get("sha256"):
             checks["file_sha256"] = info["sha256"] == source.sha256
         path = info.get("path")
-        if path and Path(path).is_file():  # the materialized copy
+        checks["materialized"] = bool(path) and Path(path).is_file()
+        if checks["materialized"]:
             checks["materialized_sha256"] = sha256_file(path) == source.sha256
     return checks
 
@@ -1282,8 +1310,9 @@ def summarize(args: argparse.Namespace, result: dict[str, Any]) -> dict[str, Any
             return median([c["phases"][name] for c in ok_cases(key) if c.get("phases")])
 
         print_table(
-            "ingestd /v1 cases by phase (median seconds, from the client's progress callback)",
-            ["case", "hash", "create+send", "complete", "total"],
+            "ingestd /v1 cases by phase (median seconds, from the client's progress callback; "
+            "copy after: the materialised copy, written after the answer, not in total)",
+            ["case", "hash", "create+send", "complete", "total", "copy after"],
             [
                 [
                     label(k),
@@ -1291,6 +1320,7 @@ def summarize(args: argparse.Namespace, result: dict[str, Any]) -> dict[str, Any
                     phase(k, "send_s"),
                     phase(k, "complete_s"),
                     medians[k]["seconds"],
+                    median([c["after_s"] for c in ok_cases(k) if c.get("after_s") is not None]),
                 ]
                 for k in phased
             ],
