@@ -178,9 +178,7 @@ class Gate:
 async def v1_upload(client, data: bytes, metadata_json: str = "{}") -> dict:
     # Raw JSON: the test client's own encoder would refuse deep nesting.
     body = f'{{"filename": "f.jsonl", "size": {len(data)}, "metadata": {metadata_json}}}'
-    r = await client.post(
-        "/v1/uploads", data=body, headers={"Content-Type": "application/json"}
-    )
+    r = await client.post("/v1/uploads", data=body, headers={"Content-Type": "application/json"})
     assert r.status_code == 201, await r.get_data()
     created = await r.get_json()
     for i in created["missing"]:

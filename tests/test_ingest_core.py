@@ -121,9 +121,7 @@ async def test_chunk_longer_than_declared_is_refused(rt, extra):
     with pytest.raises(cas.WrongChunkSize):
         await rt.ingest.receive_chunk(TENANT, session.id, 0, body(data[:CHUNK], data[CHUNK:]))
     with pytest.raises(cas.WrongChunkSize):  # refused on its Content-Length, before reading
-        await rt.ingest.receive_chunk(
-            TENANT, session.id, 0, body(data), content_length=len(data)
-        )
+        await rt.ingest.receive_chunk(TENANT, session.id, 0, body(data), content_length=len(data))
     assert objects(rt) == before and leftovers(rt) == []
     assert rt.store.missing(session.id) == [0, 1]
 
