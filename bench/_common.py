@@ -527,12 +527,7 @@ class ServerProcess:
 
     def reset_peak_rss(self) -> bool:
         """Reset VmHWM to the current RSS (Linux >= 4.0); False if not possible."""
-        try:
-            with open(f"/proc/{self.pid}/clear_refs", "w") as f:
-                f.write("5")
-            return True
-        except OSError:
-            return False
+        return reset_peak_rss(self.pid)
 
     def stop(self) -> float | None:
         """SIGTERM and wait; SIGKILL (this PID only) if it does not stop in time.

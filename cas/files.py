@@ -175,6 +175,9 @@ class Files:
         """Ids of files whose copy is still to be written."""
         return [k.decode() for k, _ in self._index.scan(txn, "copies_due", values=False)]
 
+    def copy_is_due(self, txn: lmdb.Transaction, file_id: str) -> bool:
+        return txn.get(file_id.encode(), db=self._index.db["copies_due"]) is not None
+
     def set_copy(self, txn: lmdb.Transaction, file_id: str, path: str) -> bool:
         """Record the written copy of an accepted file; False (nothing changed)
         if the file is gone, rejected or has a copy already."""

@@ -419,7 +419,7 @@ class Store:
         due, not accepted yet, gone)."""
         with self.locks.hold(f"copy-{file_id}"):
             with self.index.reader() as txn:
-                due = txn.get(file_id.encode(), db=self.index.db["copies_due"]) is not None
+                due = self.files.copy_is_due(txn, file_id)
                 file = self.files.find(txn, file_id)
             if not due or file is None or file.state != FileState.ACCEPTED:
                 return None

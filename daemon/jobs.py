@@ -56,6 +56,10 @@ class JobRunner:
         # Whether this process runs jobs (it leads); until then `submit` leaves
         # a job to the process that does.
         self.running = False
+        # Other processes share the data directory (`--workers`): jobs they
+        # create, and jobs run there, are seen by polling. Alone, every job is
+        # submitted and finished here, so events say all.
+        self._shared = rt.worker is not None
 
     def submit(self, job_id: str) -> None:
         if not self.running or job_id in self._active:
@@ -72,7 +76,8 @@ class JobRunner:
         async with trio.open_nursery() as nursery:
             for _ in range(self._workers):
                 nursery.start_soon(self._work)
-            nursery.start_soon(self._watch)
+            if self._shared:
+                nursery.start_soon(self._watch)
             # Copies a stop interrupted (their files were accepted before it).
             for file_id in await self._rt.run(self._rt.store.copies_due):
                 await self._write_copy(file_id)
@@ -114,10 +119,11 @@ class JobRunner:
         if timeout <= 0:
             return job
         deadline = trio.current_time() + timeout
+        step = POLL_INTERVAL if self._shared else math.inf
         while True:
             # The event fires when this process ran the job; one run by
             # another process is seen by looking again.
-            with trio.move_on_at(min(deadline, trio.current_time() + POLL_INTERVAL)):
+            with trio.move_on_at(min(deadline, trio.current_time() + step)):
                 await event.wait()
             # An LMDB read: cheap enough for the event loop.
             job = self._rt.store.jobs.get(job_id, tenant)

@@ -9,6 +9,7 @@ import collections
 import contextlib
 import hashlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -68,6 +69,18 @@ def write_random_file(path: Path, size: int) -> str:
             f.write(block)
             remaining -= len(block)
     return h.hexdigest()
+
+
+def random_spans(size: int, seed: int, largest: int = 2 << 20) -> list[tuple[int, int]]:
+    """(offset, length) of variable chunks of a `size`-byte file, within the
+    default /v1 bounds (256 KiB up to `largest`), as a client might declare."""
+    rng = random.Random(seed)
+    out, offset = [], 0
+    while offset < size:
+        n = min(rng.randint(256 << 10, largest), size - offset)
+        out.append((offset, n))
+        offset += n
+    return out
 
 
 def child_pids(parent: int) -> list[int]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import blake3
 import httpx
 import pytest
-from e2e_support import Daemon
+from e2e_support import Daemon, random_spans
 
 pytestmark = pytest.mark.e2e
 
@@ -23,20 +23,9 @@ def daemon(tmp_path: Path):
         yield d
 
 
-def layout(data: bytes, seed: int) -> list[tuple[int, int]]:
-    """(offset, size) of variable chunks within the default 256 KiB..4 MiB bounds."""
-    rng = random.Random(seed)
-    out, offset = [], 0
-    while offset < len(data):
-        n = min(rng.randint(256 << 10, 2 << 20), len(data) - offset)
-        out.append((offset, n))
-        offset += n
-    return out
-
-
 def test_sigkill_keeps_acknowledged_chunks_and_the_upload_finishes(daemon: Daemon):
     data = random.Random(1).randbytes(SIZE)
-    spans = layout(data, seed=2)
+    spans = random_spans(len(data), seed=2)
     chunks = [{"hash": blake3.blake3(data[o : o + n]).hexdigest(), "size": n} for o, n in spans]
     base = daemon.base_url
     created = httpx.post(

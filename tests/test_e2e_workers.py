@@ -19,7 +19,7 @@ from pathlib import Path
 import blake3
 import httpx
 import pytest
-from e2e_support import Daemon
+from e2e_support import Daemon, random_spans
 
 pytestmark = pytest.mark.e2e
 
@@ -57,16 +57,6 @@ def wait_for(predicate, what: str, timeout: float = WAIT):
 
 def two_workers(daemon: Daemon) -> list[int]:
     return wait_for(lambda: len(daemon.children()) == 2 and daemon.children(), "two workers")
-
-
-def spans_of(data: bytes, seed: int) -> list[tuple[int, int]]:
-    rng = random.Random(seed)
-    out, offset = [], 0
-    while offset < len(data):
-        n = min(rng.randint(256 << 10, 1 << 20), len(data) - offset)
-        out.append((offset, n))
-        offset += n
-    return out
 
 
 class Sender:
@@ -117,7 +107,7 @@ def test_two_workers_share_uploads_and_survive_a_sigkill(daemon: Daemon):
     first_pids = two_workers(daemon)
     before = {pid: cpu_ticks(pid) for pid in first_pids}
     data = random.Random(7).randbytes(SIZE)
-    spans = spans_of(data, 8)
+    spans = random_spans(len(data), 8, largest=1 << 20)
     chunks = [{"hash": blake3.blake3(data[o : o + n]).hexdigest(), "size": n} for o, n in spans]
     base = daemon.base_url
     created = httpx.post(
