@@ -12,6 +12,8 @@ import hashlib
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -235,3 +237,27 @@ def test_a_tus_upload_has_one_writer_across_workers(daemon: Daemon):
     assert answers == [204]
     head = httpx.head(url, headers=tus, timeout=10)
     assert head.headers["Upload-Offset"] == str(2 * 65536)
+
+
+def test_a_port_in_use_is_one_line_not_a_traceback(daemon: Daemon, tmp_path: Path):
+    second = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ingestd.daemon.cli",
+            "serve",
+            "--workers",
+            "2",
+            "--port",
+            str(daemon.port),
+            "--data-dir",
+            str(tmp_path / "other"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == 1
+    assert second.stderr.strip().splitlines() == [
+        f"ingestd: cannot listen on 127.0.0.1:{daemon.port}: Address already in use"
+    ]
