@@ -12,7 +12,7 @@ The modules, one concept each: `chunkstore` (the interface objects are kept
 behind) with `localstore` and `memstore`; `index` (LMDB, group commit);
 `records`; `sessions` (and their transition table); `parts` (the ledger of
 a session's chunks); `refs` (chunk reference counts); `files`;
-`completion`; `gc`; `queues` (jobs, outbox); `streams` (tus byte streams);
+`completion`; `tenants` (holdings and usage); `tokens`; `gc`; `queues` (jobs, outbox); `streams` (tus byte streams);
 `reader`; `materialize`; `store` (wires them together). Callers outside the
 package import from here only.
 """
@@ -62,9 +62,13 @@ from .records import (
     Session,
     SessionState,
     Stream,
+    TenantUsage,
+    TokenRecord,
 )
+from .refs import DEDUP_SCOPES
 from .sessions import TRANSITIONS
 from .store import ChunkAck, Store
+from .tokens import Tokens, UnknownToken
 from .streams import (
     FINAL,
     PARTIAL,
@@ -78,6 +82,11 @@ from .streams import (
 )
 
 __all__ = [
+    "DEDUP_SCOPES",
+    "TenantUsage",
+    "TokenRecord",
+    "Tokens",
+    "UnknownToken",
     "DEFAULT_TENANT",
     "FINAL",
     "FINISHED_JOB",

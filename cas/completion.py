@@ -145,7 +145,7 @@ class Completer:
     def _attach_known(self, txn: lmdb.Transaction, session: Session) -> Session:
         present = self._parts.present(txn, session.id)
         for i, (digest, length) in list(self._parts.declared(txn, session.id)):
-            if i not in present and self._refs.live(txn, digest, length):
+            if i not in present and self._refs.attachable(txn, digest, length, session.tenant):
                 session, _ = self._parts.attach(txn, session, i, digest, length)
         return session
 

@@ -22,6 +22,7 @@ from .index import Index
 from .records import FileRecord, FileState, SessionState
 from .refs import ChunkRefs
 from .sessions import Sessions
+from .tenants import TenantLedger
 
 
 def _hash_key(blake3_hex: str, file_id: str) -> bytes:
@@ -33,11 +34,18 @@ def _manifest_key(packed_manifest: bytes, file_id: str) -> bytes:
 
 
 class Files:
-    def __init__(self, index: Index, refs: ChunkRefs | None, sessions: Sessions | None) -> None:
-        """`refs`/`sessions` None: a read-only view (another process's index)."""
+    def __init__(
+        self,
+        index: Index,
+        refs: ChunkRefs | None,
+        sessions: Sessions | None,
+        ledger: TenantLedger | None = None,
+    ) -> None:
+        """`refs`/`sessions`/`ledger` None: a read-only view (another process's index)."""
         self._index = index
         self._refs = refs
         self._sessions = sessions
+        self._ledger = ledger
 
     # -- reading ---------------------------------------------------------------
 
@@ -119,6 +127,7 @@ class Files:
         txn.put(_hash_key(file.blake3, file.id), b"", db=self._index.db["file_hashes"])
         txn.put(file.id.encode(), packed, db=self._index.db["manifests"])
         txn.put(_manifest_key(packed, file.id), b"", db=self._index.db["manifest_files"])
+        self._ledger.add(txn, file.tenant, logical_bytes=file.size, files=1)
 
     def delete(self, txn: lmdb.Transaction, file_id: str, tenant: str) -> FileRecord:
         """Forget a file; its chunks are released. A session still processing
@@ -192,9 +201,12 @@ class Files:
     def _drop_content(self, txn: lmdb.Transaction, file: FileRecord) -> None:
         """Release the file's chunks and remove it from the content indexes."""
         txn.delete(file.id.encode(), db=self._index.db["copies_due"])
-        packed = txn.pop(file.id.encode(), db=self._index.db["manifests"]) or b""
+        packed = txn.pop(file.id.encode(), db=self._index.db["manifests"])
+        if packed is None:
+            return  # dropped already (a rejected file, deleted now)
+        self._ledger.add(txn, file.tenant, logical_bytes=-file.size, files=-1)
         for digest, _ in records.unpack_manifest(packed):
-            self._refs.release(txn, digest)
+            self._refs.release(txn, digest, file.tenant)
         if packed:
             txn.delete(_manifest_key(packed, file.id), db=self._index.db["manifest_files"])
         txn.delete(_hash_key(file.blake3, file.id), db=self._index.db["file_hashes"])

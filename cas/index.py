@@ -49,6 +49,12 @@ DATABASES = (
     "copies_due",
     "outbox",
     "streams",
+    # Tenant + chunk -> uses by the tenant's sessions and files; tenant ->
+    # usage figures (`tenants`).
+    "tenant_chunks",
+    "tenants",
+    # Token id -> records.TokenRecord (the secret only hashed).
+    "tokens",
 )
 DEFAULT_MAP_SIZE = 1 << 38  # 256 GiB of address space; the file grows as needed
 

@@ -98,7 +98,7 @@ class Parts:
                     sent_hash=digest,
                 )
             return session, False
-        self._refs.add(txn, digest, length)
+        self._refs.add(txn, digest, length, session.tenant)
         txn.put(key, records.pack_entry(digest, length), db=self._parts)
         session = self._sessions.update(
             txn,
@@ -116,20 +116,20 @@ class Parts:
         key = part_key(session.id, index)
         old = txn.get(key, db=self._parts)
         # Add before release: the same chunk again keeps its reference.
-        self._refs.add(txn, digest, length)
+        self._refs.add(txn, digest, length, session.tenant)
         chunks, size = session.received_chunks + 1, session.received_bytes + length
         if old is not None:
             old_digest, old_length = records.unpack_entry(old)
-            self._refs.release(txn, old_digest)
+            self._refs.release(txn, old_digest, session.tenant)
             chunks, size = chunks - 1, size - old_length
         txn.put(key, records.pack_entry(digest, length), db=self._parts)
         return self._sessions.update(txn, session, received_chunks=chunks, received_bytes=size)
 
-    def release(self, txn: lmdb.Transaction, session_id: str) -> None:
+    def release(self, txn: lmdb.Transaction, session: Session) -> None:
         """Forget every part and the declared list, releasing the parts' references."""
-        for digest in self._delete(txn, "parts", session_id):
-            self._refs.release(txn, digest)
-        self._delete(txn, "declared", session_id)
+        for digest in self._delete(txn, "parts", session.id):
+            self._refs.release(txn, digest, session.tenant)
+        self._delete(txn, "declared", session.id)
 
     def hand_over(self, txn: lmdb.Transaction, session_id: str) -> None:
         """Forget every part without releasing: their references now belong to

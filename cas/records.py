@@ -57,6 +57,33 @@ class ChunkRecord(msgspec.Struct, frozen=True):
     released: float | None = None
 
 
+class TenantUsage(msgspec.Struct, frozen=True):
+    """What a tenant stores (see `tenants`)."""
+
+    # Sizes of its live files (accepted or processing): what it uploaded.
+    logical_bytes: int = 0
+    files: int = 0
+    # Each chunk its files and uploads use, counted once.
+    physical_bytes: int = 0
+    chunks: int = 0
+    # Uploads in state open, and their declared sizes.
+    open_uploads: int = 0
+    open_bytes: int = 0
+
+
+class TokenRecord(msgspec.Struct, frozen=True):
+    """An API token. Only the SHA-256 of its secret is kept."""
+
+    id: str
+    name: str
+    tenant: str
+    scopes: list[str]
+    secret_sha256: bytes
+    created: float
+    expires: float | None = None
+    last_used: float | None = None
+
+
 class Session(msgspec.Struct, frozen=True):
     id: str
     tenant: str

@@ -17,14 +17,30 @@ from .chunkstore import ChunkStore
 from .errors import ObjectVanished
 from .index import Index
 from .records import ChunkRecord
+from .tenants import TenantLedger
+
+DEDUP_SCOPES = ("tenant", "global")
 
 
 class ChunkRefs:
-    def __init__(self, index: Index, chunks: ChunkStore, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        index: Index,
+        chunks: ChunkStore,
+        clock: Callable[[], float],
+        ledger: TenantLedger,
+        dedup_scope: str = "tenant",
+    ) -> None:
+        """`dedup_scope`: "tenant", a chunk is attached without its bytes only
+        for a tenant that holds it; "global", for any tenant."""
+        if dedup_scope not in DEDUP_SCOPES:
+            raise ValueError(f"dedup_scope must be one of {DEDUP_SCOPES}")
         self._index = index
         self._db = index.db["chunks"]
         self._chunks = chunks
         self._clock = clock
+        self._ledger = ledger
+        self._global = dedup_scope == "global"
 
     def get(self, txn: lmdb.Transaction, digest: str) -> ChunkRecord | None:
         raw = txn.get(bytes.fromhex(digest), db=self._db)
@@ -39,7 +55,15 @@ class ChunkRefs:
         # period; it is live only while its object is still there.
         return chunk.refs > 0 or self._chunks.exists(digest)
 
-    def add(self, txn: lmdb.Transaction, digest: str, size: int) -> None:
+    def attachable(self, txn: lmdb.Transaction, digest: str, length: int, tenant: str) -> bool:
+        """Whether `tenant` may use this chunk without sending its bytes. With
+        the tenant scope, only one it holds: what another tenant stored is
+        never confirmed (the bytes are sent, verified, and the object kept)."""
+        if not (self._global or self._ledger.holds(txn, tenant, digest)):
+            return False
+        return self.live(txn, digest, length)
+
+    def add(self, txn: lmdb.Transaction, digest: str, size: int, tenant: str) -> None:
         chunk = self.get(txn, digest)
         if chunk is None or chunk.refs == 0:
             # A chunk coming back from zero references may have just been
@@ -51,8 +75,10 @@ class ChunkRefs:
         else:
             chunk = msgspec.structs.replace(chunk, refs=chunk.refs + 1, released=None)
         self._index.put(txn, "chunks", bytes.fromhex(digest), chunk)
+        self._ledger.hold(txn, tenant, digest, size)
 
-    def release(self, txn: lmdb.Transaction, digest: str) -> None:
+    def release(self, txn: lmdb.Transaction, digest: str, tenant: str) -> None:
+        self._ledger.let_go(txn, tenant, digest)
         chunk = self.get(txn, digest)
         if chunk is None:
             return

@@ -26,6 +26,7 @@ from . import records
 from .errors import SessionNotOpen, UnknownSession
 from .index import Index
 from .records import Session, SessionState
+from .tenants import TenantLedger
 
 S = SessionState
 
@@ -53,11 +54,20 @@ def allowed(current: SessionState, target: SessionState) -> bool:
 
 
 class Sessions:
-    def __init__(self, index: Index, *, ttl: float, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        index: Index,
+        *,
+        ttl: float,
+        clock: Callable[[], float],
+        ledger: TenantLedger | None = None,
+    ) -> None:
+        """`ledger`: where each tenant's open uploads are counted."""
         self._index = index
         self._db = index.db["sessions"]
         self.ttl = ttl
         self._clock = clock
+        self._ledger = ledger
 
     def new(
         self,
@@ -88,7 +98,7 @@ class Sessions:
     def insert(self, txn: lmdb.Transaction, session: Session) -> None:
         if session.state != S.OPEN:
             raise ValueError("a session starts open")
-        self._put(txn, session)
+        self._put(txn, session, None)
 
     def find(self, txn: lmdb.Transaction, session_id: str) -> Session | None:
         """Any tenant's session, or None."""
@@ -106,8 +116,9 @@ class Sessions:
         """Change fields other than the state (sizes, counters, ids)."""
         if "state" in changes:
             raise ValueError("state changes go through transition()")
+        before = session
         session = msgspec.structs.replace(session, updated=self._clock(), **changes)
-        self._put(txn, session)
+        self._put(txn, session, before)
         return session
 
     def transition(
@@ -118,13 +129,27 @@ class Sessions:
             raise SessionNotOpen(
                 f"upload {session.id} is {session.state}", state=str(session.state)
             )
+        before = session
         session = msgspec.structs.replace(session, state=target, updated=self._clock(), **changes)
-        self._put(txn, session)
+        self._put(txn, session, before)
         return session
 
     def all(self, txn: lmdb.Transaction) -> Iterator[Session]:
         for _, raw in self._index.scan(txn, "sessions"):
             yield records.decode(Session, raw)
 
-    def _put(self, txn: lmdb.Transaction, session: Session) -> None:
+    def _put(self, txn: lmdb.Transaction, session: Session, before: Session | None) -> None:
         self._index.put(txn, "sessions", session.id.encode(), session)
+        if self._ledger is not None:
+            # Count what an open upload reserves: one upload and its size.
+            was, now = _open_share(before), _open_share(session)
+            if was != now:
+                self._ledger.add(
+                    txn, session.tenant, open_uploads=now[0] - was[0], open_bytes=now[1] - was[1]
+                )
+
+
+def _open_share(session: Session | None) -> tuple[int, int]:
+    if session is None or session.state != S.OPEN:
+        return 0, 0
+    return 1, session.size

@@ -46,9 +46,12 @@ from .records import (
     FileState,
     Session,
     SessionState,
+    TenantUsage,
 )
 from .refs import ChunkRefs
 from .sessions import Sessions
+from .tenants import TenantLedger
+from .tokens import Tokens
 
 DURABILITY_MODES = ("fsync", "none")
 
@@ -80,12 +83,15 @@ class Store:
         process_files: bool = False,
         chunks: ChunkStore | None = None,
         worker: str | None = None,
+        dedup_scope: str = "tenant",
     ) -> None:
         """`process_files`: completed files wait in `processing` for `conclude`
         (the daemon's plugins decide); otherwise they are accepted at once.
         `chunks`: where objects live (default: the data directory's files).
         `worker`: this process is one of several sharing the directory (its
-        name keeps its temp files apart)."""
+        name keeps its temp files apart). `dedup_scope`: "tenant" (a chunk
+        is attached by its hash alone only for a tenant that holds it) or
+        "global"."""
         if durability not in DURABILITY_MODES:
             raise ValueError(f"durability must be one of {DURABILITY_MODES}")
         self.root = Path(root)
@@ -102,10 +108,13 @@ class Store:
             sync_objects=self.chunks.sync,
         )
         self.locks = LockDir(self.root / "locks")
-        self.sessions = Sessions(self.index, ttl=session_ttl, clock=clock)
-        self.refs = ChunkRefs(self.index, self.chunks, clock)
+        self.tenants = TenantLedger(self.index)
+        self.tenants.ensure_built()
+        self.tokens = Tokens(self.index, clock)
+        self.sessions = Sessions(self.index, ttl=session_ttl, clock=clock, ledger=self.tenants)
+        self.refs = ChunkRefs(self.index, self.chunks, clock, self.tenants, dedup_scope)
         self.parts = Parts(self.index, self.refs, self.sessions)
-        self.files = Files(self.index, self.refs, self.sessions)
+        self.files = Files(self.index, self.refs, self.sessions, self.tenants)
         self.jobs = Jobs(self.index, clock)
         self.outbox = Outbox(self.index, clock)
         self.completer = Completer(
@@ -198,7 +207,7 @@ class Store:
             if chunks is not None:
                 self.parts.declare(txn, session.id, chunks)
                 for i, (digest, length) in enumerate(chunks):
-                    if self.refs.live(txn, digest, length):
+                    if self.refs.attachable(txn, digest, length, tenant):
                         current, _ = self.parts.attach(txn, current, i, digest, length)
             return current
 
@@ -230,7 +239,7 @@ class Store:
             for i, (digest, length) in self.parts.declared(txn, session_id):
                 if i in present or digest in wanted:
                     continue
-                if not self.refs.live(txn, digest, length):
+                if not self.refs.attachable(txn, digest, length, session.tenant):
                     wanted.add(digest)
                     out.append(i)
             return out
@@ -378,7 +387,7 @@ class Store:
         inside the caller's write transaction: its parts are released, its state
         moves (if the transition table allows it) and its job, if any, fails."""
         session = self.sessions.transition(txn, session, target, reason=reason)
-        self.parts.release(txn, session.id)
+        self.parts.release(txn, session)
         self.jobs.fail(txn, session.job_id, reason)
         return session
 
@@ -499,6 +508,15 @@ class Store:
         file, stale_copy = self.index.write(op)
         remove_copy(stale_copy)
         return file
+
+    def usage(self, tenant: str) -> TenantUsage:
+        """The tenant's stored bytes (logical and physical) and open uploads."""
+        with self.index.reader() as txn:
+            return self.tenants.usage(txn, tenant)
+
+    def all_usage(self) -> dict[str, TenantUsage]:
+        with self.index.reader() as txn:
+            return dict(self.tenants.all(txn))
 
     def files_by_blake3(self, digest: str, tenant: str = DEFAULT_TENANT) -> list[str]:
         """Ids of the tenant's live files with this content, oldest first."""

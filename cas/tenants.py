@@ -1,0 +1,123 @@
+"""Tenants' holdings and usage: which chunks each tenant's uploads and files
+use, and the figures its quotas are checked against.
+
+"tenant_chunks" maps ``<tenant>\\0<raw BLAKE3>`` to how many of the tenant's
+manifest entries (in its live sessions and files) use the chunk. A tenant
+*holds* a chunk while that count is above zero: it sent the bytes, or proved
+it had them, and has not let go of every use since. Holdings are what keeps
+deduplication from being an oracle: with the tenant scope, a chunk can be
+attached without its bytes only by a tenant that holds it (`ChunkRefs`).
+
+"tenants" maps a tenant to its `TenantUsage`: logical bytes (the sizes of
+its live files, what it uploaded), physical bytes (each chunk it holds
+counted once: what its content occupies after deduplication within the
+tenant; the store underneath is shared, so tenants holding the same chunk
+each count it) and its open uploads. Every change is made in the write
+transaction of the change it counts, by `ChunkRefs`, `Sessions` and `Files`.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+
+import lmdb
+import msgspec
+
+from . import records
+from .index import Index
+from .records import FileState, SessionState, TenantUsage
+
+_HOLDING = struct.Struct(">IQ")  # uses, chunk size
+_LEDGER_BUILT = b"tenant_ledger"
+
+
+def _key(tenant: str, digest: str) -> bytes:
+    return tenant.encode() + b"\0" + bytes.fromhex(digest)
+
+
+class TenantLedger:
+    def __init__(self, index: Index) -> None:
+        self._index = index
+        self._holdings = index.db["tenant_chunks"]
+
+    # -- reading ---------------------------------------------------------------
+
+    def holds(self, txn: lmdb.Transaction, tenant: str, digest: str) -> bool:
+        return txn.get(_key(tenant, digest), db=self._holdings) is not None
+
+    def usage(self, txn: lmdb.Transaction, tenant: str) -> TenantUsage:
+        found = self._index.get(txn, "tenants", tenant.encode(), TenantUsage)
+        return found or TenantUsage()
+
+    def all(self, txn: lmdb.Transaction) -> Iterator[tuple[str, TenantUsage]]:
+        for key, raw in self._index.scan(txn, "tenants"):
+            yield key.decode(), records.decode(TenantUsage, raw)
+
+    # -- changing (inside the caller's write transaction) ---------------------
+
+    def hold(self, txn: lmdb.Transaction, tenant: str, digest: str, size: int) -> None:
+        """One more use of a chunk by the tenant's uploads or files."""
+        key = _key(tenant, digest)
+        raw = txn.get(key, db=self._holdings)
+        uses = 0 if raw is None else _HOLDING.unpack(raw)[0]
+        txn.put(key, _HOLDING.pack(uses + 1, size), db=self._holdings)
+        if uses == 0:
+            self.add(txn, tenant, physical_bytes=size, chunks=1)
+
+    def let_go(self, txn: lmdb.Transaction, tenant: str, digest: str) -> None:
+        """One use fewer; the last one ends the holding."""
+        key = _key(tenant, digest)
+        raw = txn.get(key, db=self._holdings)
+        if raw is None:
+            return
+        uses, size = _HOLDING.unpack(raw)
+        if uses > 1:
+            txn.put(key, _HOLDING.pack(uses - 1, size), db=self._holdings)
+            return
+        txn.delete(key, db=self._holdings)
+        self.add(txn, tenant, physical_bytes=-size, chunks=-1)
+
+    def add(self, txn: lmdb.Transaction, tenant: str, **deltas: int) -> None:
+        """Add `deltas` to the tenant's usage figures."""
+        usage = self.usage(txn, tenant)
+        changed = {name: getattr(usage, name) + delta for name, delta in deltas.items() if delta}
+        if changed:
+            self._index.put(
+                txn, "tenants", tenant.encode(), msgspec.structs.replace(usage, **changed)
+            )
+
+    # -- derived data ------------------------------------------------------------
+
+    def ensure_built(self) -> None:
+        """Build the ledger from the sessions, parts and files of a data
+        directory that an earlier version wrote (once; later changes keep it)."""
+        with self._index.reader() as txn:
+            if txn.get(_LEDGER_BUILT, db=self._index.db["meta"]) is not None:
+                return
+        self._index.write(self.rebuild)
+
+    def rebuild(self, txn: lmdb.Transaction) -> None:
+        """Recompute every holding and usage figure from the manifests."""
+        txn.drop(self._holdings, delete=False)
+        txn.drop(self._index.db["tenants"], delete=False)
+        tenants: dict[str, str] = {}
+        for _, raw in self._index.scan(txn, "sessions"):
+            session = records.decode(records.Session, raw)
+            tenants[session.id] = session.tenant
+            if session.state == SessionState.OPEN:
+                self.add(txn, session.tenant, open_uploads=1, open_bytes=session.size)
+        for key, raw in self._index.scan(txn, "parts"):
+            session_id = key.split(b"/", 1)[0].decode()
+            digest, size = records.unpack_entry(raw)
+            if session_id in tenants:
+                self.hold(txn, tenants[session_id], digest, size)
+        for _, raw in self._index.scan(txn, "files"):
+            file = records.decode(records.FileRecord, raw)
+            packed = txn.get(file.id.encode(), db=self._index.db["manifests"])
+            if packed is None or file.state == FileState.REJECTED:
+                continue
+            self.add(txn, file.tenant, logical_bytes=file.size, files=1)
+            for digest, size in records.unpack_manifest(packed):
+                self.hold(txn, file.tenant, digest, size)
+        txn.put(_LEDGER_BUILT, b"1", db=self._index.db["meta"])
