@@ -33,10 +33,12 @@ from .errors import (
     NotAStream,
     ObjectVanished,
     OffsetMismatch,
+    QuotaExceeded,
     SessionNotOpen,
     StorageError,
     StoreError,
     TooLarge,
+    TooManyOpenUploads,
     UnknownFile,
     UnknownJob,
     UnknownSession,
@@ -68,6 +70,7 @@ from .records import (
 from .refs import DEDUP_SCOPES
 from .sessions import TRANSITIONS
 from .store import ChunkAck, Store
+from .tenants import Quota
 from .tokens import Tokens, UnknownToken
 from .streams import (
     FINAL,
@@ -83,6 +86,9 @@ from .streams import (
 
 __all__ = [
     "DEDUP_SCOPES",
+    "Quota",
+    "QuotaExceeded",
+    "TooManyOpenUploads",
     "TenantUsage",
     "TokenRecord",
     "Tokens",

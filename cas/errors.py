@@ -112,3 +112,15 @@ class InvalidConcat(ClientError):
     """A final upload names something that is not a usable partial upload."""
 
     code = "invalid_concat"
+
+
+class QuotaExceeded(ClientError):
+    """The tenant's stored and reserved bytes would pass its limit."""
+
+    code = "quota_exceeded"
+
+
+class TooManyOpenUploads(ClientError):
+    """The tenant has as many open uploads as its limit allows."""
+
+    code = "too_many_open_uploads"

@@ -26,7 +26,7 @@ from . import records
 from .errors import SessionNotOpen, UnknownSession
 from .index import Index
 from .records import Session, SessionState
-from .tenants import TenantLedger
+from .tenants import QuotaFor, TenantLedger, no_quota
 
 S = SessionState
 
@@ -61,13 +61,16 @@ class Sessions:
         ttl: float,
         clock: Callable[[], float],
         ledger: TenantLedger | None = None,
+        quota_for: QuotaFor = no_quota,
     ) -> None:
-        """`ledger`: where each tenant's open uploads are counted."""
+        """`ledger`: where each tenant's open uploads are counted; `quota_for`:
+        a tenant's limits, checked as uploads open and grow."""
         self._index = index
         self._db = index.db["sessions"]
         self.ttl = ttl
         self._clock = clock
         self._ledger = ledger
+        self._quota_for = quota_for
 
     def new(
         self,
@@ -98,6 +101,9 @@ class Sessions:
     def insert(self, txn: lmdb.Transaction, session: Session) -> None:
         if session.state != S.OPEN:
             raise ValueError("a session starts open")
+        if self._ledger is not None:
+            usage = self._ledger.usage(txn, session.tenant)
+            self._quota_for(session.tenant).check_new(usage, session.size)
         self._put(txn, session, None)
 
     def find(self, txn: lmdb.Transaction, session_id: str) -> Session | None:
@@ -120,6 +126,13 @@ class Sessions:
         session = msgspec.structs.replace(session, updated=self._clock(), **changes)
         self._put(txn, session, before)
         return session
+
+    def check_growth(self, txn: lmdb.Transaction, session: Session, size: int) -> None:
+        """Refuse to let an open upload grow to `size` bytes past its tenant's
+        limit (a deferred length being declared)."""
+        if self._ledger is not None:
+            usage = self._ledger.usage(txn, session.tenant)
+            self._quota_for(session.tenant).check_growth(usage, size - session.size)
 
     def transition(
         self, txn: lmdb.Transaction, session: Session, target: SessionState, **changes: object

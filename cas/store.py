@@ -50,7 +50,7 @@ from .records import (
 )
 from .refs import ChunkRefs
 from .sessions import Sessions
-from .tenants import TenantLedger
+from .tenants import QuotaFor, TenantLedger, no_quota
 from .tokens import Tokens
 
 DURABILITY_MODES = ("fsync", "none")
@@ -84,6 +84,7 @@ class Store:
         chunks: ChunkStore | None = None,
         worker: str | None = None,
         dedup_scope: str = "tenant",
+        quota_for: QuotaFor = no_quota,
     ) -> None:
         """`process_files`: completed files wait in `processing` for `conclude`
         (the daemon's plugins decide); otherwise they are accepted at once.
@@ -91,7 +92,7 @@ class Store:
         `worker`: this process is one of several sharing the directory (its
         name keeps its temp files apart). `dedup_scope`: "tenant" (a chunk
         is attached by its hash alone only for a tenant that holds it) or
-        "global"."""
+        "global". `quota_for`: each tenant's limits (`Quota`)."""
         if durability not in DURABILITY_MODES:
             raise ValueError(f"durability must be one of {DURABILITY_MODES}")
         self.root = Path(root)
@@ -111,7 +112,9 @@ class Store:
         self.tenants = TenantLedger(self.index)
         self.tenants.ensure_built()
         self.tokens = Tokens(self.index, clock)
-        self.sessions = Sessions(self.index, ttl=session_ttl, clock=clock, ledger=self.tenants)
+        self.sessions = Sessions(
+            self.index, ttl=session_ttl, clock=clock, ledger=self.tenants, quota_for=quota_for
+        )
         self.refs = ChunkRefs(self.index, self.chunks, clock, self.tenants, dedup_scope)
         self.parts = Parts(self.index, self.refs, self.sessions)
         self.files = Files(self.index, self.refs, self.sessions, self.tenants)

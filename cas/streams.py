@@ -361,6 +361,7 @@ class StreamStore:
                     offset=session.received_bytes,
                 )
             self._check_size(length)
+            self._sessions.check_growth(txn, session, length)
             self._sessions.update(
                 txn, session, size=length, total_chunks=-(-length // session.chunk_size)
             )

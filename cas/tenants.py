@@ -19,17 +19,60 @@ transaction of the change it counts, by `ChunkRefs`, `Sessions` and `Files`.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import lmdb
 import msgspec
 
 from . import records
+from .errors import QuotaExceeded, TooManyOpenUploads
 from .index import Index
 from .records import FileState, SessionState, TenantUsage
 
 _HOLDING = struct.Struct(">IQ")  # uses, chunk size
 _LEDGER_BUILT = b"tenant_ledger"
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """A tenant's limits; None is no limit."""
+
+    # Logical bytes: its files' sizes plus the declared sizes of its open uploads.
+    max_bytes: int | None = None
+    max_open_uploads: int | None = None
+
+    def check_new(self, usage: TenantUsage, size: int) -> None:
+        """Refuse a new open upload of `size` bytes that would pass a limit."""
+        if self.max_open_uploads is not None and usage.open_uploads >= self.max_open_uploads:
+            raise TooManyOpenUploads(
+                f"the tenant has {usage.open_uploads} open uploads, its limit is "
+                f"{self.max_open_uploads}; complete or cancel one first",
+                limit=self.max_open_uploads,
+                current=usage.open_uploads,
+            )
+        self.check_growth(usage, size)
+
+    def check_growth(self, usage: TenantUsage, extra: int) -> None:
+        """Refuse `extra` more logical bytes that would pass the byte limit."""
+        if self.max_bytes is None or extra <= 0:
+            return
+        current = usage.logical_bytes + usage.open_bytes
+        if current + extra > self.max_bytes:
+            raise QuotaExceeded(
+                f"the tenant stores or has reserved {current} bytes; {extra} more would pass "
+                f"its limit of {self.max_bytes} bytes",
+                limit=self.max_bytes,
+                current=current,
+                requested=extra,
+            )
+
+
+QuotaFor = Callable[[str], Quota]
+
+
+def no_quota(tenant: str) -> Quota:
+    return Quota()
 
 
 def _key(tenant: str, digest: str) -> bytes:

@@ -10,12 +10,13 @@ import trio
 from ingestd import cas
 from ingestd.cas import FORMAT_VERSION
 from ingestd.plugins import PluginConfigError, Plugins, PluginSettings, build_plugins
-from quart import Response
+from quart import Response, g, request
 from quart_schema import Info, QuartSchema
 from quart_trio import QuartTrio
 
 from . import problems, seed_api, tus_api, v1_api
-from .config import Config, ConfigError
+from .auth import TENANT_HEADER, Authenticator, RateLimiter, acting_as
+from .config import Config, ConfigError, is_loopback
 from .ingest import Ingest
 from .jobs import JobRunner
 from .leader import become_leader
@@ -53,6 +54,22 @@ def load_plugins(config: Config, extra: Mapping[str, object] | None = None) -> P
         raise ConfigError(str(exc)) from None
 
 
+# Surfaces anyone may reach (they hold no tenant's data): liveness, the API
+# description, the web page's static files. /metrics decides for itself.
+OPEN_PATHS = frozenset({"/healthz", "/metrics", "/openapi.json", "/docs", "/redoc", "/"})
+OPEN_PREFIXES = ("/static/",)
+READ_METHODS = frozenset({"GET", "HEAD"})
+
+
+def required_scope(method: str, path: str, tus_prefix: str) -> str | None:
+    """The scope a request needs, or None for an open one."""
+    if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+        return None
+    if method == "OPTIONS" and path.startswith(tus_prefix.rstrip("/")):
+        return None  # CORS preflights carry no credentials
+    return "read" if method in READ_METHODS else "write"
+
+
 def create_app(
     config: Config,
     store: cas.Store | None = None,
@@ -83,6 +100,8 @@ def create_app(
     rt.ingest = Ingest(rt)
     rt.jobs = JobRunner(rt)
     rt.outbox = OutboxService(rt)
+    rt.auth = Authenticator(config)
+    rt.rate_limits = RateLimiter(config)
     app.extensions["ingestd"] = rt
     background = trio.CancelScope()
 
@@ -112,6 +131,23 @@ def create_app(
         await background_done.wait()
         await rt.run(rt.close)
 
+    tus_prefix = config.tus.prefix
+
+    @app.before_request
+    async def _authorize() -> None:
+        """Every request: its Host (without auth), its token, scope and rate."""
+        rt.auth.check_host(request.headers.get("Host"))
+        scope = required_scope(request.method, request.path, tus_prefix)
+        if scope is None:
+            return
+        principal = rt.auth.authenticate(rt.store.tokens, request.headers.get("Authorization"))
+        principal = acting_as(principal, request.headers.get(TENANT_HEADER))
+        principal.require(scope)
+        rt.rate_limits.check(principal)
+        if rt.auth.due_touch(principal):
+            app.nursery.start_soon(rt.run, rt.store.tokens.touch, principal.token_id)
+        g.principal = principal
+
     @app.get("/healthz")
     async def healthz() -> Health:
         """Liveness: answers once the store is open."""
@@ -119,7 +155,15 @@ def create_app(
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        """Prometheus metrics."""
+        """Prometheus metrics. With auth on, per `auth.metrics`: open to clients
+        on this host ("loopback"), to anyone ("open"), or to admin tokens."""
+        mode = config.auth.metrics
+        if config.auth_required and mode != "open":
+            if not (mode == "loopback" and is_loopback(request.remote_addr or "")):
+                principal = rt.auth.authenticate(
+                    rt.store.tokens, request.headers.get("Authorization")
+                )
+                principal.require("admin")
         return Response(rt.metrics.render(), content_type=CONTENT_TYPE_LATEST)
 
     app.register_blueprint(seed_api.bp)

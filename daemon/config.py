@@ -21,7 +21,10 @@ import msgspec
 
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 PositiveSize = Annotated[int, msgspec.Meta(gt=0)]
+# A limit: 0 is none.
+Limit = Annotated[int, msgspec.Meta(ge=0)]
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
+PerSecond = Annotated[float, msgspec.Meta(ge=0)]
 
 
 class ConfigError(Exception):
@@ -33,6 +36,50 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     port: Port = 8000
     # Processes serving the one listening socket and data directory.
     workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    # Host names, besides loopback ones, that a daemon without auth answers
+    # (any other Host header is refused, against DNS rebinding).
+    allowed_hosts: list[str] = []
+    # Serve HTTPS with this certificate (PEM) and private key.
+    certfile: str = ""
+    keyfile: str = ""
+
+
+class AuthConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # Bearer tokens on every request. Unset: on, unless server.host is loopback.
+    required: bool | None = None
+    # "tenant": a tenant's chunk list is answered only from what it holds
+    # itself (no probing another's content); "global": across tenants.
+    dedup_scope: Literal["tenant", "global"] = "tenant"
+    # Who may read /metrics with auth on: "loopback" (clients on this host,
+    # or an admin token), "token" (an admin token), "open" (anyone).
+    metrics: Literal["loopback", "token", "open"] = "loopback"
+    # Requests per second per token (sustained; 0 is no limit) and the burst
+    # above it, by the token's scope.
+    rate_read: PerSecond = 50.0
+    burst_read: Limit = 100
+    rate_write: PerSecond = 500.0
+    burst_write: Limit = 1000
+    rate_admin: PerSecond = 0.0
+    burst_admin: Limit = 0
+
+
+class TenantQuota(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One tenant's limits, where they differ from [quotas]."""
+
+    max_bytes: Limit | None = None
+    max_open_uploads: Limit | None = None
+    max_file_size: Limit | None = None
+
+
+class QuotasConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # Per tenant, 0 is no limit. Bytes: its files' sizes plus its open
+    # uploads' declared sizes (logical: before deduplication).
+    max_bytes: Limit = 0
+    max_open_uploads: Limit = 0
+    # The largest file (0: limits.max_file_size).
+    max_file_size: Limit = 0
+    # [quotas.tenants.<name>]: a tenant's own limits.
+    tenants: dict[str, TenantQuota] = {}
 
 
 class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -97,6 +144,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     plugins: PluginsConfig = msgspec.field(default_factory=PluginsConfig)
     tus: TusConfig = msgspec.field(default_factory=TusConfig)
+    auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
+    quotas: QuotasConfig = msgspec.field(default_factory=QuotasConfig)
     # The `[plugins.<name>]` tables, each parsed by its plugin.
     plugin_tables: dict[str, dict[str, Any]] = {}
 
@@ -109,6 +158,16 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         if self.storage.completed_dir:
             return Path(self.storage.completed_dir).absolute()
         return self.data_dir / "completed"
+
+    @property
+    def auth_required(self) -> bool:
+        if self.auth.required is None:
+            return not is_loopback(self.server.host)
+        return self.auth.required
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.server.certfile)
 
 
 SEED_ENV = {
@@ -149,7 +208,7 @@ def _size_keys() -> list[tuple[str, str]]:
         (section, f.name)
         for section, struct in _sections().items()
         for f in msgspec.structs.fields(struct)
-        if f.type == PositiveSize
+        if f.type in (PositiveSize, Limit)
     ]
 
 
@@ -233,6 +292,13 @@ def load_config(
         value = raw.get(section, {}).get(key)
         if isinstance(value, str):  # from the environment: "a,b"
             raw[section][key] = [v.strip() for v in value.split(",") if v.strip()]
+    for name, table in raw.get("quotas", {}).get("tenants", {}).items():
+        for key, value in table.items() if isinstance(table, dict) else ():
+            if isinstance(value, str) and key != "max_open_uploads":
+                try:
+                    table[key] = parse_size(value)
+                except ValueError as exc:
+                    raise ConfigError(f"invalid config quotas.tenants.{name}.{key}: {exc}") from None
     raw["plugin_tables"] = tables
     try:
         # strict=False lets environment strings become ints, floats and bools.
@@ -269,11 +335,23 @@ def _check(config: Config) -> None:
             f"limits.max_chunk_size ({config.limits.max_chunk_size})"
         )
     _check_tus_prefix(config.tus.prefix)
-    if not is_loopback(config.server.host):
+    if not is_loopback(config.server.host) and not config.auth_required:
         raise ConfigError(
-            f"invalid config server.host: {config.server.host!r} is not a loopback address, "
-            "and authentication is not available yet; ingestd only serves loopback"
+            f"invalid config auth.required: server.host {config.server.host!r} is not a "
+            "loopback address, and serving it without authentication would let anyone on the "
+            "network read and delete every file. Turn auth on ([auth] required = true, or "
+            "INGESTD_AUTH_REQUIRED=true) and give each client a token: "
+            "ingestd token create --tenant NAME --scope write"
         )
+    server = config.server
+    if bool(server.certfile) != bool(server.keyfile):
+        raise ConfigError(
+            "invalid config server.keyfile: server.certfile and server.keyfile go together"
+        )
+    for key in ("certfile", "keyfile"):
+        path = getattr(server, key)
+        if path and not Path(path).is_file():
+            raise ConfigError(f"invalid config server.{key}: {path} is not a file")
 
 
 _TUS_PREFIX = re.compile(r"^(/[A-Za-z0-9._~-]+)+/$")

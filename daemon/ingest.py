@@ -107,6 +107,9 @@ class Ingest:
         self.max_file_size = config.limits.max_file_size
         self.max_stream_size = min(config.tus.max_size, config.limits.max_file_size)
 
+    def max_file_size_for(self, tenant: str) -> int:
+        return self.rt.tenant_limits(tenant)[2]
+
     @property
     def store(self) -> cas.Store:
         return self.rt.store
@@ -122,12 +125,13 @@ class Ingest:
     async def open_upload(self, new: NewUpload) -> Opened:
         """Check limits and the policy, then create the upload."""
         rt = self.rt
-        if new.size is not None and new.size > self.max_file_size:
+        max_file_size = self.max_file_size_for(new.tenant)
+        if new.size is not None and new.size > max_file_size:
             raise ApiError(
                 413,
                 "file_too_large",
-                f"size {new.size} exceeds the limit of {self.max_file_size} bytes",
-                limit=self.max_file_size,
+                f"size {new.size} exceeds the limit of {max_file_size} bytes",
+                limit=max_file_size,
             )
         spec = new.stream
         # Partial uploads are fragments of a file: the policy judges the final one.
@@ -292,6 +296,14 @@ class Ingest:
             yield
 
     async def declare_length(self, tenant: str, upload_id: str, length: int) -> None:
+        limit = self.max_file_size_for(tenant)
+        if length > limit:
+            raise ApiError(
+                413,
+                "file_too_large",
+                f"length {length} exceeds the limit of {limit} bytes",
+                limit=limit,
+            )
         declared = await self.rt.run(self.streams.declare_length, upload_id, tenant, length)
         self.submit_jobs(declared.jobs)
 

@@ -36,6 +36,8 @@ CLIENT_STATUS: dict[type[cas.ClientError], int] = {
     cas.IncompleteUpload: 409,
     cas.ChecksumMismatch: 422,
     cas.TooLarge: 413,
+    cas.QuotaExceeded: 507,
+    cas.TooManyOpenUploads: 429,
 }
 
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import trio
+from ingestd import cas
 from ingestd.cas import Store
 from quart import current_app
 
@@ -34,6 +35,25 @@ class Runtime:
         self.outbox: Any = None  # OutboxService
         self.plugins: Any = None  # ingestd.plugins.Plugins
         self.metrics: Any = None  # Metrics
+        self.auth: Any = None  # auth.Authenticator
+        self.rate_limits: Any = None  # auth.RateLimiter
+
+    def tenant_limits(self, tenant: str) -> tuple[int | None, int | None, int]:
+        """(max logical bytes, max open uploads, max file size) for a tenant."""
+        q = self.config.quotas
+        own = q.tenants.get(tenant)
+
+        def pick(name: str) -> int:
+            value = getattr(own, name, None) if own is not None else None
+            return getattr(q, name) if value is None else value
+
+        max_bytes, max_open = pick("max_bytes"), pick("max_open_uploads")
+        max_file = pick("max_file_size") or self.config.limits.max_file_size
+        return max_bytes or None, max_open or None, min(max_file, self.config.limits.max_file_size)
+
+    def quota_for(self, tenant: str) -> cas.Quota:
+        max_bytes, max_open, _ = self.tenant_limits(tenant)
+        return cas.Quota(max_bytes=max_bytes, max_open_uploads=max_open)
 
     def open(self) -> None:
         if self.store is None:
@@ -46,6 +66,8 @@ class Runtime:
                 session_ttl=s.session_ttl,
                 process_files=True,
                 worker=self.worker,
+                dedup_scope=self.config.auth.dedup_scope,
+                quota_for=self.quota_for,
             )
 
     def close(self) -> None:

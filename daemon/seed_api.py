@@ -16,6 +16,7 @@ from ingestd import cas
 from quart import Blueprint, request
 from quart_schema import DataSource, document_request, document_response, validate_request
 
+from .auth import caller
 from .errors import ApiError
 from .filetypes import file_type
 from .ingest import NewUpload
@@ -25,8 +26,6 @@ from .runtime import runtime
 from .shapes import Sha256Hex
 
 bp = Blueprint("seed", __name__, url_prefix="/api/upload")
-# The original API has no tenants: everything is the default tenant's.
-TENANT = cas.DEFAULT_TENANT
 
 
 class InitRequest(msgspec.Struct):
@@ -87,7 +86,7 @@ async def init(data: InitRequest) -> InitResponse:
     opened = await runtime().ingest.open_upload(
         NewUpload(
             api="seed",
-            tenant=TENANT,
+            tenant=caller().tenant,
             filename=data.filename,
             size=data.totalSize,
             sha256=data.checksum,
@@ -147,7 +146,7 @@ async def chunk() -> ChunkResponse:
     upload_id = fields["uploadId"]
     index = _int_field(fields, "chunkIndex")
     total = _int_field(fields, "totalChunks")
-    session = await rt.run(rt.store.session, upload_id, TENANT)
+    session = await rt.run(rt.store.session, upload_id, caller().tenant)
     if total != session.total_chunks:
         raise ApiError(
             400,
@@ -158,13 +157,13 @@ async def chunk() -> ChunkResponse:
         )
     if buffered is not None:
         ack = await rt.ingest.receive_chunk(
-            TENANT, upload_id, index, _one(buffered), content_length=len(buffered)
+            caller().tenant, upload_id, index, _one(buffered), content_length=len(buffered)
         )
     else:
         # Streamed from the socket to the chunk's writer as it arrives; the
         # closing boundary is read after, as the rest of the body.
         try:
-            ack = await rt.ingest.receive_chunk(TENANT, upload_id, index, form.file_data())
+            ack = await rt.ingest.receive_chunk(caller().tenant, upload_id, index, form.file_data())
         except cas.WrongChunkSize:
             await form.finish()  # a part over the size limit is a 413 first
             raise
@@ -182,7 +181,7 @@ async def chunk() -> ChunkResponse:
 async def status(upload_id: str) -> StatusResponse:
     """Which chunks the server holds, so that a client resends only the others."""
     rt = runtime()
-    session = await rt.run(rt.store.session, upload_id, TENANT)
+    session = await rt.run(rt.store.session, upload_id, caller().tenant)
     if session.state in (cas.SessionState.PROCESSING, cas.SessionState.COMPLETED):
         received = list(range(session.total_chunks))
     else:
@@ -207,9 +206,9 @@ async def complete(upload_id: str) -> CompleteResponse:
     """Verify every chunk is present (and the checksum, if one was declared),
     record the file and queue its processing job."""
     rt = runtime()
-    session = await rt.run(rt.store.session, upload_id, TENANT)
+    session = await rt.run(rt.store.session, upload_id, caller().tenant)
     kind = file_type(session.filename)
-    done = await rt.ingest.complete_now(TENANT, upload_id, {"fileType": kind})
+    done = await rt.ingest.complete_now(caller().tenant, upload_id, {"fileType": kind})
     file = done.file
     return CompleteResponse(
         success=True,

@@ -30,6 +30,7 @@ from . import tus as core
 from .bodies import StreamingBody, stream_bodies_under
 from .config import Config
 from .downloads import content_disposition, serve_content
+from .auth import caller
 from .errors import ApiError
 from .ingest import NewUpload, StreamSpec, UploadLocked
 from .problems import api_error_response
@@ -37,7 +38,6 @@ from .runtime import Runtime, runtime
 
 bp = Blueprint("tus", __name__)
 
-TENANT = cas.DEFAULT_TENANT  # until tokens bind requests to tenants
 DEFAULT_FILENAME = "upload"
 _UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -191,7 +191,7 @@ async def create_upload() -> Response:
     opened = await rt.ingest.open_upload(
         NewUpload(
             api="tus",
-            tenant=TENANT,
+            tenant=caller().tenant,
             filename=filename or DEFAULT_FILENAME,
             size=creation.length,
             metadata=metadata,
@@ -232,7 +232,7 @@ async def create_upload() -> Response:
 
 
 def load_view(rt: Runtime, upload_id: str) -> tuple[core.UploadView, cas.StreamState]:
-    state = rt.ingest.stream_state(TENANT, upload_id)
+    state = rt.ingest.stream_state(caller().tenant, upload_id)
     session, stream = state.session, state.stream
     view = core.UploadView(
         id=session.id,
@@ -276,7 +276,7 @@ async def patch_upload(upload_id: str) -> Response:
         )
         offset = plan.offset
         if plan.declare_length is not None:
-            await rt.ingest.declare_length(TENANT, upload_id, plan.declare_length)
+            await rt.ingest.declare_length(caller().tenant, upload_id, plan.declare_length)
         if plan.noop:
             async for data in request.body:
                 if data:
@@ -297,7 +297,7 @@ async def terminate(upload_id: str) -> Response:
     rt = runtime()
     view, _ = load_view(rt, upload_id)
     core.check_available(view, rt.store.clock())
-    await rt.ingest.terminate(TENANT, upload_id)
+    await rt.ingest.terminate(caller().tenant, upload_id)
     return empty(204, {"Tus-Resumable": core.TUS_VERSION})
 
 
@@ -323,10 +323,10 @@ async def download(upload_id: str) -> Response:
     if view.state == "rejected":
         raise ApiError(410, "file_rejected", f"upload {upload_id} was rejected: {view.reason}")
     if view.state in ("processing", "completed") and session.file_id and view.kind != core.PARTIAL:
-        file = await rt.run(rt.store.file, session.file_id, TENANT)
+        file = await rt.run(rt.store.file, session.file_id, caller().tenant)
         return await serve_content(
             rt,
-            lambda: rt.run(rt.store.open_file, file.id, TENANT),
+            lambda: rt.run(rt.store.open_file, file.id, caller().tenant),
             size=file.size,
             headers=headers,
             etag=f'"{file.blake3}"',
@@ -337,12 +337,12 @@ async def download(upload_id: str) -> Response:
         )
 
     def open_bytes() -> cas.ManifestReader:
-        reader = rt.store.open_parts(upload_id, TENANT)
+        reader = rt.store.open_parts(upload_id, caller().tenant)
         if reader.size == state.offset or not session.file_id:
             return reader
         # Its completion recorded the file meanwhile (and took the parts).
         reader.close()
-        return rt.store.open_file(session.file_id, TENANT)
+        return rt.store.open_file(session.file_id, caller().tenant)
 
     return await serve_content(rt, lambda: rt.run(open_bytes), size=state.offset, headers=headers)
 
@@ -359,7 +359,7 @@ async def receive_body(
     (the bytes up to it kept, unless a checksum was asked for).
     """
     receipt = await rt.ingest.receive_stream(
-        TENANT, upload_id, offset, request.body, limit=limit, checksum=checksum
+        caller().tenant, upload_id, offset, request.body, limit=limit, checksum=checksum
     )
     if receipt.stalled or receipt.overflow:
         # The rest of the body is not wanted: close rather than drain it.

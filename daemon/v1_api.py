@@ -25,6 +25,7 @@ from quart_schema import (
 )
 
 from .downloads import content_disposition, serve_content
+from .auth import caller
 from .errors import ApiError
 from .ingest import NewUpload
 from .problems import Problem
@@ -33,7 +34,6 @@ from .shapes import HashHex, Sha256Hex
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
 
-TENANT = cas.DEFAULT_TENANT  # until tokens bind requests to tenants
 MAX_WAIT = 60.0
 
 
@@ -163,6 +163,27 @@ class FileList(msgspec.Struct):
     next: str | None
 
 
+class TenantLimits(msgspec.Struct):
+    # null: no limit.
+    max_bytes: int | None
+    max_open_uploads: int | None
+    max_file_size: int
+
+
+class Usage(msgspec.Struct):
+    tenant: str
+    # Its files' sizes (what it uploaded) and their number.
+    logical_bytes: int
+    files: int
+    # Each chunk its files and open uploads use, counted once (after dedup).
+    physical_bytes: int
+    chunks: int
+    open_uploads: int
+    # The declared sizes of its open uploads (counted against max_bytes).
+    open_bytes: int
+    limits: TenantLimits
+
+
 class ChunkHeaders(msgspec.Struct):
     content_digest: str | None = None
 
@@ -180,8 +201,28 @@ async def info() -> Info:
     return Info(
         version="0.1.0",
         chunking=chunking(rt),
-        max_file_size=rt.config.limits.max_file_size,
+        max_file_size=rt.ingest.max_file_size_for(caller().tenant),
         max_chunk_size=rt.config.limits.max_chunk_size,
+    )
+
+
+@bp.get("/usage")
+@document_response(Usage)
+async def usage() -> Usage:
+    """What the caller's tenant stores, logical and physical, and its limits."""
+    rt = runtime()
+    tenant = caller().tenant
+    used = await rt.run(rt.store.usage, tenant)
+    max_bytes, max_open, max_file = rt.tenant_limits(tenant)
+    return Usage(
+        tenant=tenant,
+        logical_bytes=used.logical_bytes,
+        files=used.files,
+        physical_bytes=used.physical_bytes,
+        chunks=used.chunks,
+        open_uploads=used.open_uploads,
+        open_bytes=used.open_bytes,
+        limits=TenantLimits(max_bytes, max_open, max_file),
     )
 
 
@@ -198,7 +239,7 @@ async def create_upload(data: CreateUpload) -> tuple[UploadCreated, int, dict[st
     opened = await runtime().ingest.open_upload(
         NewUpload(
             api="v1",
-            tenant=TENANT,
+            tenant=caller().tenant,
             filename=data.filename,
             size=data.size,
             sha256=data.sha256,
@@ -226,10 +267,10 @@ async def create_upload(data: CreateUpload) -> tuple[UploadCreated, int, dict[st
 async def upload_status(upload_id: str) -> UploadStatus:
     """State of an upload, and which chunk indices are still missing."""
     rt = runtime()
-    session = await rt.run(rt.store.session, upload_id, TENANT)
+    session = await rt.run(rt.store.session, upload_id, caller().tenant)
     missing: list[int] = []
     if session.state == cas.SessionState.OPEN:
-        missing = await rt.run(rt.store.missing, upload_id, TENANT)
+        missing = await rt.run(rt.store.missing, upload_id, caller().tenant)
     return UploadStatus(
         id=session.id,
         filename=session.filename,
@@ -289,7 +330,7 @@ async def put_chunk(upload_id: str, index: str) -> ChunkStored:
     if not index.isdigit():
         raise ApiError(400, "invalid_field", f"chunk index {index!r} is not a number")
     ack = await runtime().ingest.receive_chunk(
-        TENANT,
+        caller().tenant,
         upload_id,
         int(index),
         request.body,
@@ -309,7 +350,7 @@ async def complete_upload(upload_id: str) -> tuple[CompletionAccepted, int, dict
     record and processing happen in the job. Completing again returns the
     same job.
     """
-    session, job = await runtime().ingest.complete(TENANT, upload_id)
+    session, job = await runtime().ingest.complete(caller().tenant, upload_id)
     body = CompletionAccepted(job_id=job.id, upload_id=session.id, state=str(job.state))
     return body, 202, {"Location": f"/v1/jobs/{job.id}"}
 
@@ -320,7 +361,7 @@ async def cancel_upload(upload_id: str) -> tuple[str, int]:
     """Cancel an upload; its chunks are released. An upload whose completion has
     begun but recorded no file yet is cancelled too (its job ends failed); one
     whose file is recorded cannot be (409): delete the file."""
-    await runtime().ingest.cancel(TENANT, upload_id)
+    await runtime().ingest.cancel(caller().tenant, upload_id)
     return "", 204
 
 
@@ -335,7 +376,7 @@ async def cancel_upload(upload_id: str) -> tuple[str, int]:
 async def job_status(job_id: str, query_args: WaitQuery) -> JobInfo:
     """A job's state and results. `?wait=SECONDS` answers when it finishes (≤ 60 s)."""
     rt = runtime()
-    job = await rt.jobs.wait(job_id, TENANT, min(query_args.wait, MAX_WAIT))
+    job = await rt.jobs.wait(job_id, caller().tenant, min(query_args.wait, MAX_WAIT))
     return JobInfo(
         id=job.id,
         upload_id=job.session_id,
@@ -387,7 +428,7 @@ async def list_files(query_args: FilesQuery) -> FileList:
     rt = runtime()
     q = query_args
     files = await rt.run(
-        rt.store.list_files, TENANT, prefix=q.prefix, after=q.after, limit=q.limit + 1
+        rt.store.list_files, caller().tenant, prefix=q.prefix, after=q.after, limit=q.limit + 1
     )
     more = len(files) > q.limit
     files = files[: q.limit]
@@ -400,7 +441,7 @@ async def list_files(query_args: FilesQuery) -> FileList:
 async def describe_file(file_id: str) -> FileInfo:
     """A file's facts, metadata and a summary of its chunks."""
     rt = runtime()
-    file = await rt.run(rt.store.file, file_id, TENANT)
+    file = await rt.run(rt.store.file, file_id, caller().tenant)
     rejected = file.state == cas.FileState.REJECTED
     manifest = None if rejected else await rt.run(rt.store.manifest, file_id)
     return file_info(file, manifest)
@@ -413,7 +454,7 @@ async def file_content(file_id: str) -> Response:
     """The file's bytes, streamed from its chunks. Supports `Range`, `ETag` and
     `If-None-Match`; the ETag is the file's BLAKE3."""
     rt = runtime()
-    file = await rt.run(rt.store.file, file_id, TENANT)
+    file = await rt.run(rt.store.file, file_id, caller().tenant)
     if file.state == cas.FileState.REJECTED:
         raise ApiError(410, "file_rejected", f"file {file_id} was rejected: {file.reason}")
     headers = {
@@ -422,7 +463,7 @@ async def file_content(file_id: str) -> Response:
     }
     return await serve_content(
         rt,
-        lambda: rt.run(rt.store.open_file, file_id, TENANT),
+        lambda: rt.run(rt.store.open_file, file_id, caller().tenant),
         size=file.size,
         headers=headers,
         etag=f'"{file.blake3}"',
@@ -434,5 +475,5 @@ async def file_content(file_id: str) -> Response:
 async def delete_file(file_id: str) -> tuple[str, int]:
     """Delete a file. Its chunks are freed only once no other file or upload uses them."""
     rt = runtime()
-    await rt.run(rt.store.delete_file, file_id, TENANT)
+    await rt.run(rt.store.delete_file, file_id, caller().tenant)
     return "", 204

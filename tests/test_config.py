@@ -66,13 +66,33 @@ def test_command_line_overrides_environment():
         ("", {"INGESTD_SERVER_PROT": "1"}, "server.prot"),
         ("", {"INGESTD_LIMITS_MAX_FILE_SIZE": "lots"}, "limits.max_file_size"),
         ("[storage]\nchunk_size = '128 MiB'\n", {}, "storage.chunk_size"),
-        ("[server]\nhost = '0.0.0.0'\n", {}, "server.host"),
+        ("[server]\nhost = '0.0.0.0'\n[auth]\nrequired = false\n", {}, "auth.required"),
+        ("[server]\nhost = '10.1.2.3'\n", {"INGESTD_AUTH_REQUIRED": "false"}, "auth.required"),
+        ("[server]\ncertfile = 'nope.pem'\nkeyfile = 'nope.key'\n", {}, "server.certfile"),
+        ("[server]\ncertfile = 'nope.pem'\n", {}, "server.keyfile"),
+        ("[auth]\ndedup_scope = 'everyone'\n", {}, "auth.dedup_scope"),
+        ("[quotas]\nmax_bytes = 'lots'\n", {}, "quotas.max_bytes"),
+        ("[quotas.tenants.a]\nmax_bytes = 'lots'\n", {}, "quotas.tenants.a.max_bytes"),
         ("[server\n", {}, "not valid TOML"),
     ],
 )
 def test_invalid_config_names_the_key(tmp_path, text, env, names):
     with pytest.raises(ConfigError, match=__import__("re").escape(names)):
         load_config(write(tmp_path, text), environ=env)
+
+
+def test_auth_defaults_follow_the_bind_address(tmp_path):
+    loopback = load_config(write(tmp_path, ""), environ={})
+    assert not loopback.auth_required
+    assert load_config(write(tmp_path, ""), environ={"INGESTD_AUTH_REQUIRED": "true"}).auth_required
+    network = load_config(write(tmp_path, "[server]\nhost = '0.0.0.0'\n"), environ={})
+    assert network.auth_required  # on by default off loopback
+    quotas = load_config(
+        write(tmp_path, "[quotas]\nmax_bytes = '1 GiB'\n[quotas.tenants.big]\nmax_bytes = '2 GiB'\n"),
+        environ={},
+    )
+    assert quotas.quotas.max_bytes == 1 << 30
+    assert quotas.quotas.tenants["big"].max_bytes == 2 << 30
 
 
 def test_parse_size():
