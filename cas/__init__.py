@@ -70,7 +70,7 @@ from .records import (
 from .refs import DEDUP_SCOPES
 from .sessions import TRANSITIONS
 from .store import ChunkAck, Store
-from .tenants import Quota
+from .tenants import Quota, TenantLedger
 from .tokens import Tokens, UnknownToken
 from .streams import (
     FINAL,
@@ -87,6 +87,7 @@ from .streams import (
 __all__ = [
     "DEDUP_SCOPES",
     "Quota",
+    "TenantLedger",
     "QuotaExceeded",
     "TooManyOpenUploads",
     "TenantUsage",

@@ -159,7 +159,9 @@ def create_app(
         on this host ("loopback"), to anyone ("open"), or to admin tokens."""
         mode = config.auth.metrics
         if config.auth_required and mode != "open":
-            if not (mode == "loopback" and is_loopback(request.remote_addr or "")):
+            # The peer's address from the server (not a header a client could send).
+            peer = (request.scope.get("client") or ("",))[0]
+            if not (mode == "loopback" and is_loopback(peer)):
                 principal = rt.auth.authenticate(
                     rt.store.tokens, request.headers.get("Authorization")
                 )

@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+from . import datadir_commands
 from .config import ConfigError, load_config
 
 
@@ -74,7 +75,7 @@ def _client(args: argparse.Namespace, **options: object):
         # httpx logs every request at INFO; an upload makes thousands.
         logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
-        return Client(args.url, token=args.token, **options)
+        return Client(args.url, token=args.token, verify=args.cacert or True, **options)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
@@ -297,12 +298,20 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("INGESTD_TOKEN") or None,
         help="bearer token (default: $INGESTD_TOKEN)",
     )
+    parser.add_argument(
+        "--cacert",
+        metavar="PATH",
+        default=os.environ.get("INGESTD_CACERT") or None,
+        help="CA certificate (PEM) to trust for an https:// URL, e.g. a self-signed "
+        "daemon's (default: $INGESTD_CACERT, else the system's)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ingestd", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     sub = parser.add_subparsers(dest="command", required=True)
+    datadir_commands.add_commands(sub)
     serve = sub.add_parser("serve", help="run the daemon in the foreground")
     serve.add_argument("--config", metavar="PATH", help="config file (TOML)")
     serve.add_argument("--host", help="address to bind (overrides server.host)")
@@ -367,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except UsageError as exc:
+    except (UsageError, datadir_commands.CommandError) as exc:
         print(f"ingestd: {exc}", file=sys.stderr)
         return 2
 

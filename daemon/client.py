@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import email.utils
 import hashlib
 import json
 import os
@@ -267,18 +268,23 @@ class Client:
 
     def __init__(
         self,
-        url: str = DEFAULT_URL,
+        url: str | None = None,
         token: str | None = None,
         parallel: int = 5,
         chunking: str = "cdc",
         state_dir: str | os.PathLike[str] | None = None,
         timeout: float = 60.0,
         backoff: tuple[float, ...] = (1.0, 2.0, 4.0),
+        verify: bool | str = True,
     ) -> None:
+        """`url`: default $INGESTD_URL, else http://127.0.0.1:8000. `token`: a
+        bearer token (default: $INGESTD_TOKEN); `verify`: False,
+        or a CA bundle's path to trust for https:// (a self-signed daemon)."""
         if parallel < 1:
             raise ValueError(f"parallel must be at least 1, got {parallel}")
         if chunking not in MODES:
             raise ValueError(f"chunking must be one of {', '.join(MODES)}, got {chunking!r}")
+        url = url or os.environ.get("INGESTD_URL") or DEFAULT_URL
         self.url = url.rstrip("/")
         self.parallel = parallel
         self.chunking = chunking
@@ -287,12 +293,14 @@ class Client:
         self.state = UploadState(state_dir)
         self.hashes = HashCache(self.state.directory)
         headers = {"User-Agent": "ingestd-client/0.1"}
+        token = token if token is not None else os.environ.get("INGESTD_TOKEN")
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self._http = httpx.Client(
             base_url=self.url,
             headers=headers,
             timeout=timeout,
+            verify=verify,
             # One connection per worker, plus one for status and job requests.
             limits=httpx.Limits(
                 max_connections=parallel + 2, max_keepalive_connections=parallel + 2
@@ -337,10 +345,10 @@ class Client:
                 continue
             if r.status_code < 400:
                 return r
-            if r.status_code in _RETRY_STATUS:
+            if r.status_code in _RETRY_STATUS and not _lasting(r):
                 delay = next(delays, None)
                 if delay is not None:
-                    _pause(delay, stop)
+                    _pause(retry_after(r, delay), stop)
                     continue
             raise _problem(r)
 
@@ -447,9 +455,10 @@ class Client:
                 with self._http.stream("GET", path, headers=headers) as r:
                     if r.status_code >= 400:
                         r.read()
-                        delay = next(delays, None) if r.status_code in _RETRY_STATUS else None
+                        retry = r.status_code in _RETRY_STATUS and not _lasting(r)
+                        delay = next(delays, None) if retry else None
                         if delay is not None:
-                            _pause(delay, None)
+                            _pause(retry_after(r, delay), None)
                             continue
                         raise _problem(r)
                     this_etag = _etag_hash(r.headers.get("ETag"))
@@ -780,6 +789,38 @@ class Client:
 
 def _no_progress(kind: str, nbytes: int) -> None:
     pass
+
+
+# Refusals that waiting does not change: retrying would only repeat them.
+_LASTING_CODES = frozenset({"quota_exceeded", "too_many_open_uploads"})
+# The longest Retry-After honoured, in seconds.
+MAX_RETRY_AFTER = 120.0
+
+
+def _lasting(r: httpx.Response) -> bool:
+    if "json" not in r.headers.get("Content-Type", ""):
+        return False
+    try:
+        return r.json().get("code") in _LASTING_CODES
+    except (ValueError, AttributeError):
+        return False
+
+
+def retry_after(r: httpx.Response, default: float) -> float:
+    """Seconds to wait before retrying: the answer's Retry-After (seconds or an
+    HTTP date) when it gives one, else `default`."""
+    value = r.headers.get("Retry-After")
+    if not value:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return default
+        seconds = when.timestamp() - time.time()
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
 def _pause(delay: float, stop: threading.Event | None) -> None:

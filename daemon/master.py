@@ -88,17 +88,23 @@ class Master:
             return 1
         # No worker runs yet: every temp file is a crashed run's.
         cas.clear_temp(self.config.data_dir)
+        from .server import start_warnings
+
+        warnings = start_warnings(self.config)
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         for slot in range(self.count):
             self._spawn(slot, sock)
         print(
-            f"ingestd serving http://{self.config.server.host}:{self.config.server.port} "
+            f"ingestd serving {'https' if self.config.tls else 'http'}://"
+            f"{self.config.server.host}:{self.config.server.port} "
             f"with {self.count} workers (master pid {os.getpid()}, data in "
-            f"{self.config.data_dir})",
+            f"{self.config.data_dir}; auth {'on' if self.config.auth_required else 'off'})",
             file=sys.stderr,
             flush=True,
         )
+        for warning in warnings:
+            log.warning("%s", warning)
         due: dict[int, float] = {}  # slots waiting to be restarted, and when
         while not self.stopping:
             time.sleep(TICK)

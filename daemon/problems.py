@@ -41,6 +41,10 @@ CLIENT_STATUS: dict[type[cas.ClientError], int] = {
 }
 
 
+def client_status(exc: cas.ClientError) -> int:
+    return next((s for t, s in CLIENT_STATUS.items() if isinstance(exc, t)), 400)
+
+
 class Problem(msgspec.Struct):
     """The body of every error answer (for the OpenAPI document)."""
 
@@ -110,8 +114,7 @@ def register(app: Quart) -> None:
 
     @app.errorhandler(cas.ClientError)
     async def _client_error(exc: cas.ClientError) -> Response:
-        status = next((s for t, s in CLIENT_STATUS.items() if isinstance(exc, t)), 400)
-        return problem(status, exc.code, exc.detail, **exc.extra)
+        return problem(client_status(exc), exc.code, exc.detail, **exc.extra)
 
     @app.errorhandler(cas.StorageError)
     async def _storage_error(exc: cas.StorageError) -> Response:

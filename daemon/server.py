@@ -7,11 +7,13 @@ import logging
 import os
 import signal
 import sys
+import time
 
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.trio import tcp_server
+from ingestd import cas
 from ingestd.plugins import Plugins
 
 from .app import create_app
@@ -36,6 +38,9 @@ def hypercorn_config(config: Config, listen_fd: int | None = None) -> HypercornC
         hc.bind = [
             f"[{host}]:{config.server.port}" if ":" in host else f"{host}:{config.server.port}"
         ]
+    if config.tls:
+        hc.certfile = config.server.certfile
+        hc.keyfile = config.server.keyfile
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
     # In-flight requests get this long to finish on SIGINT/SIGTERM. It is also
@@ -46,6 +51,27 @@ def hypercorn_config(config: Config, listen_fd: int | None = None) -> HypercornC
     # Bounds the request line and headers h11 buffers; bodies are streamed.
     hc.h11_max_incomplete_size = 64 * 1024
     return hc
+
+
+def start_warnings(config: Config) -> list[str]:
+    """What an operator should know before the first request."""
+    warnings = []
+    if config.auth_required:
+        index = cas.Index(config.data_dir / "index.lmdb")
+        try:
+            if not cas.Tokens(index, time.time).all():
+                warnings.append(
+                    "auth is on and there are no tokens yet: every request will be refused. "
+                    "Create one with: ingestd token create --tenant NAME --scope write"
+                )
+        finally:
+            index.close()
+        if not config.tls:
+            warnings.append(
+                "tokens travel in plain text over http://; anyone on the network path can "
+                "read them. Set server.certfile and server.keyfile to serve HTTPS."
+            )
+    return warnings
 
 
 async def serve(
@@ -70,12 +96,15 @@ async def serve(
                 stop.set()
 
         if worker is None:
+            scheme = "https" if config.tls else "http"
             print(
-                f"ingestd serving http://{config.server.host}:{config.server.port} "
-                f"(data in {config.data_dir})",
+                f"ingestd serving {scheme}://{config.server.host}:{config.server.port} "
+                f"(data in {config.data_dir}; auth {'on' if config.auth_required else 'off'})",
                 file=sys.stderr,
                 flush=True,
             )
+            for warning in start_warnings(config):
+                log.warning("%s", warning)
 
         async def orphaned() -> None:
             # A worker whose master died (even by SIGKILL) stops too.

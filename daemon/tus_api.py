@@ -33,7 +33,7 @@ from .downloads import content_disposition, serve_content
 from .auth import caller
 from .errors import ApiError
 from .ingest import NewUpload, StreamSpec, UploadLocked
-from .problems import api_error_response
+from .problems import api_error_response, client_status
 from .runtime import Runtime, runtime
 
 bp = Blueprint("tus", __name__)
@@ -87,7 +87,7 @@ def from_store_error(exc: cas.ClientError) -> ApiError:
         return ApiError(413, "too_large", exc.detail, **exc.extra)
     if isinstance(exc, cas.UnknownFile):
         return ApiError(404, "unknown_file", exc.detail)
-    return ApiError(400, exc.code, exc.detail, **exc.extra)
+    return ApiError(client_status(exc), exc.code, exc.detail, **exc.extra)
 
 
 @bp.errorhandler(cas.ClientError)

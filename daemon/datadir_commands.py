@@ -1,0 +1,223 @@
+"""`ingestd token …` and `ingestd stats`: commands an operator runs on the
+daemon's host, against its data directory (while it runs, or not).
+
+They open the LMDB index directly, as another worker would, and never the
+chunk objects. The config file (or `--data-dir`) says where the data is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from ingestd import cas
+
+from .auth import SCOPES, check_tenant_name, create_token, parse_duration
+from .config import ConfigError, load_config
+
+
+class CommandError(Exception):
+    """Bad arguments or configuration: exit status 2."""
+
+
+def _index(args: argparse.Namespace) -> cas.Index:
+    try:
+        config = load_config(args.config, overrides={("storage", "data_dir"): args.data_dir})
+    except ConfigError as exc:
+        raise CommandError(str(exc)) from None
+    return cas.Index(Path(config.data_dir) / "index.lmdb", durable=True)
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def token_create(args: argparse.Namespace) -> int:
+    try:
+        check_tenant_name(args.tenant)
+        expires = parse_duration(args.expires) if args.expires else None
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    index = _index(args)
+    try:
+        token, record = create_token(
+            cas.Tokens(index, time.time),
+            tenant=args.tenant,
+            scope=args.scope,
+            name=args.name,
+            expires_in=expires,
+        )
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    finally:
+        index.close()
+    # The token alone on stdout (TOKEN=$(ingestd token create …)); the rest on stderr.
+    print(token)
+    print(
+        f"created token {record.name!r} (id {record.id}) for tenant {record.tenant!r}, "
+        f"scope {args.scope}, expires {_when(record.expires) if record.expires else 'never'}; "
+        "it is shown only now",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def token_list(args: argparse.Namespace) -> int:
+    index = _index(args)
+    try:
+        tokens = cas.Tokens(index, time.time).all()
+    finally:
+        index.close()
+    rows = [
+        {
+            "id": t.id,
+            "name": t.name,
+            "tenant": t.tenant,
+            "scopes": t.scopes,
+            "created": t.created,
+            "last_used": t.last_used,
+            "expires": t.expires,
+        }
+        for t in tokens
+    ]
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+        return 0
+    if not rows:
+        print("no tokens (create one with: ingestd token create --tenant NAME)", file=sys.stderr)
+        return 0
+    header = ("id", "name", "tenant", "scopes", "created", "last used", "expires")
+    table = [header] + [
+        (
+            r["id"],
+            r["name"],
+            r["tenant"],
+            ",".join(r["scopes"]),
+            _when(r["created"]),
+            _when(r["last_used"]),
+            _when(r["expires"]) if r["expires"] else "never",
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def token_revoke(args: argparse.Namespace) -> int:
+    index = _index(args)
+    try:
+        record = cas.Tokens(index, time.time).revoke(args.token)
+    except cas.UnknownToken as exc:
+        print(f"ingestd: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        index.close()
+    print(f"revoked token {record.name!r} (id {record.id}) of tenant {record.tenant!r}",
+          file=sys.stderr)
+    return 0
+
+
+def stats(args: argparse.Namespace) -> int:
+    index = _index(args)
+    try:
+        ledger = cas.TenantLedger(index)
+        with index.reader() as txn:
+            usage = dict(ledger.all(txn))
+    finally:
+        index.close()
+    if args.tenant is not None:
+        usage = {args.tenant: usage.get(args.tenant, cas.TenantUsage())}
+    rows = [{"tenant": tenant, **_usage_dict(u)} for tenant, u in sorted(usage.items())]
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+        return 0
+    header = ("tenant", "files", "logical", "physical", "chunks", "open uploads", "reserved")
+    table = [header] + [
+        (
+            r["tenant"],
+            str(r["files"]),
+            _size(r["logical_bytes"]),
+            _size(r["physical_bytes"]),
+            str(r["chunks"]),
+            str(r["open_uploads"]),
+            _size(r["open_bytes"]),
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _usage_dict(usage: cas.TenantUsage) -> dict[str, int]:
+    return {
+        "files": usage.files,
+        "logical_bytes": usage.logical_bytes,
+        "physical_bytes": usage.physical_bytes,
+        "chunks": usage.chunks,
+        "open_uploads": usage.open_uploads,
+        "open_bytes": usage.open_bytes,
+    }
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def _datadir_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="PATH", help="the daemon's config file (TOML)")
+    parser.add_argument("--data-dir", metavar="DIR", help="overrides storage.data_dir")
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    token = sub.add_parser(
+        "token",
+        help="create, list and revoke API tokens (on the daemon's host)",
+        description="API tokens, kept (hashed) in the daemon's data directory. "
+        "Works while the daemon runs; a revoked token is refused at once.",
+    )
+    actions = token.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="create a token and print it (only now)")
+    create.add_argument("--tenant", required=True, help="the tenant whose data it reaches")
+    create.add_argument("--name", help="a name to list and revoke it by (default: generated)")
+    create.add_argument(
+        "--scope",
+        choices=SCOPES,
+        default="write",
+        help="read: list and download; write: also upload and delete; "
+        "admin: every tenant (default: write)",
+    )
+    create.add_argument("--expires", metavar="DURATION", help="e.g. 30d, 12h (default: never)")
+    _datadir_options(create)
+    create.set_defaults(func=token_create)
+    listing = actions.add_parser("list", help="list tokens (never their secrets)")
+    listing.add_argument("--json", action="store_true", help="one JSON object per token")
+    _datadir_options(listing)
+    listing.set_defaults(func=token_list)
+    revoke = actions.add_parser("revoke", help="revoke a token by name or id")
+    revoke.add_argument("token", metavar="NAME_OR_ID")
+    _datadir_options(revoke)
+    revoke.set_defaults(func=token_revoke)
+
+    st = sub.add_parser(
+        "stats",
+        help="what each tenant stores (on the daemon's host)",
+        description="Per tenant: files, logical bytes (uploaded), physical bytes (each "
+        "chunk once), open uploads and the bytes they reserve.",
+    )
+    st.add_argument("--tenant", help="only this tenant")
+    st.add_argument("--json", action="store_true", help="one JSON object per tenant")
+    _datadir_options(st)
+    st.set_defaults(func=stats)
