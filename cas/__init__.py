@@ -11,10 +11,11 @@ Knows nothing of HTTP or plugins; usable as a library::
 The modules, one concept each: `chunkstore` (the interface objects are kept
 behind) with `localstore` and `memstore`; `index` (LMDB, group commit);
 `records`; `sessions` (and their transition table); `parts` (the ledger of
-a session's chunks); `refs` (chunk reference counts); `files`;
-`completion`; `tenants` (holdings and usage); `tokens`; `gc`; `queues` (jobs, outbox); `streams` (tus byte streams);
-`reader`; `materialize`; `store` (wires them together). Callers outside the
-package import from here only.
+a session's chunks); `refs` (chunk reference counts); `tenants` (each
+tenant's chunk holdings and usage); `tokens`; `files`; `completion`; `gc`;
+`queues` (jobs, outbox); `streams` (tus byte streams); `reader`;
+`materialize`; `store` (wires them together). Callers outside the package
+import from here only.
 """
 
 from .chunkstore import ChunkHandle, ChunkStore, ChunkWriter, PutResult, is_hash
@@ -70,8 +71,6 @@ from .records import (
 from .refs import DEDUP_SCOPES
 from .sessions import TRANSITIONS
 from .store import ChunkAck, Store
-from .tenants import Quota, TenantLedger
-from .tokens import Tokens, UnknownToken
 from .streams import (
     FINAL,
     PARTIAL,
@@ -83,6 +82,8 @@ from .streams import (
     StreamState,
     StreamStore,
 )
+from .tenants import Quota, TenantLedger
+from .tokens import Tokens, UnknownToken
 
 __all__ = [
     "DEDUP_SCOPES",

@@ -19,6 +19,7 @@ import email.utils
 import hashlib
 import json
 import os
+import ssl
 import stat
 import tempfile
 import threading
@@ -275,7 +276,7 @@ class Client:
         state_dir: str | os.PathLike[str] | None = None,
         timeout: float = 60.0,
         backoff: tuple[float, ...] = (1.0, 2.0, 4.0),
-        verify: bool | str = True,
+        verify: bool | str | ssl.SSLContext = True,
     ) -> None:
         """`url`: default $INGESTD_URL, else http://127.0.0.1:8000. `token`: a
         bearer token (default: $INGESTD_TOKEN); `verify`: False,
@@ -286,6 +287,8 @@ class Client:
             raise ValueError(f"chunking must be one of {', '.join(MODES)}, got {chunking!r}")
         url = url or os.environ.get("INGESTD_URL") or DEFAULT_URL
         self.url = url.rstrip("/")
+        if isinstance(verify, str):
+            verify = ssl.create_default_context(cafile=verify)
         self.parallel = parallel
         self.chunking = chunking
         self.timeout = timeout

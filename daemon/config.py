@@ -298,7 +298,9 @@ def load_config(
                 try:
                     table[key] = parse_size(value)
                 except ValueError as exc:
-                    raise ConfigError(f"invalid config quotas.tenants.{name}.{key}: {exc}") from None
+                    raise ConfigError(
+                        f"invalid config quotas.tenants.{name}.{key}: {exc}"
+                    ) from None
     raw["plugin_tables"] = tables
     try:
         # strict=False lets environment strings become ints, floats and bools.

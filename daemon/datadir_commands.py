@@ -118,8 +118,10 @@ def token_revoke(args: argparse.Namespace) -> int:
         return 1
     finally:
         index.close()
-    print(f"revoked token {record.name!r} (id {record.id}) of tenant {record.tenant!r}",
-          file=sys.stderr)
+    print(
+        f"revoked token {record.name!r} (id {record.id}) of tenant {record.tenant!r}",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -84,7 +84,10 @@ class Master:
             sock = bind(self.config)
         except OSError as exc:
             host, port = self.config.server.host, self.config.server.port
-            print(f"ingestd: cannot listen on {host}:{port}: {os.strerror(exc.errno)}", file=sys.stderr)
+            print(
+                f"ingestd: cannot listen on {host}:{port}: {os.strerror(exc.errno)}",
+                file=sys.stderr,
+            )
             return 1
         # No worker runs yet: every temp file is a crashed run's.
         cas.clear_temp(self.config.data_dir)

@@ -27,10 +27,10 @@ from quart_trio import QuartTrio
 
 from . import ingest
 from . import tus as core
+from .auth import caller
 from .bodies import StreamingBody, stream_bodies_under
 from .config import Config
 from .downloads import content_disposition, serve_content
-from .auth import caller
 from .errors import ApiError
 from .ingest import NewUpload, StreamSpec, UploadLocked
 from .problems import api_error_response, client_status

@@ -24,8 +24,8 @@ from quart_schema import (
     validate_request,
 )
 
-from .downloads import content_disposition, serve_content
 from .auth import caller
+from .downloads import content_disposition, serve_content
 from .errors import ApiError
 from .ingest import NewUpload
 from .problems import Problem

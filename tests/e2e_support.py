@@ -12,6 +12,7 @@ import os
 import random
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -111,8 +112,12 @@ class Daemon:
         extra_env: dict[str, str] | None = None,
         config_path: Path | None = None,
         args: list[str] | None = None,
+        https_ca: Path | None = None,
     ) -> None:
+        """`https_ca`: the daemon serves HTTPS (its certificate in `extra_env`),
+        signed by this CA."""
         self.workdir = Path(workdir)
+        self.https_ca = https_ca
         self.args = list(args or [])
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -125,7 +130,14 @@ class Daemon:
 
     @property
     def base_url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        return f"{'https' if self.https_ca else 'http'}://{HOST}:{self.port}"
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """What httpx needs to trust this daemon."""
+        if self.https_ca is None:
+            return True
+        return ssl.create_default_context(cafile=str(self.https_ca))
 
     def _env(self) -> dict[str, str]:
         env = {
@@ -185,7 +197,7 @@ class Daemon:
             if self.proc.poll() is not None:
                 raise self._fail(f"daemon exited with {self.proc.returncode} during startup")
             try:
-                r = httpx.get(f"{self.base_url}/healthz", timeout=1.0)
+                r = httpx.get(f"{self.base_url}/healthz", timeout=1.0, verify=self.verify)
                 if r.status_code == 200 and r.json().get("status") == "ok":
                     return
                 last = f"{r.status_code} {r.text[:200]}"

@@ -60,15 +60,15 @@ async def problem(response, status: int, code: str) -> dict:
 
 async def upload(client, headers: dict[str, str], data: bytes, name: str = "a.bin") -> dict:
     """A /v1 upload of `data`, completed and processed; the job."""
-    r = await client.post("/v1/uploads", json={"filename": name, "size": len(data)}, headers=headers)
+    r = await client.post(
+        "/v1/uploads", json={"filename": name, "size": len(data)}, headers=headers
+    )
     created = await r.get_json()
     assert r.status_code == 201, created
     size = created["chunk_size"]
     for i in created["missing"]:
         piece = data[i * size : (i + 1) * size]
-        r = await client.put(
-            f"/v1/uploads/{created['id']}/chunks/{i}", data=piece, headers=headers
-        )
+        r = await client.put(f"/v1/uploads/{created['id']}/chunks/{i}", data=piece, headers=headers)
         assert r.status_code == 200, await r.get_data()
     r = await client.post(f"/v1/uploads/{created['id']}/complete", headers=headers)
     job_id = (await r.get_json())["job_id"]
@@ -141,7 +141,9 @@ async def test_scopes_read_write_admin(secured):
     job = await upload(c, write, data)
     file_id = job["file_id"]
     # read: list, describe, download, job status; nothing that changes data.
-    assert [f["id"] for f in (await (await c.get("/v1/files", headers=read)).get_json())["files"]] == [file_id]
+    assert [
+        f["id"] for f in (await (await c.get("/v1/files", headers=read)).get_json())["files"]
+    ] == [file_id]
     r = await c.get(f"/v1/files/{file_id}/content", headers=read)
     assert hashlib.sha256(await r.get_data()).hexdigest() == hashlib.sha256(data).hexdigest()
     assert (await c.get(f"/v1/jobs/{job['id']}", headers=read)).status_code == 200
@@ -203,7 +205,9 @@ async def test_metrics_are_open_on_loopback_and_for_admins_otherwise(make_config
             assert r.status_code == anonymous, mode
             r = await c.get("/metrics", headers=s.token(f"w-{mode}", "alice"), scope_base=REMOTE)
             assert r.status_code == (200 if mode == "open" else 403), mode
-            r = await c.get("/metrics", headers=s.token(f"a-{mode}", "ops", "admin"), scope_base=REMOTE)
+            r = await c.get(
+                "/metrics", headers=s.token(f"a-{mode}", "ops", "admin"), scope_base=REMOTE
+            )
             assert r.status_code == 200
 
 
@@ -224,12 +228,23 @@ async def test_without_auth_only_loopback_host_names_are_answered(make_config):
     app = create_app(make_config(INGESTD_SERVER_ALLOWED_HOSTS="ingest.internal"))
     async with app.test_app() as test_app:
         c = test_app.test_client()
-        for host in ("127.0.0.1:8000", "localhost", "localhost:9", "[::1]:8000", "ingest.internal:80",
-                     "app.localhost"):
+        for host in (
+            "127.0.0.1:8000",
+            "localhost",
+            "localhost:9",
+            "[::1]:8000",
+            "ingest.internal:80",
+            "app.localhost",
+        ):
             r = await c.get("/v1/files", headers={"Host": host})
             assert r.status_code == 200, host
-        for host in ("evil.example", "evil.example:8000", "127.0.0.1.evil.example", "10.0.0.5",
-                     "localhost.evil.example"):
+        for host in (
+            "evil.example",
+            "evil.example:8000",
+            "127.0.0.1.evil.example",
+            "10.0.0.5",
+            "localhost.evil.example",
+        ):
             r = await c.get("/v1/files", headers={"Host": host})
             body = await problem(r, 421, "host_not_allowed")
             assert "allowed_hosts" in body["detail"]
@@ -299,7 +314,9 @@ async def test_quotas_refuse_with_the_limit_and_keep_what_is_stored(make_config)
         # The same through tus and the seed API.
         r = await c.post("/files/", headers={**alice, **TUS, "Upload-Length": "2001"})
         await problem(r, 507, "quota_exceeded")
-        r = await c.post("/api/upload/init", json={"filename": "b", "totalSize": 2001}, headers=alice)
+        r = await c.post(
+            "/api/upload/init", json={"filename": "b", "totalSize": 2001}, headers=alice
+        )
         await problem(r, 507, "quota_exceeded")
         # Open uploads reserve their size: 1000 + 1000 fit, then the count is full.
         for _ in range(2):

@@ -88,7 +88,9 @@ def test_auth_defaults_follow_the_bind_address(tmp_path):
     network = load_config(write(tmp_path, "[server]\nhost = '0.0.0.0'\n"), environ={})
     assert network.auth_required  # on by default off loopback
     quotas = load_config(
-        write(tmp_path, "[quotas]\nmax_bytes = '1 GiB'\n[quotas.tenants.big]\nmax_bytes = '2 GiB'\n"),
+        write(
+            tmp_path, "[quotas]\nmax_bytes = '1 GiB'\n[quotas.tenants.big]\nmax_bytes = '2 GiB'\n"
+        ),
         environ={},
     )
     assert quotas.quotas.max_bytes == 1 << 30

@@ -72,7 +72,9 @@ class World:
             assert r.status_code == 200, await r.get_data()
         r = await self.client.post(f"/v1/uploads/{created['id']}/complete", headers=headers)
         job_id = (await r.get_json())["job_id"]
-        job = await (await self.client.get(f"/v1/jobs/{job_id}?wait=30", headers=headers)).get_json()
+        job = await (
+            await self.client.get(f"/v1/jobs/{job_id}?wait=30", headers=headers)
+        ).get_json()
         assert job["state"] == "succeeded", job
         return created, job
 
@@ -131,7 +133,9 @@ class World:
         for key in ("v1_open", "v1_done"):
             body = await (await c.get(f"/v1/uploads/{ids[key]}", headers=a)).get_json()
             out[key] = {k: body[k] for k in ("state", "received_chunks", "missing")}
-        out["seed"] = await (await c.get(f"/api/upload/status/{ids['seed_open']}", headers=a)).get_json()
+        out["seed"] = await (
+            await c.get(f"/api/upload/status/{ids['seed_open']}", headers=a)
+        ).get_json()
         for key in ("tus_open", "tus_partial", "tus_done"):
             r = await c.head(f"/files/{ids[key]}", headers={**a, **TUS})
             out[key] = (r.status_code, r.headers.get("Upload-Offset"))
@@ -169,7 +173,12 @@ def id_routes(w: World):
 
     return [
         ("seed.status", "GET", "seed_open", lambda i: c.get(f"/api/upload/status/{i}", headers=b)),
-        ("seed.complete", "POST", "seed_open", lambda i: c.post(f"/api/upload/complete/{i}", headers=b)),
+        (
+            "seed.complete",
+            "POST",
+            "seed_open",
+            lambda i: c.post(f"/api/upload/complete/{i}", headers=b),
+        ),
         ("seed.chunk", "POST", "seed_open", seed_chunk),
         ("v1.upload_status", "GET", "v1_open", lambda i: c.get(f"/v1/uploads/{i}", headers=b)),
         ("v1.upload_status", "GET", "v1_done", lambda i: c.get(f"/v1/uploads/{i}", headers=b)),
@@ -180,9 +189,24 @@ def id_routes(w: World):
             "v1_open",
             lambda i: c.put(f"/v1/uploads/{i}/chunks/0", data=b"x" * CHUNK, headers=b),
         ),
-        ("v1.complete_upload", "POST", "v1_open", lambda i: c.post(f"/v1/uploads/{i}/complete", headers=b)),
-        ("v1.cancel_upload", "DELETE", "v1_open", lambda i: c.delete(f"/v1/uploads/{i}", headers=b)),
-        ("v1.cancel_upload", "DELETE", "v1_done", lambda i: c.delete(f"/v1/uploads/{i}", headers=b)),
+        (
+            "v1.complete_upload",
+            "POST",
+            "v1_open",
+            lambda i: c.post(f"/v1/uploads/{i}/complete", headers=b),
+        ),
+        (
+            "v1.cancel_upload",
+            "DELETE",
+            "v1_open",
+            lambda i: c.delete(f"/v1/uploads/{i}", headers=b),
+        ),
+        (
+            "v1.cancel_upload",
+            "DELETE",
+            "v1_done",
+            lambda i: c.delete(f"/v1/uploads/{i}", headers=b),
+        ),
         ("v1.job_status", "GET", "job", lambda i: c.get(f"/v1/jobs/{i}?wait=0.1", headers=b)),
         ("v1.describe_file", "GET", "file", lambda i: c.get(f"/v1/files/{i}", headers=b)),
         ("v1.file_content", "GET", "file", lambda i: c.get(f"/v1/files/{i}/content", headers=b)),
@@ -224,9 +248,7 @@ def id_routes(w: World):
             "tus.creation",
             "POST",
             "tus_partial",
-            lambda i: c.post(
-                "/files/", headers={**b, **TUS, "Upload-Concat": f"final;/files/{i}"}
-            ),
+            lambda i: c.post("/files/", headers={**b, **TUS, "Upload-Concat": f"final;/files/{i}"}),
         ),
     ]
 
@@ -304,7 +326,9 @@ async def test_dedup_answers_do_not_tell_b_what_a_holds(world):
         )
         assert r.status_code == 200
     r = await c.post(f"/v1/uploads/{theirs['id']}/complete", headers=w.b)
-    job = await (await c.get(f"/v1/jobs/{(await r.get_json())['job_id']}?wait=30", headers=w.b)).get_json()
+    job = await (
+        await c.get(f"/v1/jobs/{(await r.get_json())['job_id']}?wait=30", headers=w.b)
+    ).get_json()
     assert job["state"] == "succeeded" and job["reused_from"] is None
     # Now B holds it: a second upload of it by B sends nothing.
     again = await w.v1_upload(w.b, known, "b2.bin", declare=True, complete=False)

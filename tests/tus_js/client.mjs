@@ -2,13 +2,15 @@
 //
 // Usage: node client.mjs --endpoint URL --file PATH [--chunk-size BYTES] [--parallel N]
 //            [--abort-after BYTES] [--url-storage PATH] [--name NAME] [--throttle-mib-s N]
+//            [--token TOKEN]
 //
 // Uploads PATH (as an fs.ReadStream, so tus-js-client reads slices of the file).
 // --chunk-size 0 (the default) sends everything in one PATCH. --parallel N > 1 uses
 // tus-js-client's parallelUploads: N partial uploads sent at once, then a final upload
 // (tus concatenation). --url-storage keeps upload URLs by file fingerprint in a JSON
 // file (tus.FileUrlStorage); a later run with the same file and storage resumes the
-// upload it finds there through a new Upload object. --abort-after stops the upload
+// upload it finds there through a new Upload object. --token sends
+// "Authorization: Bearer TOKEN" with every request. --abort-after stops the upload
 // with upload.abort() once that many bytes have been sent; on loopback a whole file goes
 // faster than tus-js-client reports progress (every 100 ms), so --throttle-mib-s slows
 // request bodies down to N MiB/s to stop mid-PATCH. Prints one JSON line:
@@ -67,6 +69,7 @@ const { values: args } = parseArgs({
     "url-storage": { type: "string" },
     name: { type: "string" },
     "throttle-mib-s": { type: "string", default: "0" },
+    token: { type: "string" },
   },
 });
 for (const key of ["endpoint", "file"]) {
@@ -111,6 +114,7 @@ const options = {
   },
 };
 if (parallel > 1) options.parallelUploads = parallel;
+if (args.token) options.headers = { Authorization: `Bearer ${args.token}` };
 const throttle = Number(args["throttle-mib-s"]);
 if (throttle > 0) options.httpStack = new ThrottledHttpStack(throttle * 1024 * 1024);
 if (args["url-storage"]) {
