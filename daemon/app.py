@@ -17,6 +17,7 @@ from quart_trio import QuartTrio
 from . import problems, seed_api, tus_api, v1_api
 from .auth import TENANT_HEADER, Authenticator, RateLimiter, acting_as
 from .config import Config, ConfigError, is_loopback
+from .errors import ApiError
 from .ingest import Ingest
 from .jobs import JobRunner
 from .leader import become_leader
@@ -67,6 +68,8 @@ def required_scope(method: str, path: str, tus_prefix: str) -> str | None:
         return None
     if method == "OPTIONS" and path.startswith(tus_prefix.rstrip("/")):
         return None  # CORS preflights carry no credentials
+    if path == "/v1/tokens" or path.startswith("/v1/tokens/"):
+        return "admin"
     return "read" if method in READ_METHODS else "write"
 
 
@@ -136,14 +139,19 @@ def create_app(
     @app.before_request
     async def _authorize() -> None:
         """Every request: its Host (without auth), its token, scope and rate."""
-        rt.auth.check_host(request.headers.get("Host"))
-        scope = required_scope(request.method, request.path, tus_prefix)
-        if scope is None:
-            return
-        principal = rt.auth.authenticate(rt.store.tokens, request.headers.get("Authorization"))
-        principal = acting_as(principal, request.headers.get(TENANT_HEADER))
-        principal.require(scope)
-        rt.rate_limits.check(principal)
+        try:
+            rt.auth.check_host(request.headers.get("Host"))
+            scope = required_scope(request.method, request.path, tus_prefix)
+            if scope is None:
+                return
+            headers = request.headers
+            principal = rt.auth.authenticate(rt.store.tokens, headers.get("Authorization"))
+            principal = acting_as(principal, headers.get(TENANT_HEADER))
+            principal.require(scope)
+            rt.rate_limits.check(principal)
+        except ApiError as exc:
+            rt.metrics.access_refusals.labels(exc.code).inc()
+            raise
         if rt.auth.due_touch(principal):
             app.nursery.start_soon(rt.run, rt.store.tokens.touch, principal.token_id)
         g.principal = principal

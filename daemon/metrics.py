@@ -39,5 +39,12 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.access_refusals = Counter(
+            "ingestd_access_refusals",
+            "Requests refused by access control (401, 403, 421, 429), by problem code",
+            ["code"],
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from ingestd import cas
@@ -24,7 +25,7 @@ from quart_schema import (
     validate_request,
 )
 
-from .auth import caller
+from .auth import caller, create_token
 from .downloads import content_disposition, serve_content
 from .errors import ApiError
 from .ingest import NewUpload
@@ -224,6 +225,87 @@ async def usage() -> Usage:
         open_bytes=used.open_bytes,
         limits=TenantLimits(max_bytes, max_open, max_file),
     )
+
+
+# -- tokens (admin) --------------------------------------------------------
+# The admin scope these routes need is checked with every other (app.required_scope).
+
+
+class TokenInfo(msgspec.Struct):
+    id: str
+    name: str
+    tenant: str
+    scopes: list[str]
+    created: float
+    expires: float | None
+    last_used: float | None
+
+
+class TokenList(msgspec.Struct):
+    tokens: list[TokenInfo]
+
+
+class CreateToken(msgspec.Struct):
+    tenant: str
+    scope: Literal["read", "write", "admin"] = "write"
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
+    # Seconds until it expires; null: never.
+    expires_in: Annotated[float, msgspec.Meta(gt=0)] | None = None
+
+
+class TokenCreated(msgspec.Struct):
+    # Shown only in this answer; the daemon keeps its hash.
+    token: str
+    info: TokenInfo
+
+
+def token_info(t: cas.TokenRecord) -> TokenInfo:
+    return TokenInfo(t.id, t.name, t.tenant, t.scopes, t.created, t.expires, t.last_used)
+
+
+@bp.get("/tokens")
+@document_response(TokenList)
+@document_response(Problem, 403)
+async def list_tokens() -> TokenList:
+    """Every token (admin scope): names, tenants, scopes and use, never secrets."""
+    rt = runtime()
+    return TokenList([token_info(t) for t in await rt.run(rt.store.tokens.all)])
+
+
+@bp.post("/tokens")
+@validate_request(CreateToken)
+@document_response(TokenCreated, 201)
+@document_response(Problem, 403)
+async def make_token(data: CreateToken) -> tuple[TokenCreated, int]:
+    """Create a token for a tenant (admin scope). The answer is the only time
+    the token is shown."""
+    rt = runtime()
+    try:
+        token, record = await rt.run(
+            functools.partial(
+                create_token,
+                rt.store.tokens,
+                tenant=data.tenant,
+                scope=data.scope,
+                name=data.name,
+                expires_in=data.expires_in,
+            )
+        )
+    except ValueError as exc:
+        raise ApiError(400, "invalid_token_request", str(exc)) from None
+    return TokenCreated(token, token_info(record)), 201
+
+
+@bp.delete("/tokens/<name_or_id>")
+@document_response(Problem, 404)
+async def revoke_token(name_or_id: str) -> tuple[str, int]:
+    """Revoke a token by name or id (admin scope); refused from the next request on."""
+    rt = runtime()
+    try:
+        await rt.run(rt.store.tokens.revoke, name_or_id)
+    except cas.UnknownToken as exc:
+        raise ApiError(404, "unknown_token", str(exc)) from None
+    return "", 204
 
 
 # -- uploads ---------------------------------------------------------------

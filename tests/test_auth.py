@@ -374,3 +374,31 @@ async def test_per_tenant_quota_overrides(tmp_path, make_config):
             "/v1/uploads", json={"filename": "x", "size": 5000}, headers=s.token("s", "small")
         )
         await problem(r, 507, "quota_exceeded")
+
+
+async def test_admins_manage_tokens_over_http(secured):
+    c = secured.client
+    admin = secured.token("ops", "ops", scope="admin")
+    write = secured.token("w", "alice")
+    r = await c.post("/v1/tokens", json={"tenant": "carol", "scope": "read"}, headers=write)
+    await problem(r, 403, "scope_required")
+    assert (await c.get("/v1/tokens", headers=write)).status_code == 403
+    r = await c.post(
+        "/v1/tokens", json={"tenant": "carol", "scope": "read", "name": "pipe"}, headers=admin
+    )
+    assert r.status_code == 201
+    created = await r.get_json()
+    assert created["info"]["tenant"] == "carol" and created["info"]["scopes"] == ["read"]
+    carol = {"Authorization": f"Bearer {created['token']}"}
+    assert (await c.get("/v1/files", headers=carol)).status_code == 200
+    listed = await (await c.get("/v1/tokens", headers=admin)).get_json()
+    assert {t["name"] for t in listed["tokens"]} == {"ops", "w", "pipe"}
+    assert created["token"] not in str(listed)
+    r = await c.post("/v1/tokens", json={"tenant": "no/slash"}, headers=admin)
+    await problem(r, 400, "invalid_token_request")
+    assert (await c.delete("/v1/tokens/pipe", headers=admin)).status_code == 204
+    await problem(await c.get("/v1/files", headers=carol), 401, "invalid_token")
+    await problem(await c.delete("/v1/tokens/pipe", headers=admin), 404, "unknown_token")
+    metrics = (await (await c.get("/metrics", headers=admin)).get_data()).decode()
+    assert 'ingestd_access_refusals_total{code="scope_required"} 2.0' in metrics
+    assert 'ingestd_access_refusals_total{code="invalid_token"} 1.0' in metrics
