@@ -331,11 +331,13 @@ class Client:
         **kwargs: Any,
     ) -> httpx.Response:
         """Send a request, retrying after each delay in `backoff` on connection
-        errors, timeouts, 429 and 5xx. `retry="connect"` retries only when the
+        errors, timeouts, 429 and 5xx (waiting as long as Retry-After says, when
+        it says). `retry="connect"` retries only when the
         request surely did not reach the server (for requests that are not
         idempotent). Raises ProblemError for an error answer, ConnectionFailed
         when the server stayed unreachable."""
         delays = iter(self.backoff)
+        rate_waits = 0
         while True:
             try:
                 r = self._http.request(method, path, **kwargs)
@@ -348,7 +350,13 @@ class Client:
                 continue
             if r.status_code < 400:
                 return r
-            if r.status_code in _RETRY_STATUS and not _lasting(r):
+            if r.status_code == 429 and "Retry-After" in r.headers and not _lasting(r):
+                # The server says when: wait that long, a bounded number of times.
+                rate_waits += 1
+                if rate_waits <= MAX_RATE_WAITS:
+                    _pause(retry_after(r, 1.0), stop)
+                    continue
+            elif r.status_code in _RETRY_STATUS and not _lasting(r):
                 delay = next(delays, None)
                 if delay is not None:
                     _pause(retry_after(r, delay), stop)
@@ -796,8 +804,10 @@ def _no_progress(kind: str, nbytes: int) -> None:
 
 # Refusals that waiting does not change: retrying would only repeat them.
 _LASTING_CODES = frozenset({"quota_exceeded", "too_many_open_uploads"})
-# The longest Retry-After honoured, in seconds.
+# The longest Retry-After honoured, in seconds, and how many times one request
+# waits out a rate limit (429 with Retry-After) before giving up.
 MAX_RETRY_AFTER = 120.0
+MAX_RATE_WAITS = 20
 
 
 def _lasting(r: httpx.Response) -> bool:

@@ -402,3 +402,21 @@ async def test_admins_manage_tokens_over_http(secured):
     metrics = (await (await c.get("/metrics", headers=admin)).get_data()).decode()
     assert 'ingestd_access_refusals_total{code="scope_required"} 2.0' in metrics
     assert 'ingestd_access_refusals_total{code="invalid_token"} 1.0' in metrics
+
+
+def test_the_client_reads_retry_after_in_seconds_or_as_a_date():
+    import email.utils
+    import time
+
+    import httpx
+    from ingestd.daemon.client import MAX_RETRY_AFTER, retry_after
+
+    def answer(value: str | None) -> httpx.Response:
+        return httpx.Response(429, headers={} if value is None else {"Retry-After": value})
+
+    assert retry_after(answer("3"), 1.0) == 3.0
+    assert retry_after(answer(None), 1.5) == 1.5
+    assert retry_after(answer("soon"), 2.0) == 2.0
+    assert retry_after(answer("99999"), 1.0) == MAX_RETRY_AFTER
+    later = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 25 <= retry_after(answer(later), 1.0) <= 31

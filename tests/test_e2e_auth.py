@@ -279,3 +279,34 @@ def test_https_with_a_self_signed_certificate(tmp_path: Path):
         # Plain HTTP to the HTTPS port gets nowhere.
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"http://{HOST}:{d.port}/v1/files", timeout=5).raise_for_status()
+
+
+def test_the_cli_waits_out_rate_limits(tmp_path: Path):
+    env = {
+        "INGESTD_AUTH_REQUIRED": "true",
+        "INGESTD_AUTH_RATE_WRITE": "6",
+        "INGESTD_AUTH_BURST_WRITE": "3",
+    }
+    with Daemon(tmp_path / "d", extra_env=env) as d:
+        cli = Cli(tmp_path / "state")
+        value = token(cli, d, "--tenant", "alice")
+        path = tmp_path / "many.bin"
+        digest = write_random_file(path, 12 * MiB)
+        started = time.monotonic()
+        result = cli.upload(d.base_url, str(path), "--token", value, "--chunking", "fixed")
+        elapsed = time.monotonic() - started
+        assert result["chunks_sent"] == 12
+        metrics = httpx.get(f"{d.base_url}/metrics", timeout=10).text  # open on loopback
+        limited = [
+            line
+            for line in metrics.splitlines()
+            if line.startswith('ingestd_access_refusals_total{code="rate_limited"}')
+        ]
+        assert limited and float(limited[0].split()[-1]) >= 1, metrics[-2000:]
+        # About 16 requests at 6 a second after a burst of 3: it had to wait.
+        assert elapsed > 1.0
+        out = tmp_path / "back.bin"
+        cli.run(
+            "download", result["file_id"], "-o", str(out), "--url", d.base_url, "--token", value
+        )
+        assert sha256_file(out) == digest
