@@ -607,16 +607,22 @@ def _ingestd_exe() -> Path:
     return ingestd
 
 
-def start_ingestd(data_dir: Path, log_path: Path, workers: int = 1) -> ServerProcess:
+def start_ingestd(
+    data_dir: Path,
+    log_path: Path,
+    workers: int = 1,
+    extra_env: dict[str, str] | None = None,
+) -> ServerProcess:
     """A fresh `ingestd serve` on 127.0.0.1 with storage.durability = fsync.
 
     workers > 1 adds `--workers N` (a master process whose children serve the
     requests); workers = 1 adds nothing, so this works with a daemon without
-    the option."""
+    the option. `extra_env`: INGESTD_* settings on top."""
     ingestd = _ingestd_exe()
     # Only the durability is forced; everything else is the daemon's default.
     env = {k: v for k, v in os.environ.items() if not k.startswith("INGESTD_")}
     env["INGESTD_STORAGE_DURABILITY"] = "fsync"
+    env.update(extra_env or {})
     port = free_port()
     server = ServerProcess(
         "ingestd",
