@@ -136,9 +136,17 @@ class TenantLedger:
         """Build the ledger from the sessions, parts and files of a data
         directory that an earlier version wrote (once; later changes keep it)."""
         with self._index.reader() as txn:
-            if txn.get(_LEDGER_BUILT, db=self._index.db["meta"]) is not None:
+            if self._built(txn):
                 return
-        self._index.write(self.rebuild)
+
+        def op(txn: lmdb.Transaction) -> None:
+            if not self._built(txn):  # another worker may have just built it
+                self.rebuild(txn)
+
+        self._index.write(op)
+
+    def _built(self, txn: lmdb.Transaction) -> bool:
+        return txn.get(_LEDGER_BUILT, db=self._index.db["meta"]) is not None
 
     def rebuild(self, txn: lmdb.Transaction) -> None:
         """Recompute every holding and usage figure from the manifests."""

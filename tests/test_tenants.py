@@ -47,7 +47,9 @@ class World:
         self.client = test_app.test_client()
         self.rt = test_app.app.extensions["ingestd"]
         self.data_dir = data_dir
-        self.a = bearer(create_token(self.rt.store.tokens, tenant="alice", name="alice-pipeline")[0])
+        self.a = bearer(
+            create_token(self.rt.store.tokens, tenant="alice", name="alice-pipeline")[0]
+        )
         self.b = bearer(create_token(self.rt.store.tokens, tenant="bob", name="b")[0])
         self.ids: dict[str, str] = {}
         self.content: dict[str, bytes] = {}
