@@ -89,6 +89,9 @@ class StreamReceipt:
     stalled: bool = False
     # A checksum was asked for and the body did not match it: nothing kept.
     checksum_failed: bool = False
+    # The body went past what the tenant's byte quota leaves (an upload of
+    # unknown length): the bytes up to it were kept, as for `overflow`.
+    over_quota: bool = False
 
 
 class UploadLocked(cas.ClientError):
@@ -329,12 +332,32 @@ class Ingest:
             hasher = checksum.hasher() if checksum is not None else None
             return self.streams.appender(session, offset, tail, hasher)
 
+        file_room, quota_room = self._undeclared_room(tenant, upload_id, offset)
+        limit = min(limit, file_room)
+        quota_cap = None
+        if quota_room < limit:
+            limit = quota_cap = quota_room
         run = _StreamRun(self, tenant, upload_id, offset, await rt.run(start), checksum)
         await run.go(body, limit)
         if run.error is not None:
             raise run.error
         failed = checksum is not None and not run.keep and not (run.stalled or run.overflow)
-        return StreamReceipt(run.offset, run.overflow, run.stalled, failed)
+        over_quota = run.overflow and quota_cap is not None
+        return StreamReceipt(run.offset, run.overflow, run.stalled, failed, over_quota)
+
+    def _undeclared_room(self, tenant: str, upload_id: str, offset: int) -> tuple[int, int]:
+        """For a stream whose length is not declared yet (its bytes reserve
+        nothing), how many more bytes the tenant's file-size limit and byte
+        quota allow; unbounded when its length is known (checked when declared)."""
+        unbounded = 1 << 62
+        if self.streams.state(upload_id, tenant).length is not None:
+            return unbounded, unbounded
+        max_bytes, _, max_file = self.rt.tenant_limits(tenant)
+        quota_room = unbounded
+        if max_bytes is not None:
+            usage = self.store.usage(tenant)
+            quota_room = max(max_bytes - usage.logical_bytes - usage.open_bytes - offset, 0)
+        return max(max_file - offset, 0), quota_room
 
     # -- completing, cancelling ------------------------------------------------
 

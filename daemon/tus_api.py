@@ -374,6 +374,15 @@ async def receive_body(
             headers={"Connection": "close"},
             offset=receipt.offset,
         )
+    if receipt.over_quota:
+        raise ApiError(
+            507,
+            "quota_exceeded",
+            "the body goes past what the tenant's quota leaves for an upload of unknown "
+            f"length; {'none' if checksum else 'the bytes up to it'} kept",
+            headers={"Connection": "close"},
+            offset=receipt.offset,
+        )
     if receipt.overflow:
         raise ApiError(
             413,

@@ -420,3 +420,26 @@ def test_the_client_reads_retry_after_in_seconds_or_as_a_date():
     assert retry_after(answer("99999"), 1.0) == MAX_RETRY_AFTER
     later = email.utils.formatdate(time.time() + 30, usegmt=True)
     assert 25 <= retry_after(answer(later), 1.0) <= 31
+
+
+async def test_bytes_of_an_undeclared_length_count_against_the_quota(make_config):
+    app = create_app(make_config(INGESTD_AUTH_REQUIRED="true", INGESTD_QUOTAS_MAX_BYTES="3000"))
+    async with app.test_app() as test_app:
+        s = Secured(test_app)
+        alice = s.token("a", "alice")
+        r = await s.client.post("/files/", headers={**alice, **TUS, "Upload-Defer-Length": "1"})
+        location = r.headers["Location"]
+        patch = {**alice, **TUS, "Content-Type": "application/offset+octet-stream"}
+        data = os.urandom(5000)
+        r = await s.client.patch(location, data=data, headers={**patch, "Upload-Offset": "0"})
+        body = await problem(r, 507, "quota_exceeded")
+        assert body["offset"] == 3000  # the bytes within the quota are kept
+        r = await s.client.head(location, headers={**alice, **TUS})
+        assert r.headers["Upload-Offset"] == "3000"
+        r = await s.client.patch(location, data=b"x", headers={**patch, "Upload-Offset": "3000"})
+        await problem(r, 507, "quota_exceeded")
+        # Declaring the length it has ends the upload within the quota.
+        r = await s.client.patch(
+            location, data=b"", headers={**patch, "Upload-Offset": "3000", "Upload-Length": "3000"}
+        )
+        assert r.status_code == 204, await r.get_data()
