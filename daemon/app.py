@@ -14,7 +14,7 @@ from quart import Response, g, request
 from quart_schema import Info, QuartSchema
 from quart_trio import QuartTrio
 
-from . import problems, seed_api, tus_api, v1_api
+from . import problems, seed_api, tus_api, v1_api, webpage
 from .auth import TENANT_HEADER, Authenticator, RateLimiter, acting_as
 from .config import Config, ConfigError, is_loopback
 from .errors import ApiError
@@ -22,6 +22,7 @@ from .ingest import Ingest
 from .jobs import JobRunner
 from .leader import become_leader
 from .metrics import CONTENT_TYPE_LATEST, Metrics
+from .openapi import CompleteOpenAPIProvider
 from .outbox import OutboxService
 from .runtime import Runtime, runtime
 
@@ -81,7 +82,8 @@ def create_app(
 ) -> QuartTrio:
     """Build the app. With `store` given, the caller owns it; `plugins` default
     to those `config` names (built-ins and entry points)."""
-    app = QuartTrio(__name__)
+    # No default static folder: `webpage` serves /static/ with its own headers.
+    app = QuartTrio(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = config.limits.max_chunk_size + MULTIPART_OVERHEAD
     app.config["QUART_SCHEMA_CONVERSION_PREFERENCE"] = "msgspec"
     QuartSchema(
@@ -92,10 +94,12 @@ def create_app(
             description="Resumable, deduplicating ingest of large AI files.",
         ),
         openapi_path="/openapi.json",
-        swagger_ui_path="/docs",
+        # Served by `webpage` from local files (quart-schema's pages use a CDN).
+        swagger_ui_path=None,
         redoc_ui_path=None,
         scalar_ui_path=None,
         conversion_preference="msgspec",
+        openapi_provider_class=CompleteOpenAPIProvider,
     )
     rt = Runtime(config, store, worker=worker)
     rt.plugins = plugins if plugins is not None else load_plugins(config)
@@ -178,6 +182,7 @@ def create_app(
 
     app.register_blueprint(seed_api.bp)
     app.register_blueprint(v1_api.bp)
+    app.register_blueprint(webpage.bp)
     tus_api.install(app, config)
     problems.register(app)
     return app

@@ -358,7 +358,16 @@ def _check(config: Config) -> None:
 
 _TUS_PREFIX = re.compile(r"^(/[A-Za-z0-9._~-]+)+/$")
 # First path segments other surfaces of the daemon use.
-_RESERVED_SEGMENTS = {"v1", "api", "healthz", "metrics", "docs", "openapi.json", "static"}
+_RESERVED_SEGMENTS = {
+    "v1",
+    "api",
+    "healthz",
+    "metrics",
+    "docs",
+    "redoc",
+    "openapi.json",
+    "static",
+}
 
 
 def _check_tus_prefix(prefix: str) -> None:

@@ -151,6 +151,8 @@ class FileInfo(msgspec.Struct):
     described: dict[str, Any]
     parents: list[str]
     chunks: ChunkSummary | None = None
+    # The job that processed it (GET /v1/jobs/{id} has every plugin's results).
+    job_id: str | None = None
 
 
 class FilesQuery(msgspec.Struct):
@@ -477,7 +479,11 @@ async def job_status(job_id: str, query_args: WaitQuery) -> JobInfo:
 # -- files -----------------------------------------------------------------
 
 
-def file_info(file: cas.FileRecord, manifest: list[tuple[str, int]] | None = None) -> FileInfo:
+def file_info(
+    file: cas.FileRecord,
+    manifest: list[tuple[str, int]] | None = None,
+    job_id: str | None = None,
+) -> FileInfo:
     summary = None
     if manifest is not None:
         sizes = [n for _, n in manifest] or [0]
@@ -498,7 +504,16 @@ def file_info(file: cas.FileRecord, manifest: list[tuple[str, int]] | None = Non
         described=file.described,
         parents=file.parents,
         chunks=summary,
+        job_id=job_id,
     )
+
+
+def job_of(rt: Runtime, file: cas.FileRecord) -> str | None:
+    """The id of the job that processed `file` (its upload's latest)."""
+    try:
+        return rt.store.session(file.session_id, file.tenant).job_id
+    except cas.UnknownSession:
+        return None
 
 
 @bp.get("/files")
@@ -514,7 +529,9 @@ async def list_files(query_args: FilesQuery) -> FileList:
     )
     more = len(files) > q.limit
     files = files[: q.limit]
-    return FileList([file_info(f) for f in files], files[-1].id if more else None)
+    return FileList(
+        [file_info(f, job_id=job_of(rt, f)) for f in files], files[-1].id if more else None
+    )
 
 
 @bp.get("/files/<file_id>")
@@ -526,7 +543,7 @@ async def describe_file(file_id: str) -> FileInfo:
     file = await rt.run(rt.store.file, file_id, caller().tenant)
     rejected = file.state == cas.FileState.REJECTED
     manifest = None if rejected else await rt.run(rt.store.manifest, file_id)
-    return file_info(file, manifest)
+    return file_info(file, manifest, job_of(rt, file))
 
 
 @bp.get("/files/<file_id>/content")
