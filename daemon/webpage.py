@@ -16,6 +16,7 @@ from functools import cache
 from pathlib import Path
 
 from quart import Blueprint, Response, request
+from quart_schema import hide
 from werkzeug.security import safe_join
 
 from .errors import ApiError
@@ -77,24 +78,28 @@ def _file(directory: Path, name: str) -> Path:
 
 
 @bp.get("/")
+@hide
 async def page() -> Response:
     """The upload page."""
     return _serve(WEB_DIR / "index.html", PAGE_CSP)
 
 
 @bp.get("/docs")
+@hide
 async def docs() -> Response:
     """Swagger UI for the OpenAPI document."""
     return _serve(WEB_DIR / "docs.html", DOCS_CSP)
 
 
 @bp.get("/redoc")
+@hide
 async def redoc() -> Response:
     """ReDoc for the OpenAPI document."""
     return _serve(WEB_DIR / "redoc.html", DOCS_CSP)
 
 
 @bp.get("/static/<path:name>")
+@hide
 async def static_file(name: str) -> Response:
     """The page's files and the vendored ones (see web/vendor/README.md)."""
     return _serve(_file(WEB_DIR, name), PAGE_CSP)

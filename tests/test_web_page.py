@@ -68,6 +68,9 @@ class Page:
         self.page.on("request", self._request)
         self.page.on("response", self._response)
         self.page.on("dialog", lambda d: d.accept())
+        # Turns Chromium's file-chooser interception on now: enabled only when
+        # a test waits for a chooser, it can come too late for the keypress.
+        self.page.on("filechooser", lambda chooser: None)
 
     def _request(self, r) -> None:
         if r.method == "PUT" and "/chunks/" in r.url:
@@ -127,14 +130,16 @@ def test_upload_dedup_and_files_list(browser, daemon: Daemon, tmp_path: Path, sh
     path = tmp_path / "weights.bin"
     digest = write_random_file(path, 12 * MiB + 4321)
     p = Page(browser, daemon.base_url).open()
-    # Keyboard only: focus the drop zone, press Enter, choose the file.
+    throttle(p, 6)  # about two seconds of sending, for the mid-upload screenshot
+    # Keyboard only: Tab from the drop zone to "Choose files…", press Enter.
     p.page.focus("#drop")
+    p.page.keyboard.press("Tab")
+    assert p.page.evaluate("document.activeElement.id") == "choose"
     with p.page.expect_file_chooser() as chooser:
         p.page.keyboard.press("Enter")
     chooser.value.set_files(str(path))
-    p.page.wait_for_selector(
-        ".upload .grid .cell.sending, .upload .grid .cell.done", timeout=TIMEOUT_MS
-    )
+    p.page.wait_for_selector(".upload .grid .cell.done", timeout=TIMEOUT_MS)
+    p.page.wait_for_timeout(600)  # a speed and an ETA to show
     p.page.screenshot(path=str(shots / "mid-upload.png"), full_page=True)
     first = p.settled()
     assert first["state"] == "accepted", first

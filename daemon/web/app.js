@@ -269,17 +269,22 @@ class Upload {
   }
 
   addChunks(found) {
+    // One trailing cell stands for the chunk being cut and hashed now.
+    if (!this.hashingCell) {
+      this.hashingCell = document.createElement("span");
+      this.hashingCell.className = "cell hashing";
+      this.hashingCell.title = "hashing";
+      this.grid.append(this.hashingCell);
+    }
     const fragment = document.createDocumentFragment();
     for (const [offset, size, hash] of found) {
       const chunk = { index: this.chunks.length, offset, size, hash, tries: 0 };
       chunk.cell = document.createElement("span");
       fragment.append(chunk.cell);
       this.chunks.push(chunk);
-      this.cellState(chunk, "hashing");
-      // Hashed already (the worker reports chunks once hashed): waiting to send.
       this.cellState(chunk, "waiting");
     }
-    this.grid.append(fragment);
+    this.grid.insertBefore(fragment, this.hashingCell);
   }
 
   async run() {
@@ -292,6 +297,7 @@ class Upload {
         this.el.querySelector(".bytes").textContent =
           `hashed ${mib(this.chunks.reduce((n, c) => n + c.size, 0))} of ${mib(this.file.size)}`;
       });
+      this.hashingCell?.remove();
       if (this.cancelled) return;
       this.fingerprint = [
         this.file.name,
@@ -753,6 +759,7 @@ function init() {
     }
   };
   drop.onclick = () => $("picker").click();
+  $("choose").onclick = () => $("picker").click();
   drop.ondragover = (e) => {
     e.preventDefault();
     drop.classList.add("over");
