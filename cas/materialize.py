@@ -14,7 +14,10 @@ from .errors import StorageError
 from .localstore import fsync_dir
 from .reader import ManifestReader
 
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]")
+# Controls (C0, DEL, C1), bidi overrides, separators and reserved characters.
+_UNSAFE = re.compile(
+    '[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069/\\\\:*?"<>|]'
+)
 _MAX_NAME_BYTES = 200
 
 

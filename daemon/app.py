@@ -20,6 +20,7 @@ from .config import Config, ConfigError, is_loopback
 from .errors import ApiError
 from .ingest import Ingest
 from .jobs import JobRunner
+from .jsonbody import StrictJSONRequest
 from .leader import become_leader
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .openapi import CompleteOpenAPIProvider
@@ -84,6 +85,7 @@ def create_app(
     to those `config` names (built-ins and entry points)."""
     # No default static folder: `webpage` serves /static/ with its own headers.
     app = QuartTrio(__name__, static_folder=None)
+    app.request_class = StrictJSONRequest
     app.config["MAX_CONTENT_LENGTH"] = config.limits.max_chunk_size + MULTIPART_OVERHEAD
     app.config["QUART_SCHEMA_CONVERSION_PREFERENCE"] = "msgspec"
     QuartSchema(

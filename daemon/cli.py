@@ -32,14 +32,26 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"ingestd: {exc}", file=sys.stderr)
         return 2
-    if args.listen_fd is None and config.server.workers > 1:
-        from .master import Master
-
-        return Master(config, _worker_argv(args)).run()
     from .server import run
 
-    worker = None if args.worker_slot is None else f"w{args.worker_slot}"
-    run(config, plugins, listen_fd=args.listen_fd, worker=worker)
+    if args.listen_fd is not None:  # a worker of a master, which holds the directory
+        run(config, plugins, listen_fd=args.listen_fd, worker=f"w{args.worker_slot}")
+        return 0
+    from . import instance
+
+    try:
+        held = instance.claim(config.data_dir)
+        sock = instance.bind(config)
+    except (instance.DataDirBusy, instance.PortBusy) as exc:
+        print(f"ingestd: {exc}", file=sys.stderr)
+        return 1
+    with held, sock:
+        if config.server.workers > 1:
+            from .master import Master
+
+            return Master(config, _worker_argv(args)).run(sock)
+        # hypercorn closes the socket it serves: give it a descriptor of its own.
+        run(config, plugins, listen_fd=os.dup(sock.fileno()))
     return 0
 
 

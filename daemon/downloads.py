@@ -18,7 +18,8 @@ from .errors import ApiError
 from .runtime import Runtime
 
 READ_BYTES = 1 << 20
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+# ASCII digits only (`\d` would take any script's), at most 19 of them.
+_RANGE = re.compile(r"bytes=([0-9]{0,19})-([0-9]{0,19})")
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -31,6 +32,8 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     first, last = match.groups()
     if not first and not last:
         return None
+    if size == 0:
+        raise unsatisfiable(header, size)  # an empty file has no byte to select
     if not first:  # suffix: the last N bytes
         n = int(last)
         if n == 0:
@@ -54,12 +57,18 @@ def unsatisfiable(header: str, size: int) -> ApiError:
 
 
 def content_disposition(filename: str) -> str:
-    ascii_name = filename.encode("ascii", "replace").decode().replace('"', "'").replace("\\", "_")
-    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename)}"
+    """An attachment header for any name: printable ASCII in `filename` (others
+    become "_"), the exact name percent-encoded in `filename*` (RFC 6266)."""
+    ascii_name = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in filename)
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 def etag_matches(etag: str, if_none_match: str) -> bool:
-    return if_none_match.strip() == "*" or etag in [t.strip() for t in if_none_match.split(",")]
+    """If-None-Match compares weakly (RFC 9110 §13.1.2): W/"x" matches "x"."""
+    if if_none_match.strip() == "*":
+        return True
+    tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
+    return etag.removeprefix("W/") in tags
 
 
 async def serve_content(

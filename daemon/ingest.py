@@ -20,18 +20,24 @@ Two kinds of target for a body:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import trio
 from ingestd import cas
 from ingestd.plugins import PolicyUnavailable, UploadRequest, run_policy
 
 from .errors import ApiError
+from .fields import clean_filename
+from .jsonbody import check_value
 from .runtime import Runtime
 
+# The most JSON a client may store as an upload's metadata.
+MAX_METADATA_BYTES = 64 << 10
 # Body bytes handed to a chunk's writer thread at a time.
 FLUSH_BYTES = 1 << 20
 # Seconds a stream body may go without a byte before the request ends (its
@@ -127,6 +133,9 @@ class Ingest:
 
     async def open_upload(self, new: NewUpload) -> Opened:
         """Check limits and the policy, then create the upload."""
+        # A name reaches logs, headers and terminals: no controls or bidi overrides.
+        new = dataclasses.replace(new, filename=clean_filename(new.filename))
+        check_metadata(new.metadata)
         rt = self.rt
         max_file_size = self.max_file_size_for(new.tenant)
         if new.size is not None and new.size > max_file_size:
@@ -401,6 +410,23 @@ class Ingest:
         metrics = self.rt.metrics
         metrics.chunks.labels("stored" if new else "repeated").inc()
         metrics.chunk_bytes.inc(size)
+
+
+def check_metadata(metadata: dict[str, Any]) -> None:
+    """Bound what a client stores with an upload (it is copied into every
+    record, job and webhook of the file)."""
+    try:
+        size = len(msgspec.json.encode(metadata))
+    except (TypeError, OverflowError, UnicodeEncodeError) as exc:
+        raise ApiError(400, "invalid_metadata", f"metadata cannot be stored: {exc}") from None
+    if size > MAX_METADATA_BYTES:
+        raise ApiError(
+            413,
+            "metadata_too_large",
+            f"metadata is {size} bytes of JSON; the limit is {MAX_METADATA_BYTES}",
+            limit=MAX_METADATA_BYTES,
+        )
+    check_value(metadata)
 
 
 def _wrong_size(index: int, expected: int, actual: int) -> cas.WrongChunkSize:

@@ -39,14 +39,6 @@ STOP_GRACE = 15.0
 TICK = 0.1
 
 
-def bind(config: Config) -> socket.socket:
-    host, port = config.server.host, config.server.port
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.create_server((host.strip("[]"), port), family=family, backlog=1024)
-    sock.set_inheritable(True)
-    return sock
-
-
 class Master:
     def __init__(self, config: Config, worker_argv: Sequence[str]) -> None:
         """`worker_argv`: the `ingestd serve` arguments every worker gets
@@ -79,16 +71,8 @@ class Master:
             log.info("received %s, stopping the workers", signal.Signals(signum).name)
         self.stopping = True
 
-    def run(self) -> int:
-        try:
-            sock = bind(self.config)
-        except OSError as exc:
-            host, port = self.config.server.host, self.config.server.port
-            print(
-                f"ingestd: cannot listen on {host}:{port}: {os.strerror(exc.errno)}",
-                file=sys.stderr,
-            )
-            return 1
+    def run(self, sock: socket.socket) -> int:
+        """Serve on `sock` (bound by the caller, who holds the data directory)."""
         # No worker runs yet: every temp file is a crashed run's.
         cas.clear_temp(self.config.data_dir)
         from .server import start_warnings

@@ -18,6 +18,7 @@ from quart_schema import DataSource, document_request, document_response, valida
 
 from .auth import caller
 from .errors import ApiError
+from .fields import parse_count
 from .filetypes import file_type
 from .ingest import NewUpload
 from .multipart import FormStream
@@ -97,10 +98,7 @@ async def init(data: InitRequest) -> InitResponse:
 
 
 def _int_field(fields: dict[str, str], name: str) -> int:
-    try:
-        return int(fields[name])
-    except ValueError:
-        raise ApiError(400, "invalid_field", f"field {name!r} must be an integer") from None
+    return parse_count(fields[name], f"field {name!r}")
 
 
 REQUIRED_FIELDS = frozenset({"uploadId", "chunkIndex", "totalChunks"})

@@ -28,6 +28,7 @@ from quart_schema import (
 from .auth import caller, create_token
 from .downloads import content_disposition, serve_content
 from .errors import ApiError
+from .fields import parse_count
 from .ingest import NewUpload
 from .problems import Problem
 from .runtime import Runtime, runtime
@@ -411,12 +412,10 @@ async def put_chunk(upload_id: str, index: str) -> ChunkStored:
     blake3=:…:` header) is refused with 422 and not kept. Re-sending the same
     bytes is harmless.
     """
-    if not index.isdigit():
-        raise ApiError(400, "invalid_field", f"chunk index {index!r} is not a number")
     ack = await runtime().ingest.receive_chunk(
         caller().tenant,
         upload_id,
-        int(index),
+        parse_count(index, "the chunk index"),
         request.body,
         content_length=request.content_length,
         claimed_hash=declared_blake3(request.headers.get("Content-Digest")),

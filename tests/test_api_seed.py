@@ -121,9 +121,7 @@ async def test_chunk_errors(client):
     await problem(
         await send(client, upload_id, 3, data[:CHUNK], total=3), 400, "chunk_index_out_of_range"
     )
-    await problem(
-        await send(client, upload_id, -1, data[:CHUNK], total=3), 400, "chunk_index_out_of_range"
-    )
+    await problem(await send(client, upload_id, -1, data[:CHUNK], total=3), 400, "invalid_field")
     await problem(await send(client, upload_id, 0, data[:10], total=3), 400, "wrong_chunk_size")
     await problem(
         await send(client, upload_id, 0, data[:CHUNK], total=4), 400, "total_chunks_mismatch"

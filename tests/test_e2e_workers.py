@@ -239,25 +239,40 @@ def test_a_tus_upload_has_one_writer_across_workers(daemon: Daemon):
     assert head.headers["Upload-Offset"] == str(2 * 65536)
 
 
-def test_a_port_in_use_is_one_line_not_a_traceback(daemon: Daemon, tmp_path: Path):
-    second = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ingestd.daemon.cli",
-            "serve",
-            "--workers",
-            "2",
-            "--port",
-            str(daemon.port),
-            "--data-dir",
-            str(tmp_path / "other"),
-        ],
+def serve(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ingestd.daemon.cli", "serve", *args],
         capture_output=True,
         text=True,
         timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_port_in_use_is_one_line_not_a_traceback(daemon: Daemon, tmp_path: Path, workers):
+    second = serve(
+        "--workers", workers, "--port", str(daemon.port), "--data-dir", str(tmp_path / "o")
     )
     assert second.returncode == 1
     assert second.stderr.strip().splitlines() == [
         f"ingestd: cannot listen on 127.0.0.1:{daemon.port}: Address already in use"
     ]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_one_daemon_per_data_directory(daemon: Daemon, tmp_path: Path, workers):
+    # Under no slot of the running daemon (its workers clear their own at start).
+    tmp_file = daemon.data_dir / "tmp" / "w9" / "keep.part"
+    tmp_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp_file.write_bytes(b"x")
+    second = serve("--workers", workers, "--port", "0", "--data-dir", str(daemon.data_dir))
+    assert second.returncode == 1
+    pid = daemon.proc.pid
+    assert second.stderr.strip().splitlines() == [
+        f"ingestd: another ingestd (pid {pid}) is serving {daemon.data_dir}; stop it first, "
+        "or give this one its own --data-dir"
+    ]
+    assert "serving" not in second.stdout + second.stderr.replace("is serving", "")
+    assert tmp_file.exists()  # the first one's temp files were left alone
+    assert httpx.get(f"{daemon.base_url}/healthz", timeout=5).status_code == 200
