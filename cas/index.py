@@ -259,6 +259,7 @@ class GroupCommitter:
             for p in batch:
                 if p.error is None or not isinstance(p.error, StoreError):
                     p.error = StorageError(f"index commit failed: {exc}")
+                    p.error.__cause__ = exc  # e.g. a full disk or map: the HTTP layer says 507
         finally:
             for p in batch:
                 p.done.set()

@@ -153,9 +153,12 @@ class _FileWriter(ChunkWriter):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
         self._hasher.update(view)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError as exc:  # a full disk, typically: the store's fault, not the client's
+            raise StorageError(f"could not write a chunk: {exc}") from exc
         self._size += len(data)
 
     def commit(self) -> PutResult:

@@ -70,8 +70,12 @@ def materialize(
     dest = dest.resolve()
     if not dest.is_relative_to(within.resolve()):
         raise StorageError(f"refusing to write outside {within}: {dest}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.part")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _remove_empty_dirs(dest.parent, within)
+        raise StorageError(f"could not materialise {dest}: {exc}") from exc
     if same_as is not None:
         try:
             tmp.unlink(missing_ok=True)
@@ -99,12 +103,22 @@ def materialize(
             fsync_dir(dest.parent)
     except (OSError, StorageError) as exc:
         tmp.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            dest.parent.rmdir()  # only if empty: nothing else was there
+        _remove_empty_dirs(dest.parent, within)
         if isinstance(exc, StorageError):
             raise
         raise StorageError(f"could not materialise {dest}: {exc}") from exc
     return dest
+
+
+def _remove_empty_dirs(directory: Path, within: Path) -> None:
+    """Remove `directory` and its parents up to `within`, those that are empty."""
+    top = within.resolve()
+    while directory != top and directory.is_relative_to(top):
+        try:
+            directory.rmdir()
+        except OSError:
+            return  # not empty (or gone): nothing more to tidy
+        directory = directory.parent
 
 
 def read_blocks(

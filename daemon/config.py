@@ -95,6 +95,9 @@ class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     gc_grace: Seconds = 3600.0
     # How often expiry and garbage collection run.
     maintenance_interval: Seconds = 60.0
+    # Free space kept on the data directory's disk: a new upload that would
+    # leave less is refused (507) before the disk is full. 0: none.
+    reserve: Limit = 0
     # Bounds for variable-length (content-defined) chunks a client declares
     # in /v1; clients cut files with FastCDC at these sizes.
     cdc_min_size: PositiveSize = 256 << 10

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import shutil
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,6 +117,25 @@ class Ingest:
         self.max_file_size = config.limits.max_file_size
         self.max_stream_size = min(config.tus.max_size, config.limits.max_file_size)
 
+    def _check_free_space(self, size: int) -> None:
+        """Refuse a new upload that would leave less than `storage.reserve` free."""
+        reserve = self.rt.config.storage.reserve
+        if not reserve:
+            return
+        # statvfs: a system call, no disk I/O; fine on the event loop.
+        free = shutil.disk_usage(self.rt.config.data_dir).free
+        if free - size < reserve:
+            raise ApiError(
+                507,
+                "storage_reserve",
+                f"the server has {free} bytes free and keeps {reserve} in reserve; "
+                f"an upload of {size} bytes does not fit",
+                headers={"Retry-After": "60"},
+                free=free,
+                reserve=reserve,
+                size=size,
+            )
+
     def max_file_size_for(self, tenant: str) -> int:
         return self.rt.tenant_limits(tenant)[2]
 
@@ -137,6 +157,7 @@ class Ingest:
         new = dataclasses.replace(new, filename=clean_filename(new.filename))
         check_metadata(new.metadata)
         rt = self.rt
+        self._check_free_space(new.size or 0)
         max_file_size = self.max_file_size_for(new.tenant)
         if new.size is not None and new.size > max_file_size:
             raise ApiError(

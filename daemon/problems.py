@@ -6,6 +6,7 @@ import errno
 import json
 import logging
 
+import lmdb
 import msgspec
 import trio
 from ingestd import cas
@@ -39,6 +40,33 @@ CLIENT_STATUS: dict[type[cas.ClientError], int] = {
     cas.QuotaExceeded: 507,
     cas.TooManyOpenUploads: 429,
 }
+
+
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def storage_full(exc: BaseException) -> bool:
+    """Whether `exc` (or what caused it) is a full disk, quota or LMDB map."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
+            return True
+        if isinstance(exc, lmdb.MapFullError):
+            return True
+        if isinstance(exc, lmdb.Error) and "No space left" in str(exc):
+            return True
+        exc = exc.__cause__
+    return False
+
+
+def full_problem() -> Response:
+    response = problem(
+        507,
+        "storage_full",
+        "the server's storage is full; what was acknowledged before is kept: "
+        "send the rest again once space is freed",
+    )
+    response.headers["Retry-After"] = "60"
+    return response
 
 
 def client_status(exc: cas.ClientError) -> int:
@@ -118,15 +146,21 @@ def register(app: Quart) -> None:
 
     @app.errorhandler(cas.StorageError)
     async def _storage_error(exc: cas.StorageError) -> Response:
-        cause = exc.__cause__
-        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
-            return problem(507, "storage_full", "the server's storage is full")
+        if storage_full(exc):
+            return full_problem()
         if isinstance(exc, cas.ObjectVanished):
             response = problem(503, exc.code, exc.detail)
             response.headers["Retry-After"] = "1"
             return response
         log.error("storage error: %s", exc.detail)
         return problem(500, exc.code, exc.detail)
+
+    @app.errorhandler(OSError)
+    async def _os_error(exc: OSError) -> Response:
+        if storage_full(exc):
+            return full_problem()
+        log.exception("unexpected OS error")
+        return problem(500, "internal_error", "the server failed; see its log")
 
     @app.errorhandler(RequestSchemaValidationError)
     async def _invalid_request(exc: RequestSchemaValidationError) -> Response:
