@@ -112,7 +112,9 @@ class Parts:
         self, txn: lmdb.Transaction, session: Session, index: int, digest: str, length: int
     ) -> Session:
         """Make `index` hold this chunk instead of whatever it held (a stream's
-        growing tail); the old chunk's reference is released."""
+        growing tail); the old chunk's reference is released, and the chunk
+        deleted at once if nothing else uses it (a run of tiny PATCHes would
+        otherwise leave one object per PATCH until the grace period ends)."""
         key = part_key(session.id, index)
         old = txn.get(key, db=self._parts)
         # Add before release: the same chunk again keeps its reference.
@@ -121,6 +123,8 @@ class Parts:
         if old is not None:
             old_digest, old_length = records.unpack_entry(old)
             self._refs.release(txn, old_digest, session.tenant)
+            if old_digest != digest:
+                self._refs.reclaim(txn, old_digest)
             chunks, size = chunks - 1, size - old_length
         txn.put(key, records.pack_entry(digest, length), db=self._parts)
         return self._sessions.update(txn, session, received_chunks=chunks, received_bytes=size)

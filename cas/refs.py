@@ -88,6 +88,19 @@ class ChunkRefs:
         )
         self._index.put(txn, "chunks", bytes.fromhex(digest), chunk)
 
+    def reclaim(self, txn: lmdb.Transaction, digest: str) -> int:
+        """Delete a chunk nothing uses any more, now rather than after the grace
+        period (a stream's tail that a longer one replaced); its size, or 0 if
+        something still uses it. In the caller's write transaction, as garbage
+        collection does: an upload that attaches it meanwhile is refused
+        (`ObjectVanished`) and retries."""
+        chunk = self.get(txn, digest)
+        if chunk is None or chunk.refs > 0:
+            return 0
+        self.forget(txn, digest)
+        self._chunks.delete(digest)
+        return chunk.size
+
     def forget(self, txn: lmdb.Transaction, digest: str) -> None:
         """Drop the record (garbage collection, once the object is deleted)."""
         txn.delete(bytes.fromhex(digest), db=self._db)
