@@ -16,6 +16,7 @@ from quart_trio import QuartTrio
 
 from . import problems, seed_api, tus_api, v1_api, webpage
 from .auth import TENANT_HEADER, Authenticator, RateLimiter, acting_as
+from .clients import PerClientLimit
 from .config import Config, ConfigError, is_loopback
 from .errors import ApiError
 from .ingest import Ingest
@@ -182,6 +183,7 @@ def create_app(
                 principal.require("admin")
         return Response(rt.metrics.render(), content_type=CONTENT_TYPE_LATEST)
 
+    app.asgi_app = PerClientLimit(app.asgi_app, config.limits.max_requests_per_client)
     app.register_blueprint(seed_api.bp)
     app.register_blueprint(v1_api.bp)
     app.register_blueprint(webpage.bp)

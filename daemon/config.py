@@ -108,6 +108,13 @@ class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_file_size: PositiveSize = 1 << 40
     max_chunk_size: PositiveSize = 64 << 20
+    # A chunk body must arrive within body_timeout seconds plus its length at
+    # min_body_rate (bytes per second), or the request ends with 408: a client
+    # trickling bytes cannot hold a connection for days.
+    body_timeout: Seconds = 60.0
+    min_body_rate: PositiveSize = 16 << 10
+    # Requests one client address may have in flight at once (429 beyond).
+    max_requests_per_client: Annotated[int, msgspec.Meta(ge=1)] = 256
 
 
 class PluginsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

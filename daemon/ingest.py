@@ -276,13 +276,15 @@ class Ingest:
             for piece in pieces:
                 writer.write(piece)
 
+        limits = self.rt.config.limits
+        deadline = limits.body_timeout + length / limits.min_body_rate
         try:
             received = 0
             # Pieces as the body gave them (not joined: no copy), written a
             # thread hop per FLUSH_BYTES.
             pending: list[bytes | bytearray] = []
             pending_bytes = 0
-            async for data in body:
+            async for data in _within(body, deadline, index):
                 received += len(data)
                 if received > length:
                     raise cas.WrongChunkSize(
@@ -431,6 +433,26 @@ class Ingest:
         metrics = self.rt.metrics
         metrics.chunks.labels("stored" if new else "repeated").inc()
         metrics.chunk_bytes.inc(size)
+
+
+async def _within(body: AsyncIterable[bytes], seconds: float, index: int) -> AsyncIterator[bytes]:
+    """`body`, or 408 once it has taken longer than `seconds` in all."""
+    pieces = body.__aiter__()
+    deadline = trio.current_time() + seconds
+    while True:
+        with trio.move_on_at(deadline) as late:
+            try:
+                data = await pieces.__anext__()
+            except StopAsyncIteration:
+                return
+        if late.cancelled_caught:
+            raise ApiError(
+                408,
+                "body_timeout",
+                f"chunk {index} did not arrive within {seconds:.0f} s; nothing of it was kept",
+                headers={"Connection": "close"},
+            )
+        yield data
 
 
 def check_metadata(metadata: dict[str, Any]) -> None:

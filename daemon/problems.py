@@ -123,6 +123,8 @@ async def settle_request_body(response: Response) -> Response:
     """
     if response.status_code < 400 or request.method not in ("POST", "PUT", "PATCH"):
         return response
+    if response.headers.get("Connection", "").lower() == "close":
+        return response  # the connection ends with this answer: no body to wait for
     try:
         with trio.move_on_after(_SETTLE_SECONDS) as scope:
             await request.body
