@@ -61,25 +61,28 @@ class GarbageCollector:
 
         return self._index.write(op) if due else []
 
-    def collect(self, grace: float) -> tuple[int, int]:
-        """Delete chunks no session or file has used for `grace` seconds.
-
-        Returns (objects deleted, bytes freed)."""
+    def collect(self, grace: float, *, dry_run: bool = False) -> tuple[int, int]:
+        """Delete chunks no session or file has used for `grace` seconds
+        (`dry_run`: only count them). Returns (objects, bytes)."""
         cutoff = self._clock() - grace
 
         def op(txn: lmdb.Transaction) -> tuple[int, int]:
             count = freed = 0
             for digest, chunk in list(self._refs.all(txn)):
                 if chunk.refs == 0 and chunk.released is not None and chunk.released <= cutoff:
-                    self._refs.forget(txn, digest)
-                    self._chunks.delete(digest)
+                    if not dry_run:
+                        self._refs.forget(txn, digest)
+                        self._chunks.delete(digest)
                     count += 1
                     freed += chunk.size
             return count, freed
 
+        if dry_run:
+            with self._index.reader() as txn:
+                return op(txn)
         return self._index.write(op)
 
-    def sweep_orphans(self, grace: float) -> tuple[int, int]:
+    def sweep_orphans(self, grace: float, *, dry_run: bool = False) -> tuple[int, int]:
         """Delete objects that no chunk record names, older than `grace`.
 
         An object is written before it is attached to a session; if the attach
@@ -98,6 +101,8 @@ class GarbageCollector:
                         candidates.append(digest)
         if not candidates:
             return 0, 0
+        if dry_run:
+            return len(candidates), sum(self._chunks.size(d) or 0 for d in candidates)
 
         def op(txn: lmdb.Transaction) -> tuple[int, int]:
             count = freed = 0

@@ -398,13 +398,14 @@ class Store:
         """End open sessions past their expiry and release their chunks."""
         return self.gc.expire_sessions()
 
-    def collect_garbage(self, grace: float) -> tuple[int, int]:
-        """Delete chunks no session or file has used for `grace` seconds."""
-        return self.gc.collect(grace)
+    def collect_garbage(self, grace: float, *, dry_run: bool = False) -> tuple[int, int]:
+        """Delete chunks no session or file has used for `grace` seconds
+        (`dry_run`: count them only); (objects, bytes)."""
+        return self.gc.collect(grace, dry_run=dry_run)
 
-    def sweep_orphans(self, grace: float) -> tuple[int, int]:
+    def sweep_orphans(self, grace: float, *, dry_run: bool = False) -> tuple[int, int]:
         """Delete objects that no chunk record names, older than `grace`."""
-        return self.gc.sweep_orphans(grace)
+        return self.gc.sweep_orphans(grace, dry_run=dry_run)
 
     # -- files ------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""`ingestd token …` and `ingestd stats`: commands an operator runs on the
+"""`ingestd token …`, `ingestd stats` and `ingestd gc`: commands an operator runs on the
 daemon's host, against its data directory (while it runs, or not).
 
 They open the LMDB index directly, as another worker would, and never the
@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import msgspec
 from ingestd import cas
 
 from .auth import SCOPES, check_tenant_name, create_token, parse_duration
@@ -23,12 +24,15 @@ class CommandError(Exception):
     """Bad arguments or configuration: exit status 2."""
 
 
-def _index(args: argparse.Namespace) -> cas.Index:
+def _config(args: argparse.Namespace):
     try:
-        config = load_config(args.config, overrides={("storage", "data_dir"): args.data_dir})
+        return load_config(args.config, overrides={("storage", "data_dir"): args.data_dir})
     except ConfigError as exc:
         raise CommandError(str(exc)) from None
-    return cas.Index(Path(config.data_dir) / "index.lmdb", durable=True)
+
+
+def _index(args: argparse.Namespace) -> cas.Index:
+    return cas.Index(Path(_config(args).data_dir) / "index.lmdb", durable=True)
 
 
 def _when(ts: float | None) -> str:
@@ -125,21 +129,55 @@ def token_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store_summary(index: cas.Index, data_dir: Path) -> dict[str, object]:
+    """Objects on disk, and sessions, files, jobs and outbox entries by state."""
+    objects = sizes = 0
+    for path in (data_dir / "objects").rglob("*"):
+        if path.is_file():
+            objects += 1
+            sizes += path.stat().st_size
+    out: dict[str, object] = {"objects": objects, "object_bytes": sizes}
+    with index.reader() as txn:
+        for name, kind in (
+            ("sessions", cas.Session),
+            ("files", cas.FileRecord),
+            ("jobs", cas.Job),
+            ("outbox", cas.OutboxEntry),
+        ):
+            counts: dict[str, int] = {}
+            for _, raw in index.scan(txn, name):
+                state = str(getattr(msgspec.msgpack.decode(raw, type=kind), "state", "pending"))
+                counts[state] = counts.get(state, 0) + 1
+            out[name] = counts
+    return out
+
+
 def stats(args: argparse.Namespace) -> int:
-    index = _index(args)
+    data_dir = Path(_config(args).data_dir)
+    index = cas.Index(data_dir / "index.lmdb", durable=True)
     try:
         ledger = cas.TenantLedger(index)
         with index.reader() as txn:
             usage = dict(ledger.all(txn))
+        summary = None if args.tenant is not None else _store_summary(index, data_dir)
     finally:
         index.close()
     if args.tenant is not None:
         usage = {args.tenant: usage.get(args.tenant, cas.TenantUsage())}
     rows = [{"tenant": tenant, **_usage_dict(u)} for tenant, u in sorted(usage.items())]
     if args.json:
-        for row in rows:
-            print(json.dumps(row))
+        if summary is not None:
+            print(json.dumps({"store": summary, "tenants": rows}))
+        else:
+            print(json.dumps(rows[0]))
         return 0
+    if summary is not None:
+        print(f"objects: {summary['objects']} ({_size(int(summary['object_bytes']))} on disk)")
+        for name in ("sessions", "files", "jobs", "outbox"):
+            states = summary[name] or {}
+            shown = ", ".join(f"{n} {state}" for state, n in sorted(states.items())) or "none"
+            print(f"{name}: {shown}")
+        print()
     header = ("tenant", "files", "logical", "physical", "chunks", "open uploads", "reserved")
     table = [header] + [
         (
@@ -156,6 +194,35 @@ def stats(args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def gc(args: argparse.Namespace) -> int:
+    config = _config(args)
+    grace = config.storage.gc_grace if args.grace is None else args.grace
+    # Its own temp directory: a Store clears the one it is given, and a daemon
+    # may be using the others.
+    with cas.Store(config.data_dir, worker="gc-command") as store:
+        expired = [] if args.dry_run else store.expire_sessions()
+        chunks = store.collect_garbage(grace, dry_run=args.dry_run)
+        orphans = store.sweep_orphans(grace, dry_run=args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    result = {
+        "dry_run": args.dry_run,
+        "expired_sessions": len(expired),
+        "unreferenced_objects": chunks[0],
+        "unreferenced_bytes": chunks[1],
+        "orphan_objects": orphans[0],
+        "orphan_bytes": orphans[1],
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"{verb} {chunks[0]} unreferenced objects ({_size(chunks[1])}) and {orphans[0]} "
+            f"orphans ({_size(orphans[1])}) older than {grace:g} s; "
+            f"{len(expired)} sessions expired"
+        )
     return 0
 
 
@@ -223,3 +290,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     st.add_argument("--json", action="store_true", help="one JSON object per tenant")
     _datadir_options(st)
     st.set_defaults(func=stats)
+
+    collect = sub.add_parser(
+        "gc",
+        help="collect garbage now (on the daemon's host)",
+        description="Expire old sessions and delete chunks nothing has used for the grace "
+        "period, and objects no record names. Safe while the daemon runs.",
+    )
+    collect.add_argument("--dry-run", action="store_true", help="only say what would go")
+    collect.add_argument("--grace", type=float, metavar="SECONDS", help="default: storage.gc_grace")
+    collect.add_argument("--json", action="store_true", help="print one JSON object")
+    _datadir_options(collect)
+    collect.set_defaults(func=gc)
