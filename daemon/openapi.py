@@ -80,8 +80,7 @@ class CompleteOpenAPIProvider(OpenAPIProvider):
 
     def generate_methods(self, rule: Rule) -> Iterable[str]:
         # tus's HEAD is an operation of its own (werkzeug adds HEAD to every GET).
-        for method in super().generate_methods(rule):
-            yield method
+        yield from super().generate_methods(rule)
         if rule.endpoint == "tus.upload":
             yield "HEAD"
 
