@@ -46,6 +46,13 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"ingestd: {exc}", file=sys.stderr)
         return 1
     with held, sock:
+        from . import startup
+
+        names = plugins.names()
+        # Said once the socket is bound: a client may connect from now on.
+        print("\n".join(startup.banner(config, names, args.config)), file=sys.stderr, flush=True)
+        for warning in startup.warnings(config, names):
+            logging.getLogger("ingestd").warning("%s", warning)
         if config.server.workers > 1:
             from .master import Master
 

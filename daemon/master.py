@@ -75,23 +75,11 @@ class Master:
         """Serve on `sock` (bound by the caller, who holds the data directory)."""
         # No worker runs yet: every temp file is a crashed run's.
         cas.clear_temp(self.config.data_dir)
-        from .server import start_warnings
-
-        warnings = start_warnings(self.config)
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         for slot in range(self.count):
             self._spawn(slot, sock)
-        print(
-            f"ingestd serving {'https' if self.config.tls else 'http'}://"
-            f"{self.config.server.host}:{self.config.server.port} "
-            f"with {self.count} workers (master pid {os.getpid()}, data in "
-            f"{self.config.data_dir}; auth {'on' if self.config.auth_required else 'off'})",
-            file=sys.stderr,
-            flush=True,
-        )
-        for warning in warnings:
-            log.warning("%s", warning)
+        log.info("master pid %d, %d workers", os.getpid(), self.count)
         due: dict[int, float] = {}  # slots waiting to be restarted, and when
         while not self.stopping:
             time.sleep(TICK)

@@ -6,14 +6,11 @@ import functools
 import logging
 import os
 import signal
-import sys
-import time
 
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.trio import tcp_server
-from ingestd import cas
 from ingestd.plugins import Plugins
 
 from .app import create_app
@@ -53,27 +50,6 @@ def hypercorn_config(config: Config, listen_fd: int | None = None) -> HypercornC
     return hc
 
 
-def start_warnings(config: Config) -> list[str]:
-    """What an operator should know before the first request."""
-    warnings = []
-    if config.auth_required:
-        index = cas.Index(config.data_dir / "index.lmdb")
-        try:
-            if not cas.Tokens(index, time.time).all():
-                warnings.append(
-                    "auth is on and there are no tokens yet: every request will be refused. "
-                    "Create one with: ingestd token create --tenant NAME --scope write"
-                )
-        finally:
-            index.close()
-        if not config.tls:
-            warnings.append(
-                "tokens travel in plain text over http://; anyone on the network path can "
-                "read them. Set server.certfile and server.keyfile to serve HTTPS."
-            )
-    return warnings
-
-
 async def serve(
     config: Config,
     plugins: Plugins | None = None,
@@ -94,17 +70,6 @@ async def serve(
                 if not stop.is_set():
                     log.info("received %s, shutting down", signal.Signals(signum).name)
                 stop.set()
-
-        if worker is None:
-            scheme = "https" if config.tls else "http"
-            print(
-                f"ingestd serving {scheme}://{config.server.host}:{config.server.port} "
-                f"(data in {config.data_dir}; auth {'on' if config.auth_required else 'off'})",
-                file=sys.stderr,
-                flush=True,
-            )
-            for warning in start_warnings(config):
-                log.warning("%s", warning)
 
         async def orphaned() -> None:
             # A worker whose master died (even by SIGKILL) stops too.

@@ -276,3 +276,20 @@ def test_one_daemon_per_data_directory(daemon: Daemon, tmp_path: Path, workers):
     assert "serving" not in second.stdout + second.stderr.replace("is serving", "")
     assert tmp_file.exists()  # the first one's temp files were left alone
     assert httpx.get(f"{daemon.base_url}/healthz", timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_start_up_banner_and_warnings(tmp_path: Path, workers):
+    with Daemon(tmp_path / "d", args=["--workers", workers]) as d:
+        log = d.log_tail()
+    lines = log.splitlines()
+    first = next(i for i, line in enumerate(lines) if "serving" in line)
+    url = f"http://127.0.0.1:{d.port}"
+    assert (
+        lines[first] == f"ingestd 0.1.0 serving {url} — the page at {url}/, the API at {url}/docs"
+    )
+    assert f"data: {d.data_dir}; auth: off; workers: {workers}" in lines[first + 1]
+    assert lines[first + 2].startswith("  plugins: ") and "detect" in lines[first + 2]
+    assert sum("serving" in line for line in lines) == 1  # once, by the master with workers
+    for warning in ("auth is off", "clamd is not configured", "storage.materialize = 'copy'"):
+        assert any("WARNING" in line and warning in line for line in lines), warning
