@@ -49,7 +49,7 @@ from .files import Files
 from .index import Index
 from .localstore import LocalChunkStore, clear_temp
 from .locks import HeldLock, LockDir
-from .materialize import safe_filename
+from .materialize import UNREADABLE_CHARS, safe_filename
 from .memstore import MemoryChunkStore
 from .queues import FINISHED_JOB
 from .reader import ManifestReader
@@ -86,6 +86,7 @@ from .tenants import Quota, TenantLedger
 from .tokens import Tokens, UnknownToken
 
 __all__ = [
+    "UNREADABLE_CHARS",
     "DEDUP_SCOPES",
     "Quota",
     "TenantLedger",

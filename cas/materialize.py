@@ -14,10 +14,12 @@ from .errors import StorageError
 from .localstore import fsync_dir
 from .reader import ManifestReader
 
-# Controls (C0, DEL, C1), bidi overrides, separators and reserved characters.
-_UNSAFE = re.compile(
-    '[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069/\\\\:*?"<>|]'
-)
+# Characters that must never reach a name a person reads: controls (C0, DEL,
+# C1), bidi marks, overrides and isolates, line and paragraph separators (the
+# body of a regex character class).
+UNREADABLE_CHARS = "\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+# Those, and what a path component must not hold.
+_UNSAFE = re.compile(f"[{UNREADABLE_CHARS}" + '/\\\\:*?"<>|]')
 _MAX_NAME_BYTES = 200
 
 

@@ -16,6 +16,7 @@ through DNS rebinding.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import ipaddress
@@ -203,13 +204,7 @@ def acting_as(principal: Principal, header: str | None) -> Principal:
         tenant = check_tenant_name(header)
     except ValueError as exc:
         raise ApiError(400, "invalid_tenant", str(exc)) from None
-    return Principal(
-        tenant=tenant,
-        scopes=principal.scopes,
-        token_id=principal.token_id,
-        token_name=principal.token_name,
-        scope=principal.scope,
-    )
+    return dataclasses.replace(principal, tenant=tenant)
 
 
 def _unauthorized(code: str, detail: str) -> ApiError:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import datadir_commands
 from .config import ConfigError, load_config
+from .datadir_commands import human_size as _size
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -239,14 +240,6 @@ class _UploadDisplay:
 
     def close(self) -> None:
         self.progress.stop()
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
 
 
 def _download(args: argparse.Namespace) -> int:

@@ -107,9 +107,7 @@ def token_list(args: argparse.Namespace) -> int:
         )
         for r in rows
     ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print_table(table)
     return 0
 
 
@@ -172,7 +170,7 @@ def stats(args: argparse.Namespace) -> int:
             print(json.dumps(rows[0]))
         return 0
     if summary is not None:
-        print(f"objects: {summary['objects']} ({_size(int(summary['object_bytes']))} on disk)")
+        print(f"objects: {summary['objects']} ({human_size(int(summary['object_bytes']))} on disk)")
         for name in ("sessions", "files", "jobs", "outbox"):
             states = summary[name] or {}
             shown = ", ".join(f"{n} {state}" for state, n in sorted(states.items())) or "none"
@@ -183,17 +181,15 @@ def stats(args: argparse.Namespace) -> int:
         (
             r["tenant"],
             str(r["files"]),
-            _size(r["logical_bytes"]),
-            _size(r["physical_bytes"]),
+            human_size(r["logical_bytes"]),
+            human_size(r["physical_bytes"]),
             str(r["chunks"]),
             str(r["open_uploads"]),
-            _size(r["open_bytes"]),
+            human_size(r["open_bytes"]),
         )
         for r in rows
     ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print_table(table)
     return 0
 
 
@@ -219,8 +215,8 @@ def gc(args: argparse.Namespace) -> int:
         print(json.dumps(result))
     else:
         print(
-            f"{verb} {chunks[0]} unreferenced objects ({_size(chunks[1])}) and {orphans[0]} "
-            f"orphans ({_size(orphans[1])}) older than {grace:g} s; "
+            f"{verb} {chunks[0]} unreferenced objects ({human_size(chunks[1])}) and {orphans[0]} "
+            f"orphans ({human_size(orphans[1])}) older than {grace:g} s; "
             f"{len(expired)} sessions expired"
         )
     return 0
@@ -237,12 +233,20 @@ def _usage_dict(usage: cas.TenantUsage) -> dict[str, int]:
     }
 
 
-def _size(n: int) -> str:
+def human_size(n: float) -> str:
+    """Bytes in binary units, one decimal: 2.9 MiB."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
-            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+            return f"{int(n)} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    raise AssertionError
+    raise AssertionError("unreachable")
+
+
+def print_table(rows: list[tuple[str, ...]]) -> None:
+    """Rows (the first one the header) in left-aligned columns, whole, unwrapped."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
 def _datadir_options(parser: argparse.ArgumentParser) -> None:

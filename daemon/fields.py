@@ -12,15 +12,14 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from ingestd import cas
+
 from .errors import ApiError
 
 # At most 19 ASCII digits: every such number fits in 64 bits.
 _COUNT = re.compile(r"[0-9]{1,19}")
-# Controls (C0, DEL, C1), bidirectional overrides and isolates, line and
-# paragraph separators.
-_UNSAFE_NAME = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
-)
+# The characters the store keeps out of names on disk too.
+_UNSAFE_NAME = re.compile(f"[{cas.UNREADABLE_CHARS}]")
 
 
 def parse_count(text: str, what: str, code: str = "invalid_field") -> int:

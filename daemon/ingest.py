@@ -34,7 +34,6 @@ from ingestd.plugins import PolicyUnavailable, UploadRequest, run_policy
 
 from .errors import ApiError
 from .fields import clean_filename
-from .jsonbody import check_value
 from .runtime import Runtime
 
 # The most JSON a client may store as an upload's metadata.
@@ -457,7 +456,8 @@ async def _within(body: AsyncIterable[bytes], seconds: float, index: int) -> Asy
 
 def check_metadata(metadata: dict[str, Any]) -> None:
     """Bound what a client stores with an upload (it is copied into every
-    record, job and webhook of the file)."""
+    record, job and webhook of the file). Its depth and integers were checked
+    when the JSON body was decoded (`jsonbody`); tus metadata holds strings."""
     try:
         size = len(msgspec.json.encode(metadata))
     except (TypeError, OverflowError, UnicodeEncodeError) as exc:
@@ -469,7 +469,6 @@ def check_metadata(metadata: dict[str, Any]) -> None:
             f"metadata is {size} bytes of JSON; the limit is {MAX_METADATA_BYTES}",
             limit=MAX_METADATA_BYTES,
         )
-    check_value(metadata)
 
 
 def _wrong_size(index: int, expected: int, actual: int) -> cas.WrongChunkSize:

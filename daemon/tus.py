@@ -45,6 +45,7 @@ from urllib.parse import urlsplit
 import blake3
 
 from .errors import ApiError
+from .fields import parse_count
 
 TUS_VERSION = "1.0.0"
 SUPPORTED_VERSIONS = (TUS_VERSION,)
@@ -110,7 +111,6 @@ CORS_MAX_AGE = 86400
 
 # Upload ids are 128-bit lowercase hex (cas.sessions.new_id).
 _ID = re.compile(r"[0-9a-f]{32}")
-_UINT = re.compile(r"[0-9]{1,19}")
 # Upload-Metadata keys: no spaces or commas (by construction), nothing invisible.
 _KEY = re.compile(r"[!-~\x80-\xff]+")
 MAX_FILENAME = 4096
@@ -160,10 +160,7 @@ def expires_header(timestamp: float) -> str:
 
 def parse_uint(name: str, value: str) -> int:
     """A non-negative decimal integer, digits only (no sign, no spaces inside)."""
-    text = value.strip()
-    if not _UINT.fullmatch(text):
-        raise ApiError(400, "invalid_header", f"{name} must be a non-negative integer: {value!r}")
-    return int(text)
+    return parse_count(value.strip(), name, code="invalid_header")
 
 
 def parse_metadata(header: str | None) -> dict[str, bytes]:

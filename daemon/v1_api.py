@@ -220,12 +220,7 @@ async def usage() -> Usage:
     max_bytes, max_open, max_file = rt.tenant_limits(tenant)
     return Usage(
         tenant=tenant,
-        logical_bytes=used.logical_bytes,
-        files=used.files,
-        physical_bytes=used.physical_bytes,
-        chunks=used.chunks,
-        open_uploads=used.open_uploads,
-        open_bytes=used.open_bytes,
+        **msgspec.structs.asdict(used),
         limits=TenantLimits(max_bytes, max_open, max_file),
     )
 
