@@ -160,6 +160,11 @@ class FilesQuery(msgspec.Struct):
     prefix: str = ""
     after: str = ""
     limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
+    # Exact filters: a client asks "do I already have this name with this
+    # content?" before it uploads. `blake3` goes through the content index.
+    filename: str | None = None
+    blake3: HashHex | None = None
+    state: Literal["processing", "accepted", "rejected"] | None = None
 
 
 class FileList(msgspec.Struct):
@@ -510,17 +515,53 @@ def job_of(rt: Runtime, file: cas.FileRecord) -> str | None:
         return None
 
 
+def matching_files(store: cas.Store, tenant: str, q: FilesQuery) -> list[cas.FileRecord]:
+    """Up to `q.limit + 1` of the tenant's files matching `q`, in id order (the
+    one past the limit says whether there is a next page)."""
+
+    def wanted(f: cas.FileRecord) -> bool:
+        return (
+            f.filename.startswith(q.prefix)
+            and (q.filename is None or f.filename == q.filename)
+            and (q.state is None or f.state == q.state)
+        )
+
+    if q.blake3 is not None:
+        # The content index holds only files whose content is kept (not rejected ones).
+        found = []
+        for file_id in sorted(i for i in store.files_by_blake3(q.blake3, tenant) if i > q.after):
+            try:
+                file = store.file(file_id, tenant)
+            except cas.UnknownFile:  # deleted since the index was read
+                continue
+            if wanted(file):
+                found.append(file)
+                if len(found) > q.limit:
+                    break
+        return found
+    prefix = q.filename if q.filename is not None and q.filename.startswith(q.prefix) else q.prefix
+    out: list[cas.FileRecord] = []
+    after = q.after
+    while len(out) <= q.limit:
+        page = store.list_files(tenant, prefix=prefix, after=after, limit=q.limit + 1)
+        out += [f for f in page if wanted(f)]
+        if len(page) <= q.limit:
+            break
+        after = page[-1].id
+    return out[: q.limit + 1]
+
+
 @bp.get("/files")
 @validate_querystring(FilesQuery)
 @document_querystring(FilesQuery)
 @document_response(FileList)
 async def list_files(query_args: FilesQuery) -> FileList:
-    """Files in id order, optionally those whose name starts with `prefix`; paged."""
+    """Files in id order, paged; optionally only those whose name starts with
+    `prefix`, whose name is `filename`, whose content has this `blake3`, or in
+    this `state`."""
     rt = runtime()
     q = query_args
-    files = await rt.run(
-        rt.store.list_files, caller().tenant, prefix=q.prefix, after=q.after, limit=q.limit + 1
-    )
+    files = await rt.run(matching_files, rt.store, caller().tenant, q)
     more = len(files) > q.limit
     files = files[: q.limit]
     return FileList(
