@@ -18,6 +18,7 @@ tenant's chunk holdings and usage); `tokens`; `files`; `completion`; `gc`;
 import from here only.
 """
 
+from . import fsck
 from .chunkstore import ChunkHandle, ChunkStore, ChunkWriter, PutResult, is_hash
 from .completion import Completion
 from .errors import (
@@ -27,6 +28,7 @@ from .errors import (
     ChunkOutOfRange,
     ClientError,
     CorruptObject,
+    DamagedFile,
     IncompleteUpload,
     InvalidConcat,
     InvalidLayout,
@@ -116,6 +118,7 @@ __all__ = [
     "ClientError",
     "Completion",
     "CorruptObject",
+    "DamagedFile",
     "FileRecord",
     "FileState",
     "Files",
@@ -155,5 +158,6 @@ __all__ = [
     "WrongChunkSize",
     "clear_temp",
     "is_hash",
+    "fsck",
     "safe_filename",
 ]

@@ -146,6 +146,11 @@ class ChunkStore(abc.ABC):
     @abc.abstractmethod
     def iter_hashes(self) -> Iterator[str]: ...
 
+    @abc.abstractmethod
+    def quarantine(self, digest: str) -> None:
+        """Move an object whose bytes do not match its name out of the store,
+        kept for an operator to inspect (fsck --repair); it no longer `exists`."""
+
     # -- conveniences built on the above; implementations may do better ------
 
     def put(

@@ -86,6 +86,12 @@ class CorruptObject(StorageError):
     code = "corrupt_object"
 
 
+class DamagedFile(StorageError):
+    """fsck found chunks of the file missing or corrupt; its bytes cannot be served."""
+
+    code = "file_damaged"
+
+
 class ObjectVanished(StorageError):
     """A chunk was collected just as it was attached again: retrying succeeds."""
 

@@ -25,11 +25,15 @@ from .sessions import Sessions
 from .tenants import TenantLedger
 
 
-def _hash_key(blake3_hex: str, file_id: str) -> bytes:
+# Files whose content is whole: a re-upload may reuse what they hold.
+LIVE_STATES = frozenset({FileState.PROCESSING, FileState.ACCEPTED})
+
+
+def content_key(blake3_hex: str, file_id: str) -> bytes:
     return bytes.fromhex(blake3_hex) + file_id.encode()
 
 
-def _manifest_key(packed_manifest: bytes, file_id: str) -> bytes:
+def manifest_key(packed_manifest: bytes, file_id: str) -> bytes:
     return blake3.blake3(packed_manifest).digest() + file_id.encode()
 
 
@@ -100,10 +104,10 @@ class Files:
     ) -> FileRecord | None:
         """A live file of the tenant with exactly this manifest, if any (with
         `with_copy`: one whose materialised copy is written)."""
-        prefix = _manifest_key(packed, "")
+        prefix = manifest_key(packed, "")
         for suffix, _ in self._index.scan(txn, "manifest_files", prefix, values=False):
             file = self.find(txn, suffix.decode())
-            if file is None or file.tenant != tenant or file.state == FileState.REJECTED:
+            if file is None or file.tenant != tenant or file.state not in LIVE_STATES:
                 continue
             if not with_copy or file.path is not None:
                 return file
@@ -124,9 +128,9 @@ class Files:
         self._index.put(txn, "files", file.id.encode(), file)
         if copy_due:
             txn.put(file.id.encode(), b"", db=self._index.db["copies_due"])
-        txn.put(_hash_key(file.blake3, file.id), b"", db=self._index.db["file_hashes"])
+        txn.put(content_key(file.blake3, file.id), b"", db=self._index.db["file_hashes"])
         txn.put(file.id.encode(), packed, db=self._index.db["manifests"])
-        txn.put(_manifest_key(packed, file.id), b"", db=self._index.db["manifest_files"])
+        txn.put(manifest_key(packed, file.id), b"", db=self._index.db["manifest_files"])
         self._ledger.add(txn, file.tenant, logical_bytes=file.size, files=1)
 
     def delete(self, txn: lmdb.Transaction, file_id: str, tenant: str) -> FileRecord:
@@ -208,5 +212,5 @@ class Files:
         for digest, _ in records.unpack_manifest(packed):
             self._refs.release(txn, digest, file.tenant)
         if packed:
-            txn.delete(_manifest_key(packed, file.id), db=self._index.db["manifest_files"])
-        txn.delete(_hash_key(file.blake3, file.id), db=self._index.db["file_hashes"])
+            txn.delete(manifest_key(packed, file.id), db=self._index.db["manifest_files"])
+        txn.delete(content_key(file.blake3, file.id), db=self._index.db["file_hashes"])

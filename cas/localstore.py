@@ -111,6 +111,18 @@ class LocalChunkStore(ChunkStore):
         except FileNotFoundError:
             pass
 
+    def quarantine(self, digest: str) -> None:
+        # Under <root>/quarantine/, named by the hash it should have had.
+        target = self.root / "quarantine" / digest
+        target.parent.mkdir(exist_ok=True)
+        try:
+            os.replace(self._path(digest), target)
+        except FileNotFoundError:
+            return
+        if self.durable:
+            fsync_dir(target.parent)
+            fsync_dir(self._path(digest).parent)
+
     def iter_hashes(self) -> Iterator[str]:
         for first in sorted(os.scandir(self.objects_dir), key=lambda e: e.name):
             if not first.is_dir():

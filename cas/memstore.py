@@ -16,6 +16,8 @@ class MemoryChunkStore(ChunkStore):
         self._written: dict[str, float] = {}
         self._lock = threading.Lock()
         self._clock = clock
+        # What `quarantine` moved aside.
+        self.quarantined: dict[str, bytes] = {}
         # Everything is durable the moment it is committed (as durable as memory is).
         self.durable = False
 
@@ -58,6 +60,13 @@ class MemoryChunkStore(ChunkStore):
         with self._lock:
             self._objects.pop(digest, None)
             self._written.pop(digest, None)
+
+    def quarantine(self, digest: str) -> None:
+        with self._lock:
+            data = self._objects.pop(digest, None)
+            self._written.pop(digest, None)
+            if data is not None:
+                self.quarantined[digest] = data
 
     def iter_hashes(self) -> Iterator[str]:
         with self._lock:

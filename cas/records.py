@@ -33,6 +33,9 @@ class FileState(StrEnum):
     ACCEPTED = "accepted"
     # Kept for the record; its content is released.
     REJECTED = "rejected"
+    # fsck found chunks of it missing or corrupt: its bytes cannot be served
+    # (a re-upload of the same content makes a new, whole file).
+    DAMAGED = "damaged"
 
 
 class OutboxState(StrEnum):
@@ -55,6 +58,9 @@ class ChunkRecord(msgspec.Struct, frozen=True):
     created: float
     # When refs last dropped to zero; garbage collection waits a grace period.
     released: float | None = None
+    # fsck found its object missing or corrupt (and quarantined it): it is
+    # never attached without its bytes, until they are sent again.
+    missing: bool = False
 
 
 class TenantUsage(msgspec.Struct, frozen=True):

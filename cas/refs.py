@@ -52,8 +52,11 @@ class ChunkRefs:
         if chunk is None or chunk.size != length:
             return False
         # An unreferenced chunk may be collected at any moment after its grace
-        # period; it is live only while its object is still there.
-        return chunk.refs > 0 or self._chunks.exists(digest)
+        # period, and fsck may have found one missing: then it is live only
+        # while (or once again) its object is there.
+        if chunk.refs > 0 and not chunk.missing:
+            return True
+        return self._chunks.exists(digest)
 
     def attachable(self, txn: lmdb.Transaction, digest: str, length: int, tenant: str) -> bool:
         """Whether `tenant` may use this chunk without sending its bytes. With
@@ -65,15 +68,18 @@ class ChunkRefs:
 
     def add(self, txn: lmdb.Transaction, digest: str, size: int, tenant: str) -> None:
         chunk = self.get(txn, digest)
-        if chunk is None or chunk.refs == 0:
+        if chunk is None or chunk.refs == 0 or chunk.missing:
             # A chunk coming back from zero references may have just been
-            # collected; its object must still be there.
+            # collected (or be one fsck found missing); its object must be there.
             if not self._chunks.exists(digest):
                 raise ObjectVanished(f"object {digest} vanished before it was attached; retry")
         if chunk is None:
             chunk = ChunkRecord(size=size, refs=1, created=self._clock())
         else:
-            chunk = msgspec.structs.replace(chunk, refs=chunk.refs + 1, released=None)
+            # Its bytes are back (sent again) if it was missing.
+            chunk = msgspec.structs.replace(
+                chunk, refs=chunk.refs + 1, released=None, missing=False
+            )
         self._index.put(txn, "chunks", bytes.fromhex(digest), chunk)
         self._ledger.hold(txn, tenant, digest, size)
 

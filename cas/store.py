@@ -24,6 +24,7 @@ from .completion import Completer, Completion
 from .errors import (
     ChunkHashMismatch,
     ChunkOutOfRange,
+    DamagedFile,
     InvalidLayout,
     SessionNotOpen,
     StorageError,
@@ -447,8 +448,14 @@ class Store:
             return self.files.manifest(txn, file_id)
 
     def open_file(self, file_id: str, tenant: str = DEFAULT_TENANT) -> ManifestReader:
+        """The file's bytes; `DamagedFile` if fsck found some of them gone."""
         with self.index.reader() as txn:
-            self.files.get(txn, file_id, tenant)
+            file = self.files.get(txn, file_id, tenant)
+            if file.state == FileState.DAMAGED:
+                raise DamagedFile(
+                    f"file {file_id} is damaged: {file.reason}; upload it again",
+                    file_id=file_id,
+                )
             return ManifestReader(self.chunks, self.files.manifest(txn, file_id))
 
     def open_parts(self, session_id: str, tenant: str = DEFAULT_TENANT) -> ManifestReader:

@@ -150,25 +150,62 @@ class TenantLedger:
 
     def rebuild(self, txn: lmdb.Transaction) -> None:
         """Recompute every holding and usage figure from the manifests."""
+        holdings, usage = self.compute(txn)
         txn.drop(self._holdings, delete=False)
         txn.drop(self._index.db["tenants"], delete=False)
+        for (tenant, digest), (uses, size) in holdings.items():
+            txn.put(_key(tenant, digest), _HOLDING.pack(uses, size), db=self._holdings)
+        for tenant, figures in usage.items():
+            self._index.put(txn, "tenants", tenant.encode(), figures)
+        txn.put(_LEDGER_BUILT, b"1", db=self._index.db["meta"])
+
+    def stored(
+        self, txn: lmdb.Transaction
+    ) -> tuple[dict[tuple[str, str], tuple[int, int]], dict[str, TenantUsage]]:
+        """The holdings ((tenant, digest) -> (uses, size)) and usage as recorded."""
+        holdings = {}
+        for key, raw in self._index.scan(txn, "tenant_chunks"):
+            tenant, digest = key[:-33].decode(), key[-32:].hex()
+            holdings[(tenant, digest)] = _HOLDING.unpack(raw)
+        return holdings, dict(self.all(txn))
+
+    def compute(
+        self, txn: lmdb.Transaction
+    ) -> tuple[dict[tuple[str, str], tuple[int, int]], dict[str, TenantUsage]]:
+        """What `stored` should hold, derived from the sessions, parts and files
+        (for `rebuild`, and for fsck to compare)."""
+        holdings: dict[tuple[str, str], tuple[int, int]] = {}
+        usage: dict[str, dict[str, int]] = {}
+
+        def add(tenant: str, **deltas: int) -> None:
+            figures = usage.setdefault(tenant, {})
+            for name, delta in deltas.items():
+                figures[name] = figures.get(name, 0) + delta
+
+        def hold(tenant: str, digest: str, size: int) -> None:
+            uses, _ = holdings.get((tenant, digest), (0, size))
+            holdings[(tenant, digest)] = (uses + 1, size)
+            if uses == 0:
+                add(tenant, physical_bytes=size, chunks=1)
+
         tenants: dict[str, str] = {}
         for _, raw in self._index.scan(txn, "sessions"):
             session = records.decode(records.Session, raw)
             tenants[session.id] = session.tenant
             if session.state == SessionState.OPEN:
-                self.add(txn, session.tenant, open_uploads=1, open_bytes=session.size)
+                add(session.tenant, open_uploads=1, open_bytes=session.size)
         for key, raw in self._index.scan(txn, "parts"):
             session_id = key.split(b"/", 1)[0].decode()
             digest, size = records.unpack_entry(raw)
             if session_id in tenants:
-                self.hold(txn, tenants[session_id], digest, size)
+                hold(tenants[session_id], digest, size)
         for _, raw in self._index.scan(txn, "files"):
             file = records.decode(records.FileRecord, raw)
             packed = txn.get(file.id.encode(), db=self._index.db["manifests"])
             if packed is None or file.state == FileState.REJECTED:
                 continue
-            self.add(txn, file.tenant, logical_bytes=file.size, files=1)
+            add(file.tenant, logical_bytes=file.size, files=1)
             for digest, size in records.unpack_manifest(packed):
-                self.hold(txn, file.tenant, digest, size)
-        txn.put(_LEDGER_BUILT, b"1", db=self._index.db["meta"])
+                hold(file.tenant, digest, size)
+        figures = {tenant: TenantUsage(**deltas) for tenant, deltas in usage.items()}
+        return holdings, figures

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import pytest
-from ingestd.cas import Store
+from ingestd.cas import Store, fsck
 from ingestd.daemon.app import create_app
 from ingestd.daemon.config import load_config
 
@@ -22,10 +22,14 @@ def clock():
 
 
 @pytest.fixture
-def store(tmp_path, clock):
+def store(request, tmp_path, clock):
     """A store without fsync, on a hand-moved clock, whose sessions live 100 s."""
     with Store(tmp_path / "data", durability="none", clock=clock, session_ttl=100) as s:
         yield s
+        if request.node.get_closest_marker("damages_store") is None:
+            # Whatever the test did, the store is consistent (fsck finds nothing).
+            report = fsck.check(s.index, s.chunks, root=s.root)
+            assert report.problems == []
 
 
 @pytest.fixture

@@ -313,6 +313,20 @@ def test_delete(chunk_store, tmp_path):
     assert chunk_store.read(gone) == b"delete me"
 
 
+def test_quarantine_moves_an_object_out(chunk_store, tmp_path):
+    keep, suspect = chunk_store.put(b"keep me").hash, chunk_store.put(b"suspect").hash
+    chunk_store.quarantine(suspect)
+    assert_absent(chunk_store, tmp_path, suspect)
+    chunk_store.quarantine(suspect)  # gone already: not an error
+    chunk_store.quarantine(b3(b"never stored"))
+    assert chunk_store.read(keep) == b"keep me"
+    # The bytes sent again are stored anew, beside the quarantined copy.
+    assert chunk_store.put(b"suspect").existed is False
+    assert chunk_store.read(suspect) == b"suspect"
+    if isinstance(chunk_store, LocalChunkStore):
+        assert (tmp_path / "quarantine" / suspect).read_bytes() == b"suspect"
+
+
 def test_iteration_lists_exactly_the_stored_hashes(chunk_store):
     assert list(chunk_store.iter_hashes()) == []
     stored = {chunk_store.put(blob(200 + i, 100 * i)).hash for i in range(12)}
