@@ -24,7 +24,6 @@ from .refs import ChunkRefs
 from .sessions import Sessions
 from .tenants import TenantLedger
 
-
 # Files whose content is whole: a re-upload may reuse what they hold.
 LIVE_STATES = frozenset({FileState.PROCESSING, FileState.ACCEPTED})
 

@@ -458,7 +458,10 @@ def _damage(
             lost.append(offset)
         offset += length
     if lost:
-        return f"{len(lost)} of its {len(manifest)} chunks are missing or corrupt (from byte {lost[0]})"
+        return (
+            f"{len(lost)} of its {len(manifest)} chunks are missing or corrupt "
+            f"(from byte {lost[0]})"
+        )
     return None
 
 

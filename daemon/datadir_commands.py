@@ -1,8 +1,8 @@
-"""`ingestd token …`, `ingestd stats` and `ingestd gc`: commands an operator runs on the
-daemon's host, against its data directory (while it runs, or not).
+"""`ingestd token …`, `ingestd stats`, `ingestd gc` and `ingestd fsck`: commands an
+operator runs on the daemon's host, against its data directory (while it runs, or not).
 
-They open the LMDB index directly, as another worker would, and never the
-chunk objects. The config file (or `--data-dir`) says where the data is.
+They open the LMDB index directly, as another worker would. The config file
+(or `--data-dir`) says where the data is.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from ingestd import cas
 
 from .auth import SCOPES, check_tenant_name, create_token, parse_duration
 from .config import ConfigError, load_config
+from .instance import DataDirBusy, claim
 
 
 class CommandError(Exception):
@@ -222,6 +223,84 @@ def gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def fsck(args: argparse.Namespace) -> int:
+    """Exit 0: no problems (leftovers aside); 1: problems (repaired, with --repair)."""
+    data_dir = Path(_config(args).data_dir)
+    if not (data_dir / "index.lmdb").is_dir():
+        raise CommandError(f"{data_dir} holds no ingestd data (no index.lmdb)")
+    try:
+        held = claim(data_dir)
+    except DataDirBusy as exc:
+        if args.repair:
+            raise CommandError(f"cannot repair while the daemon runs: {exc}") from None
+        held = None  # a live daemon's directory: read only, re-checking what moved
+    try:
+        if held is None:
+            index = cas.Index(data_dir / "index.lmdb", readonly=True)
+            chunks = cas.LocalChunkStore(data_dir, readonly=True)
+            try:
+                report = cas.fsck.check(
+                    index, chunks, root=data_dir, verify=not args.quick, live=True
+                )
+            finally:
+                index.close()
+            return _fsck_result(args, report, None, None)
+        with cas.Store(data_dir, worker="fsck-command") as store:
+            report = cas.fsck.check(store.index, store.chunks, root=data_dir, verify=not args.quick)
+            if not args.repair:
+                return _fsck_result(args, report, None, None)
+            done = cas.fsck.repair(store, report)
+            after = cas.fsck.check(store.index, store.chunks, root=data_dir, verify=False)
+            return _fsck_result(args, report, done, after)
+    finally:
+        if held is not None:
+            held.release()
+
+
+def _fsck_result(
+    args: argparse.Namespace,
+    report: cas.fsck.Report,
+    repairs: list[str] | None,
+    after: cas.fsck.Report | None,
+) -> int:
+    if args.json:
+        out = report.to_dict()
+        if repairs is not None:
+            out["repairs"] = repairs
+            out["after_repair"] = after.to_dict()
+        print(json.dumps(out))
+        return 0 if report.clean else 1
+    hashed = f", {human_size(report.verified_bytes)} re-hashed" if report.verified_bytes else ""
+    print(
+        f"checked {report.objects} objects ({human_size(report.object_bytes)}{hashed}), "
+        f"{report.chunks} chunk records, {report.files} files, {report.sessions} uploads"
+    )
+    for finding in report.problems:
+        print(f"problem: {finding.kind}: {finding.subject}: {finding.detail}")
+    leftovers: dict[str, int] = {}
+    for finding in report.leftovers:
+        leftovers[finding.kind] = leftovers.get(finding.kind, 0) + 1
+    for kind, n in sorted(leftovers.items()):
+        print(
+            f"leftover: {n} {kind.replace('_', ' ')}s (ingestd gc removes them after their grace)"
+        )
+    if report.damaged_files:
+        print(f"damaged files (known): {', '.join(report.damaged_files)}")
+    if report.quarantined:
+        print(f"quarantined objects: {report.quarantined} (under quarantine/)")
+    for line in repairs or ():
+        print(f"repaired: {line}")
+    if after is not None:
+        print(f"after repair: {len(after.problems)} problems")
+    elif not report.clean:
+        print(
+            f"{len(report.problems)} problems; run `ingestd fsck --repair` with the daemon stopped"
+        )
+    else:
+        print("no problems")
+    return 0 if report.clean else 1
+
+
 def _usage_dict(usage: cas.TenantUsage) -> dict[str, int]:
     return {
         "files": usage.files,
@@ -306,3 +385,21 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     collect.add_argument("--json", action="store_true", help="print one JSON object")
     _datadir_options(collect)
     collect.set_defaults(func=gc)
+
+    check = sub.add_parser(
+        "fsck",
+        help="check the store's objects and index (on the daemon's host)",
+        description="Re-hash every object against its name; check every manifest's chunks, "
+        "reference counts, tenants' figures and content indexes. Read-only, and safe "
+        "while the daemon runs. Exit status: 0 no problems, 1 problems found.",
+    )
+    check.add_argument(
+        "--repair",
+        action="store_true",
+        help="(daemon stopped) quarantine corrupt objects, mark the files they break "
+        "damaged, drop open uploads' missing parts, rebuild derived data",
+    )
+    check.add_argument("--quick", action="store_true", help="skip re-hashing the objects")
+    check.add_argument("--json", action="store_true", help="print one JSON object")
+    _datadir_options(check)
+    check.set_defaults(func=fsck)

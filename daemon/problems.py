@@ -150,6 +150,9 @@ def register(app: Quart) -> None:
     async def _storage_error(exc: cas.StorageError) -> Response:
         if storage_full(exc):
             return full_problem()
+        if isinstance(exc, cas.DamagedFile):
+            # Known damage (fsck found it): said as such, never wrong bytes.
+            return problem(409, exc.code, exc.detail, **exc.extra)
         if isinstance(exc, cas.ObjectVanished):
             response = problem(503, exc.code, exc.detail)
             response.headers["Retry-After"] = "1"

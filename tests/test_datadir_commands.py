@@ -9,7 +9,9 @@ import os
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
+from e2e_support import Daemon
 from ingestd.cas import Store
 from test_e2e_cli import cli_command
 
@@ -57,3 +59,78 @@ def test_gc_dry_run_then_for_real_and_stats(tmp_path: Path):
     assert stats["store"]["sessions"] == {"completed": 1, "cancelled": 1}
     assert stats["store"]["files"] == {"accepted": 1}
     assert stats["tenants"][0]["tenant"] == "t" and stats["tenants"][0]["logical_bytes"] == 2500
+
+
+def fsck_cli(data: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INGESTD_")}
+    return subprocess.run(
+        [*cli_command(), "fsck", "--data-dir", str(data), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+def v1_upload(base: str, data: bytes, name: str) -> str:
+    """Fixed-size chunks through /v1; the file id once it is accepted."""
+    with httpx.Client(base_url=base, timeout=30) as http:
+        up = http.post("/v1/uploads", json={"filename": name, "size": len(data)}).json()
+        step = up["chunk_size"]
+        for i in range(up["total_chunks"]):
+            r = http.put(
+                f"/v1/uploads/{up['id']}/chunks/{i}", content=data[i * step : (i + 1) * step]
+            )
+            assert r.status_code in (200, 201), r.text
+        job = http.post(f"/v1/uploads/{up['id']}/complete").json()
+        done = http.get(f"/v1/jobs/{job['job_id']}", params={"wait": 30}).json()
+        assert done["verdict"] == "accepted", done
+        return http.get(f"/v1/uploads/{up['id']}").json()["file_id"]
+
+
+def test_fsck_live_then_repair_offline_and_damaged_downloads_refuse(tmp_path: Path):
+    data = tmp_path / "d" / "data"
+    env = {
+        "INGESTD_STORAGE_MATERIALIZE": "none",
+        "INGESTD_PLUGINS_AUTOLOAD": "false",
+    }
+    with Daemon(tmp_path / "d", extra_env=env) as daemon:
+        good, bad = os.urandom(200_000), os.urandom(150_000)
+        good_id = v1_upload(daemon.base_url, good, "good.bin")
+        bad_id = v1_upload(daemon.base_url, bad, "bad.bin")
+        # Beside the running daemon: read-only, and clean.
+        live = fsck_cli(data, "--json")
+        assert live.returncode == 0, live.stdout + live.stderr
+        report = json.loads(live.stdout)
+        assert report["clean"] and report["files"] == 2
+        assert report["verified_bytes"] == report["object_bytes"] >= 350_000
+        refused = fsck_cli(data, "--repair")
+        assert refused.returncode == 2 and "daemon runs" in refused.stderr
+        with Store(data, durability="none", worker="test") as store:
+            first = store.manifest(bad_id)[0][0]
+        victim = data / "objects" / first[:2] / first[2:4] / first
+        damaged = bytearray(victim.read_bytes())
+        damaged[0] ^= 1
+        victim.write_bytes(bytes(damaged))
+        found = json.loads(fsck_cli(data, "--json").stdout)
+        assert {(p["kind"], p["subject"]) for p in found["problems"]} >= {("corrupt_object", first)}
+        daemon.stop()
+        repaired = fsck_cli(data, "--repair")
+        assert repaired.returncode == 1, repaired.stdout + repaired.stderr  # problems were found
+        assert f"quarantined corrupt object {first}" in repaired.stdout
+        assert f"marked file {bad_id} damaged" in repaired.stdout
+        assert "after repair: 0 problems" in repaired.stdout
+        assert fsck_cli(data).returncode == 0
+        daemon.start()
+        with httpx.Client(base_url=daemon.base_url, timeout=30) as http:
+            r = http.get(f"/v1/files/{bad_id}/content")
+            assert r.status_code == 409 and r.headers["content-type"] == "application/problem+json"
+            assert r.json()["code"] == "file_damaged" and "upload it again" in r.json()["detail"]
+            assert http.get(f"/v1/files/{bad_id}").json()["state"] == "damaged"
+            ok = http.get(f"/v1/files/{good_id}/content")
+            assert hashlib.sha256(ok.content).digest() == hashlib.sha256(good).digest()
+            # Uploading the same bytes again makes a whole file.
+        again = v1_upload(daemon.base_url, bad, "bad.bin")
+        with httpx.Client(base_url=daemon.base_url, timeout=30) as http:
+            r = http.get(f"/v1/files/{again}/content")
+            assert hashlib.sha256(r.content).digest() == hashlib.sha256(bad).digest()
