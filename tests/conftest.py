@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-from ingestd.cas import Store, fsck
+from ingestd.cas import Index, LocalChunkStore, Store, fsck
 from ingestd.daemon.app import create_app
 from ingestd.daemon.config import load_config
 
@@ -52,10 +54,23 @@ def make_config(tmp_path):
 
 
 @pytest.fixture
-async def app(make_config):
-    app = create_app(make_config())
+async def app(request, make_config):
+    config = make_config()
+    app = create_app(config)
     async with app.test_app() as test_app:
         yield test_app
+    if request.node.get_closest_marker("damages_store") is None:
+        assert_consistent(Path(config.data_dir))
+
+
+def assert_consistent(data_dir: Path) -> None:
+    """fsck finds no problem in the data directory (its daemon stopped)."""
+    index = Index(data_dir / "index.lmdb", readonly=True)
+    try:
+        report = fsck.check(index, LocalChunkStore(data_dir, readonly=True), root=data_dir)
+    finally:
+        index.close()
+    assert report.problems == []
 
 
 @pytest.fixture
