@@ -2,7 +2,8 @@
 
 Nothing a live session or file references is ever deleted: a chunk goes only
 when its reference count has been zero for a grace period, judged inside the
-write transaction that deletes it, so no upload can attach it meanwhile.
+write transaction that forgets it; its object is deleted after that commit,
+on the writer thread, so no upload can attach it meanwhile.
 """
 
 from __future__ import annotations
@@ -72,7 +73,6 @@ class GarbageCollector:
                 if chunk.refs == 0 and chunk.released is not None and chunk.released <= cutoff:
                     if not dry_run:
                         self._refs.forget(txn, digest)
-                        self._chunks.delete(digest)
                     count += 1
                     freed += chunk.size
             return count, freed
@@ -112,7 +112,7 @@ class GarbageCollector:
                 age = self._chunks.age(digest, time.time())
                 size = self._chunks.size(digest)
                 if age is not None and size is not None and age > grace:
-                    self._chunks.delete(digest)
+                    self._refs.delete_unrecorded(digest)
                     count += 1
                     freed += size
             return count, freed

@@ -7,11 +7,19 @@ each in its own nested transaction (so one failing operation does not undo
 the others), makes the chunk objects those operations refer to durable (one
 `sync` call for the batch, the chunk store's business), and commits once.
 Callers block until their operation is durable.
+
+Deleting a chunk object is not part of any transaction: done inside an
+operation, it would stay done when the operation (or the whole commit) is
+rolled back or the process dies before the commit, leaving a record that
+names a missing object. An operation asks for it with `Index.after_commit`
+instead; the writer runs those actions once the commit is durable, before
+it applies the next batch, so no other write comes in between.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -56,6 +64,8 @@ DATABASES = (
     # Token id -> records.TokenRecord (the secret only hashed).
     "tokens",
 )
+log = logging.getLogger("ingestd.cas")
+
 DEFAULT_MAP_SIZE = 1 << 38  # 256 GiB of address space; the file grows as needed
 
 WriteOp = Callable[[lmdb.Transaction], Any]
@@ -154,6 +164,15 @@ class Index:
             raise StorageError("the index is open read-only")
         return self.writer.submit(op, tuple(objects))
 
+    def after_commit(self, action: Callable[[lmdb.Transaction], None]) -> None:
+        """From inside a write operation: run `action(snapshot)` once this
+        operation's changes are committed (never, if the operation fails or
+        the commit does), on the writer thread before the next batch, with a
+        read snapshot of the committed state to re-check what it acts on."""
+        if self.writer is None:
+            raise StorageError("the index is open read-only")
+        self.writer.defer(action)
+
     def scan(
         self, txn: lmdb.Transaction, db: str, prefix: bytes = b"", *, values: bool = True
     ) -> Iterator[tuple[bytes, bytes]]:
@@ -174,11 +193,12 @@ class Index:
 
 
 class _Pending:
-    __slots__ = ("op", "objects", "done", "result", "error")
+    __slots__ = ("op", "objects", "done", "result", "error", "after")
 
     def __init__(self, op: WriteOp, objects: tuple[object, ...]) -> None:
         self.op = op
         self.objects = objects
+        self.after: list[Callable[[lmdb.Transaction], None]] = []
         self.done = threading.Event()
         self.result: Any = None
         self.error: BaseException | None = None
@@ -202,6 +222,7 @@ class GroupCommitter:
         self._closed = False
         self.commits = 0
         self.ops = 0
+        self._running: _Pending | None = None
         self._thread = threading.Thread(target=self._run, name="ingestd-index-writer", daemon=True)
         self._thread.start()
 
@@ -216,6 +237,11 @@ class GroupCommitter:
         if pending.error is not None:
             raise pending.error
         return pending.result
+
+    def defer(self, action: Callable[[lmdb.Transaction], None]) -> None:
+        if threading.current_thread() is not self._thread or self._running is None:
+            raise RuntimeError("after_commit is for write operations, on the writer thread")
+        self._running.after.append(action)
 
     def close(self) -> None:
         with self._cond:
@@ -246,20 +272,38 @@ class GroupCommitter:
             with self._env.begin(write=True) as txn:
                 for p in batch:
                     child = self._env.begin(write=True, parent=txn)
+                    self._running = p
                     try:
                         p.result = p.op(child)
                     except BaseException as exc:  # noqa: BLE001 - handed to the caller
                         child.abort()
                         p.error = exc
+                        p.after.clear()
                     else:
                         child.commit()
+                    finally:
+                        self._running = None
             self.commits += 1
             self.ops += len(batch)
         except Exception as exc:  # noqa: BLE001 - the writer thread must outlive any failure
             for p in batch:
+                p.after.clear()
                 if p.error is None or not isinstance(p.error, StoreError):
                     p.error = StorageError(f"index commit failed: {exc}")
                     p.error.__cause__ = exc  # e.g. a full disk or map: the HTTP layer says 507
+        else:
+            self._run_after(batch)
         finally:
             for p in batch:
                 p.done.set()
+
+    def _run_after(self, batch: list[_Pending]) -> None:
+        actions = [a for p in batch for a in p.after]
+        if not actions:
+            return
+        with self._env.begin() as snapshot:
+            for action in actions:
+                try:
+                    action(snapshot)
+                except Exception:  # noqa: BLE001 - a leftover object; fsck and gc find it
+                    log.exception("an action after an index commit failed")

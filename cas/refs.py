@@ -104,12 +104,22 @@ class ChunkRefs:
         if chunk is None or chunk.refs > 0:
             return 0
         self.forget(txn, digest)
-        self._chunks.delete(digest)
         return chunk.size
 
     def forget(self, txn: lmdb.Transaction, digest: str) -> None:
-        """Drop the record (garbage collection, once the object is deleted)."""
+        """Drop the record and delete the object once that is committed."""
         txn.delete(bytes.fromhex(digest), db=self._db)
+        self.delete_unrecorded(digest)
+
+    def delete_unrecorded(self, digest: str) -> None:
+        """From a write operation: delete the object after the commit, if no
+        record names it then (one attached it again in the same batch)."""
+
+        def delete(snapshot: lmdb.Transaction) -> None:
+            if not self.known(snapshot, digest):
+                self._chunks.delete(digest)
+
+        self._index.after_commit(delete)
 
     def all(self, txn: lmdb.Transaction) -> Iterator[tuple[str, ChunkRecord]]:
         for key, raw in self._index.scan(txn, "chunks"):

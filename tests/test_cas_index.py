@@ -106,3 +106,30 @@ def test_write_after_close_is_a_storage_error(tmp_path):
     index.close()
     with pytest.raises(StorageError):
         writer.submit(lambda txn: None)
+
+
+def test_actions_after_commit_run_only_for_committed_operations(tmp_path):
+    """Deleting an object cannot be rolled back, so it waits for the commit: an
+    operation that fails (or whose commit fails) leaves nothing deleted."""
+    index = Index(tmp_path / "idx", durable=False)
+    ran: list[tuple[str, bytes | None]] = []
+
+    def op(name: str, fail: bool):
+        def run(txn):
+            txn.put(name.encode(), b"1", db=index.db["meta"])
+            index.after_commit(
+                lambda snap: ran.append((name, snap.get(name.encode(), db=index.db["meta"])))
+            )
+            if fail:
+                raise ValueError(name)
+
+        return run
+
+    index.write(op("kept", False))
+    with pytest.raises(ValueError):
+        index.write(op("failed", True))
+    # The action saw the committed change; the failed operation's never ran.
+    assert ran == [("kept", b"1")]
+    with pytest.raises(RuntimeError):
+        index.after_commit(lambda snap: None)  # outside a write operation
+    index.close()
