@@ -114,14 +114,17 @@ _SETTLE_SECONDS = 10.0
 
 
 async def settle_request_body(response: Response) -> Response:
-    """Let an early error answer leave the connection usable.
+    """Let an answer given before the request's body arrived leave the
+    connection usable.
 
-    When a handler refuses a request before reading its body, the unread
-    bytes would stay in the connection and the client's next request on it
-    could hang. Wait (briefly) for the body to arrive and drop it; if it is
-    too large or too slow, close the connection instead.
+    When a handler answers without reading the body (an error, or a method
+    such as GET or HEAD that takes none), hypercorn leaves the connection
+    stuck: the client's next request on it is never answered. Wait (briefly)
+    for the body to arrive and drop it; if it is too large or too slow,
+    close the connection instead. A body the handler read is already
+    complete: nothing is waited for.
     """
-    if response.status_code < 400 or request.method not in ("POST", "PUT", "PATCH"):
+    if not _has_body():
         return response
     if response.headers.get("Connection", "").lower() == "close":
         return response  # the connection ends with this answer: no body to wait for
@@ -133,6 +136,13 @@ async def settle_request_body(response: Response) -> Response:
     except HTTPException:  # over the size limit: not worth reading
         response.headers["Connection"] = "close"
     return response
+
+
+def _has_body() -> bool:
+    if "Transfer-Encoding" in request.headers:
+        return True
+    length = request.headers.get("Content-Length", "")
+    return length.strip() not in ("", "0")
 
 
 def register(app: Quart) -> None:
@@ -179,4 +189,9 @@ def register(app: Quart) -> None:
         detail = exc.description or exc.name
         if status == 413:
             return problem(413, "too_large", "the request body is larger than this server accepts")
-        return problem(status, _http_code(exc), detail)
+        response = problem(status, _http_code(exc), detail)
+        # werkzeug's own headers, e.g. 405's Allow (RFC 9110 requires it).
+        for name, value in exc.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response

@@ -142,6 +142,8 @@ async def chunk() -> ChunkResponse:
             400, "missing_field", f"missing form field(s): {', '.join(missing)}", missing=missing
         )
     upload_id = fields["uploadId"]
+    if not upload_id:
+        raise ApiError(400, "missing_field", "form field 'uploadId' is empty", missing=["uploadId"])
     index = _int_field(fields, "chunkIndex")
     total = _int_field(fields, "totalChunks")
     session = await rt.run(rt.store.session, upload_id, caller().tenant)

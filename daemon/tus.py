@@ -134,9 +134,12 @@ def check_version(method: str, tus_resumable: str | None) -> None:
 
 
 def effective_method(method: str, override: str | None) -> str:
-    """X-HTTP-Method-Override replaces the request's method when present."""
-    if override is None or not override.strip():
-        return method.upper()
+    """X-HTTP-Method-Override replaces the method of a POST (for clients that
+    can send only GET and POST). Other methods are what they say: an open
+    `OPTIONS` must not turn into a `HEAD` or `DELETE` that skipped the token check."""
+    method = method.upper()
+    if method != "POST" or override is None or not override.strip():
+        return method
     return override.strip().upper()
 
 

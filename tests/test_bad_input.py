@@ -193,3 +193,43 @@ async def test_ranges_and_etags(client):
     for inm in (etag, f"W/{etag}", f'"x", W/{etag}', "*"):
         assert (await client.get(url, headers={"If-None-Match": inm})).status_code == 304, inm
     assert (await client.get(url, headers={"If-None-Match": '"other"'})).status_code == 200
+
+
+# -- found by the fuzzer (tests/test_fuzz.py) ----------------------------------
+
+
+async def test_an_empty_upload_id_in_a_streamed_multipart_body(client):
+    """All fields before the chunk (the streamed path): an empty uploadId is a
+    400 naming the field, not a store lookup of an empty key (was a 500)."""
+    parts = [("uploadId", b""), ("chunkIndex", b"0"), ("totalChunks", b"0")]
+    body = b"".join(
+        b'--XyZ\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n' % (n.encode(), v)
+        for n, v in parts
+    )
+    body += b'--XyZ\r\nContent-Disposition: form-data; name="chunk"; filename="c"\r\n\r\n'
+    body += b"\r\n--XyZ--\r\n"
+    headers = {"Content-Type": "multipart/form-data; boundary=XyZ"}
+    r = await client.post("/api/upload/chunk", data=body, headers=headers)
+    doc = await problem(r, 400, "missing_field")
+    assert doc["missing"] == ["uploadId"]
+
+
+async def test_method_override_applies_to_post_only(client):
+    """An OPTIONS (answered without a token) that says X-HTTP-Method-Override:
+    HEAD stays an OPTIONS (was a 500: a HEAD without a caller)."""
+    r = await client.post("/files/", headers={**TUS, "Upload-Length": "3"})
+    url = r.headers["Location"]
+    r = await client.options(url, headers={**TUS, "X-HTTP-Method-Override": "HEAD"})
+    assert r.status_code == 204 and r.headers["Tus-Version"]
+    assert "Upload-Offset" not in r.headers
+    r = await client.delete(url, headers={**TUS, "X-HTTP-Method-Override": "{}"})
+    assert r.status_code == 204  # a DELETE, whatever the header says
+    r = await client.post(url, headers={**TUS, "X-HTTP-Method-Override": "HEAD"})
+    assert r.status_code == 410  # the POST stood for a HEAD of the terminated upload
+
+
+@pytest.mark.parametrize("path", ["/v1/usage", "/api/upload/init", "/files/", "/healthz"])
+async def test_a_method_not_allowed_says_which_are(client, path):
+    r = await client.open(path, method="TRACE")
+    await problem(r, 405)
+    assert r.headers["Allow"], r.headers

@@ -106,3 +106,43 @@ def test_a_head_with_a_body_does_not_hang_the_connection(tmp_path: Path):
                 data += more
             s.close()
             assert data.count(b"HTTP/1.1 ") == 2, (path, data[:300])
+
+
+def test_an_answer_before_the_body_arrives_leaves_the_connection_usable(tmp_path: Path):
+    """The body comes a moment after the head (as `requests` sends it) and the
+    answer is given without reading it — a method the route does not take, a
+    GET with a body, an unknown path, a refused chunk on each API. The next
+    request on the connection must be answered (hypercorn left it hanging)."""
+    cases = [
+        ("TRACE", "/api/upload/init"),
+        ("GET", "/api/upload/init"),
+        ("GET", "/healthz"),
+        ("DELETE", "/v1/files"),
+        ("QUERY", "/nowhere"),
+        ("PUT", "/v1/uploads/0123456789abcdef0123456789abcdef/chunks/0"),
+        ("PATCH", "/files/0123456789abcdef0123456789abcdef"),
+        ("POST", "/api/upload/chunk"),
+    ]
+    body = b'{"filename": "x", "totalSize": 0}'
+    with Daemon(tmp_path / "d") as d:
+        for method, path in cases:
+            s = connect(d)
+            s.settimeout(10)
+            statuses = []
+            for _ in range(2):
+                head = (
+                    f"{method} {path} HTTP/1.1\r\nHost: {HOST}\r\nTus-Resumable: 1.0.0\r\n"
+                    f"Content-Type: application/offset+octet-stream\r\nUpload-Offset: 0\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n"
+                )
+                s.sendall(head.encode())
+                time.sleep(0.05)  # the answer may be sent before the body comes
+                s.sendall(body)
+                answer = read_head(s)
+                statuses.append(answer.split(b"\r\n")[0])
+                length = int(answer.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                rest = answer.split(b"\r\n\r\n", 1)[1]
+                while len(rest) < length:
+                    rest += s.recv(65536)
+            s.close()
+            assert statuses[0] == statuses[1], (method, path, statuses)
