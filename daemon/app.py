@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 
@@ -14,7 +15,7 @@ from quart import Response, g, request
 from quart_schema import Info, QuartSchema
 from quart_trio import QuartTrio
 
-from . import problems, seed_api, tus_api, v1_api, webpage
+from . import logs, problems, seed_api, tus_api, v1_api, webpage
 from .auth import TENANT_HEADER, Authenticator, RateLimiter, acting_as
 from .clients import PerClientLimit
 from .config import Config, ConfigError, is_loopback
@@ -23,7 +24,7 @@ from .ingest import Ingest
 from .jobs import JobRunner
 from .jsonbody import StrictJSONRequest
 from .leader import become_leader
-from .metrics import CONTENT_TYPE_LATEST, Metrics
+from .metrics import CONTENT_TYPE_LATEST, Metrics, StoreFigures
 from .openapi import CompleteOpenAPIProvider
 from .outbox import OutboxService
 from .runtime import Runtime, runtime
@@ -63,6 +64,32 @@ def load_plugins(config: Config, extra: Mapping[str, object] | None = None) -> P
 OPEN_PATHS = frozenset({"/healthz", "/metrics", "/openapi.json", "/docs", "/redoc", "/"})
 OPEN_PREFIXES = ("/static/",)
 READ_METHODS = frozenset({"GET", "HEAD"})
+
+
+def store_figures(rt: Runtime) -> StoreFigures | None:
+    """The store's size and open uploads, summed over the tenant ledger (a few
+    LMDB records read at scrape time; the objects are not walked)."""
+    store = rt.store
+    if store is None:
+        return None
+    total = StoreFigures()
+    for usage in store.all_usage().values():
+        for name in ("logical_bytes", "files", "physical_bytes", "chunks"):
+            setattr(total, name, getattr(total, name) + getattr(usage, name))
+        total.open_uploads += usage.open_uploads
+        total.open_bytes += usage.open_bytes
+    return total
+
+
+def api_of(path: str, *, tus_prefix: str) -> str | None:
+    """The upload API a request path belongs to, if any."""
+    if path.startswith("/api/upload/"):
+        return "seed"
+    if path.startswith("/v1/"):
+        return "v1"
+    if path.startswith(tus_prefix) or path == tus_prefix.rstrip("/"):
+        return "tus"
+    return None
 
 
 def required_scope(method: str, path: str, tus_prefix: str) -> str | None:
@@ -106,7 +133,7 @@ def create_app(
     )
     rt = Runtime(config, store, worker=worker)
     rt.plugins = plugins if plugins is not None else load_plugins(config)
-    rt.metrics = Metrics()
+    rt.metrics = Metrics(store_figures=functools.partial(store_figures, rt))
     rt.ingest = Ingest(rt)
     rt.jobs = JobRunner(rt)
     rt.outbox = OutboxService(rt)
@@ -144,6 +171,15 @@ def create_app(
     tus_prefix = config.tus.prefix
 
     @app.before_request
+    async def _note_request() -> None:
+        """The request's route (its URL rule) and upload, for its log line and metrics."""
+        rule = request.url_rule
+        logs.note(
+            route=rule.rule if rule is not None else None,
+            upload_id=(request.view_args or {}).get("upload_id"),
+        )
+
+    @app.before_request
     async def _authorize() -> None:
         """Every request: its Host (without auth), its token, scope and rate."""
         try:
@@ -162,6 +198,7 @@ def create_app(
         if rt.auth.due_touch(principal):
             app.nursery.start_soon(rt.run, rt.store.tokens.touch, principal.token_id)
         g.principal = principal
+        logs.note(tenant=principal.tenant)
 
     @app.get("/healthz")
     async def healthz() -> Health:
@@ -183,7 +220,11 @@ def create_app(
                 principal.require("admin")
         return Response(rt.metrics.render(), content_type=CONTENT_TYPE_LATEST)
 
-    app.asgi_app = PerClientLimit(app.asgi_app, config.limits.max_requests_per_client)
+    app.asgi_app = logs.RequestLog(
+        PerClientLimit(app.asgi_app, config.limits.max_requests_per_client),
+        rt.metrics,
+        functools.partial(api_of, tus_prefix=tus_prefix),
+    )
     app.register_blueprint(seed_api.bp)
     app.register_blueprint(v1_api.bp)
     app.register_blueprint(webpage.bp)

@@ -42,6 +42,10 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # Serve HTTPS with this certificate (PEM) and private key.
     certfile: str = ""
     keyfile: str = ""
+    # On SIGTERM/SIGINT: requests in flight get this long to finish, then are
+    # cut off (a cut-off chunk is not kept; tus keeps the bytes it received).
+    # An idle keep-alive connection also holds the stop this long.
+    shutdown_grace: Seconds = 3.0
 
 
 class AuthConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -148,6 +152,12 @@ class TusConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     cors_origins: list[str] = msgspec.field(default_factory=lambda: ["*"])
 
 
+class LoggingConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # "json" (one object per line), "console" (for people), or "auto": console
+    # when stderr is a terminal, JSON otherwise. `serve --log-format` overrides.
+    format: Literal["auto", "json", "console"] = "auto"
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
@@ -156,6 +166,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tus: TusConfig = msgspec.field(default_factory=TusConfig)
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
     quotas: QuotasConfig = msgspec.field(default_factory=QuotasConfig)
+    logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
     # The `[plugins.<name>]` tables, each parsed by its plugin.
     plugin_tables: dict[str, dict[str, Any]] = {}
 

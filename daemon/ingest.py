@@ -32,6 +32,7 @@ import trio
 from ingestd import cas
 from ingestd.plugins import PolicyUnavailable, UploadRequest, run_policy
 
+from . import logs
 from .errors import ApiError
 from .fields import clean_filename
 from .runtime import Runtime
@@ -195,6 +196,7 @@ class Ingest:
                 max_chunk_size=rt.config.storage.cdc_max_size,
             )
             missing = await rt.run(self.store.missing, session.id, new.tenant)
+            self._count_opened(new, session, missing)
             return Opened(session, missing)
         common = dict(
             tenant=new.tenant,
@@ -211,7 +213,9 @@ class Ingest:
             created = await rt.run(
                 functools.partial(self.streams.create, kind=spec.kind, length=new.size, **common)
             )
+        self._count_opened(new, created.session, [])
         self.submit_jobs(created.jobs)
+        self._count_completed("tus", len(created.jobs))
         return Opened(created.session, [])
 
     def _known_length(self, tenant: str, partials: tuple[str, ...]) -> int | None:
@@ -254,6 +258,7 @@ class Ingest:
         declared hash (the upload's chunk list or `claimed_hash`) or length
         is refused and not kept. The same bytes again are harmless."""
         rt, store = self.rt, self.store
+        logs.note(upload_id=upload_id)
         # An LMDB read is a lookup in a memory map: cheap enough for the event
         # loop, and a thread hop per chunk is not.
         declared, length = store.expected_chunk(upload_id, index, tenant)
@@ -277,8 +282,9 @@ class Ingest:
 
         limits = self.rt.config.limits
         deadline = limits.body_timeout + length / limits.min_body_rate
+        put: cas.PutResult | None = None
+        received = 0
         try:
-            received = 0
             # Pieces as the body gave them (not joined: no copy), written a
             # thread hop per FLUSH_BYTES.
             pending: list[bytes | bytearray] = []
@@ -298,8 +304,10 @@ class Ingest:
                 raise _wrong_size(index, length, received)
 
             def finish() -> cas.ChunkAck:
+                nonlocal put
                 write(pending)
-                return store.attach_chunk(upload_id, index, writer.commit(), tenant)
+                put = writer.commit()
+                return store.attach_chunk(upload_id, index, put, tenant)
 
             ack = await rt.run(finish)
         except BaseException:
@@ -307,7 +315,12 @@ class Ingest:
                 with trio.CancelScope(shield=True):
                     await rt.run(writer.abort)
             raise
-        self._count_chunk(ack.stored, ack.size)
+        finally:
+            api = request_api()
+            self.rt.metrics.received_bytes.labels(api).inc(received)
+            if put is not None and not put.existed:
+                self.rt.metrics.stored_bytes.labels(api).inc(put.size)
+        self._count_chunk(ack.stored)
         return ack
 
     # -- streams ---------------------------------------------------------------
@@ -330,6 +343,7 @@ class Ingest:
             yield
 
     async def declare_length(self, tenant: str, upload_id: str, length: int) -> None:
+        logs.note(upload_id=upload_id)
         limit = self.max_file_size_for(tenant)
         if length > limit:
             raise ApiError(
@@ -340,6 +354,7 @@ class Ingest:
             )
         declared = await self.rt.run(self.streams.declare_length, upload_id, tenant, length)
         self.submit_jobs(declared.jobs)
+        self._count_completed("tus", len(declared.jobs))
 
     async def receive_stream(
         self,
@@ -356,6 +371,7 @@ class Ingest:
         `checksum`: an object with `hasher()` and `matches(hasher)` (tus's
         Upload-Checksum). Call under `writing(upload_id)`."""
         rt = self.rt
+        logs.note(upload_id=upload_id)
 
         def start() -> cas.Appender:
             tail = self.streams.read_tail(upload_id, tenant, offset)
@@ -395,10 +411,14 @@ class Ingest:
     async def complete(self, tenant: str, upload_id: str) -> tuple[cas.Session, cas.Job]:
         """Accept an upload for completion: the job verifies and records it."""
         rt = self.rt
+        logs.note(upload_id=upload_id)
+        was_open = self._is_open(tenant, upload_id)
         session = await rt.run(self.store.begin_completion, upload_id, tenant)
         job = await rt.run(self.store.jobs.get, session.job_id)
         if session.state == cas.SessionState.COMPLETING:
             self.submit_jobs((job.id,))
+        if was_open:
+            self._count_completed(request_api(), 1)
         return session, job
 
     async def complete_now(
@@ -407,20 +427,32 @@ class Ingest:
         """Verify and record the file, with its materialised copy, before
         answering (the seed API answers with its path); its job then runs the
         plugins."""
+        logs.note(upload_id=upload_id)
+        was_open = self._is_open(tenant, upload_id)
         done = await self.rt.run(
             functools.partial(
                 self.store.complete, upload_id, tenant, metadata=metadata, copy_now=True
             )
         )
         self.submit_jobs((done.job.id,))
+        if was_open:
+            self._count_completed(request_api(), 1)
         return done
 
     async def cancel(self, tenant: str, upload_id: str) -> None:
+        logs.note(upload_id=upload_id)
+        was_open = self._is_open(tenant, upload_id)
         await self.rt.run(self.store.cancel, upload_id, tenant)
+        if was_open:
+            self.rt.metrics.uploads.labels(request_api(), "cancelled").inc()
 
     async def terminate(self, tenant: str, upload_id: str) -> None:
         """tus termination: cancel the upload, or delete what it became."""
+        logs.note(upload_id=upload_id)
+        was_open = self._is_open(tenant, upload_id)
         await self.rt.run(self.streams.terminate, upload_id, tenant)
+        if was_open:
+            self.rt.metrics.uploads.labels("tus", "cancelled").inc()
 
     # -- shared ----------------------------------------------------------------
 
@@ -428,10 +460,38 @@ class Ingest:
         for job_id in job_ids:
             self.rt.jobs.submit(job_id)
 
-    def _count_chunk(self, new: bool, size: int) -> None:
+    def _is_open(self, tenant: str, upload_id: str) -> bool:
+        # An LMDB read: cheap enough for the event loop.
+        try:
+            return self.store.session(upload_id, tenant).state == cas.SessionState.OPEN
+        except cas.StoreError:
+            return False  # the call itself says why
+
+    def _count_chunk(self, new: bool) -> None:
+        self.rt.metrics.chunks.labels("stored" if new else "repeated").inc()
+
+    def _count_opened(self, new: NewUpload, session: cas.Session, missing: list[int]) -> None:
+        """A created upload; with a declared chunk list, the chunks (and bytes)
+        the client need not send because the store has them."""
         metrics = self.rt.metrics
-        metrics.chunks.labels("stored" if new else "repeated").inc()
-        metrics.chunk_bytes.inc(size)
+        logs.note(upload_id=session.id, api=new.api)
+        metrics.uploads.labels(new.api, "created").inc()
+        if new.chunks:
+            wanted = set(missing)
+            skipped = [size for i, (_, size) in enumerate(new.chunks) if i not in wanted]
+            if skipped:
+                metrics.chunks.labels("deduplicated").inc(len(skipped))
+                metrics.deduplicated_bytes.labels(new.api).inc(sum(skipped))
+
+    def _count_completed(self, api: str, n: int) -> None:
+        if n:
+            self.rt.metrics.uploads.labels(api, "completed").inc(n)
+
+
+def request_api() -> str:
+    """The API of the request being served ("seed", "v1", "tus"), or "other"."""
+    info = logs.current()
+    return (info.api if info is not None else None) or "other"
 
 
 async def _within(body: AsyncIterable[bytes], seconds: float, index: int) -> AsyncIterator[bytes]:
@@ -554,6 +614,7 @@ class _StreamRun:
                     data = data[: limit - received]
                     self.overflow = True
                 received += len(data)
+                self.rt.metrics.received_bytes.labels("tus").inc(len(data))
                 # Until the writer has it, a disconnect must not lose it.
                 self.leftover = data
                 await self.data_send.send(data)
@@ -645,6 +706,8 @@ class _StreamRun:
         async with trio.open_nursery() as nursery:
             for i in range(len(batch)):
                 nursery.start_soon(commit, i)
+        stored = sum(r.put.size for r in results if isinstance(r, cas.Piece) and not r.put.existed)
+        self.rt.metrics.stored_bytes.labels("tus").inc(stored)
         for result in results:
             if isinstance(result, BaseException):
                 raise result
@@ -655,12 +718,10 @@ class _StreamRun:
         appended = await self.rt.run(
             streams.attach, self.upload_id, self.tenant, self.offset, pieces
         )
-        metrics = self.rt.metrics
-        metrics.chunks.labels("stored").inc(len(pieces))
-        # A tail is rewritten as it grows: count the bytes the offset moved by.
-        metrics.chunk_bytes.inc(appended.offset - self.offset)
+        self.rt.metrics.chunks.labels("stored").inc(len(pieces))
         self.offset = appended.offset
         self.ingest.submit_jobs(appended.jobs)
+        self.ingest._count_completed("tus", len(appended.jobs))
 
 
 def _drain(channel: trio.MemoryReceiveChannel, limit: int | None = None) -> list:

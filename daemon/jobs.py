@@ -30,10 +30,12 @@ from ingestd.cas import JobState, SessionState
 from ingestd.plugins import REUSABLE_STAGES, Detection, FileFacts, Outcome, Processing
 from ingestd.plugins.worker import make_request, read_answer
 
+from . import logs
 from .outbox import StoreOutbox
 from .runtime import Runtime
 
 log = logging.getLogger("ingestd.jobs")
+slog = logs.get_logger("ingestd.jobs")
 
 # Seconds between looks for jobs another process created, and between looks
 # at a job another process runs, for a waiter here.
@@ -168,6 +170,7 @@ class JobRunner:
         rt = self._rt
         try:
             job = await rt.run(rt.store.jobs.update, job_id, JobState.FAILED, error=error)
+            slog.warning("job failed", job_id=job_id, file_id=job.file_id, error=error)
             file = await rt.run(rt.store.file_any, job.file_id)
             if file.state == cas.FileState.PROCESSING:
                 await rt.run(
@@ -183,6 +186,7 @@ class JobRunner:
     async def _process(self, job_id: str) -> None:
         rt = self._rt
         store = rt.store
+        started = trio.current_time()
         job = await rt.run(store.jobs.get, job_id)
         if job.state in cas.FINISHED_JOB:
             return
@@ -191,8 +195,10 @@ class JobRunner:
             await rt.run(store.jobs.update, job_id, JobState.RUNNING)
             try:
                 await rt.run(store.finish_completion, session.id)
-            except cas.ChecksumMismatch:
-                return  # the store rejected the session and failed the job
+            except cas.ChecksumMismatch as exc:
+                # The store rejected the session and failed the job.
+                self._verdict(job, "rejected", started, {}, reason=exc.detail)
+                return
             except cas.StoreError as exc:
                 # Cancelled meanwhile (the job is failed already), or storage failed.
                 await rt.run(store.jobs.update, job_id, JobState.FAILED, error=exc.detail)
@@ -200,7 +206,7 @@ class JobRunner:
             session = await rt.run(store.session, job.session_id, job.tenant)
         if session.state == SessionState.PROCESSING:
             await rt.run(store.jobs.update, job_id, JobState.RUNNING)
-            await self._run_plugins(job)
+            await self._run_plugins(job, started)
             return
         if session.state == SessionState.COMPLETED:
             await rt.run(store.jobs.update, job_id, JobState.SUCCEEDED, verdict="accepted")
@@ -210,7 +216,36 @@ class JobRunner:
             error += f": {session.reason}"
         await rt.run(store.jobs.update, job_id, JobState.FAILED, error=error)
 
-    async def _run_plugins(self, job: cas.Job) -> None:
+    def _verdict(
+        self,
+        job: cas.Job,
+        verdict: str,
+        started: float,
+        plugins: dict[str, str],
+        reason: str | None = None,
+        reused_from: str | None = None,
+    ) -> None:
+        """The job's verdict line and metrics."""
+        seconds = trio.current_time() - started
+        metrics = self._rt.metrics
+        metrics.jobs.labels(verdict).inc()
+        metrics.job_seconds.labels(verdict).observe(seconds)
+        for plugin, outcome in plugins.items():
+            metrics.plugin_outcomes.labels(plugin, outcome).inc()
+        slog.info(
+            "job verdict",
+            job_id=job.id,
+            file_id=job.file_id,
+            upload_id=job.session_id,
+            tenant=job.tenant,
+            verdict=verdict,
+            reason=reason,
+            duration=round(seconds, 6),
+            plugins=plugins,
+            reused_from=reused_from,
+        )
+
+    async def _run_plugins(self, job: cas.Job, started: float) -> None:
         rt = self._rt
         store = rt.store
         file = await rt.run(store.file_any, job.file_id)
@@ -243,6 +278,18 @@ class JobRunner:
             outcome = await run.decide()
         elif rt.plugins.isolated:
             outcome = await self._decide_in_child(run, file)
+            # In a child process the failures were logged there, as text: say
+            # them here too, one structured line each.
+            for plugin, stage in run.failed:
+                found = outcome.results.get(plugin, {}).get(stage)
+                slog.warning(
+                    "plugin failed",
+                    plugin=plugin,
+                    stage=stage,
+                    error=found.get("error") if isinstance(found, dict) else None,
+                    job_id=job.id,
+                    file_id=file.id,
+                )
         else:
             outcome = await run.decide()
         # Only a clean acceptance is a decision to reuse: not a rejection, and
@@ -266,7 +313,14 @@ class JobRunner:
         )
         outcome = await run.announce(outcome)
         verdict = "accepted" if outcome.accepted else "rejected"
-        rt.metrics.jobs.labels(verdict).inc()
+        self._verdict(
+            job,
+            verdict,
+            started,
+            plugin_outcomes(outcome.results),
+            reason=None if outcome.accepted else outcome.reason,
+            reused_from=run.reused_from,
+        )
         await rt.run(
             functools.partial(
                 store.jobs.update,
@@ -334,6 +388,21 @@ class JobRunner:
             outbox = StoreOutbox(rt, message["plugin"])
             await rt.run(functools.partial(outbox.enqueue, message["payload"], key=message["key"]))
         return outcome
+
+
+def plugin_outcomes(results: Any) -> dict[str, str]:
+    """Each plugin's part in a job: "error" (a hook raised or timed out),
+    "rejected" (a verdict of its said no), else "ok"."""
+    out = {}
+    for plugin, stages in dict(results).items():
+        answers = [a for a in dict(stages).values() if isinstance(a, dict)]
+        if any("error" in a for a in answers):
+            out[plugin] = "error"
+        elif any(a.get("ok") is False for a in answers):
+            out[plugin] = "rejected"
+        else:
+            out[plugin] = "ok"
+    return out
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,49 +1,182 @@
-"""Prometheus metrics of one daemon (its own registry, so tests can run many)."""
+"""Prometheus metrics of one daemon process (its own registry, so tests can run many).
+
+Counters count what happened in this process since it started; with
+`server.workers` > 1 every worker has its own registry, and `/metrics` is
+answered by whichever worker took the connection (see docs/operations.md):
+its counters are that worker's, while the `ingestd_store_*` and
+`ingestd_uploads_open` gauges are read from the shared data directory at
+scrape time, so every worker answers the same for those.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from collections.abc import Callable
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "StoreFigures"]
+
+# Seconds: from a health check to a chunk of many MiB on a slow link.
+LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+# Seconds a job takes: verifying and running the plugins over a file.
+JOB_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+
+
+class StoreFigures:
+    """Figures read at scrape time (an LMDB read of the tenant ledger: a few
+    records, no walk of the objects)."""
+
+    def __init__(
+        self,
+        logical_bytes: int = 0,
+        files: int = 0,
+        physical_bytes: int = 0,
+        chunks: int = 0,
+        open_uploads: int = 0,
+        open_bytes: int = 0,
+    ) -> None:
+        self.logical_bytes = logical_bytes
+        self.files = files
+        self.physical_bytes = physical_bytes
+        self.chunks = chunks
+        self.open_uploads = open_uploads
+        self.open_bytes = open_bytes
+
+
+class _StoreCollector(Collector):
+    def __init__(self, figures: Callable[[], StoreFigures | None]) -> None:
+        self._figures = figures
+
+    def collect(self):
+        f = self._figures()
+        if f is None:  # the store is not open (yet)
+            return
+        gauges = [
+            (
+                "ingestd_store_logical_bytes",
+                "Sizes of the live files (what was uploaded)",
+                f.logical_bytes,
+            ),
+            ("ingestd_store_files", "Live files (accepted or processing)", f.files),
+            (
+                "ingestd_store_physical_bytes",
+                "Chunk bytes the files and uploads use, each chunk once per tenant "
+                "(the object bytes on disk, unless tenants share chunks)",
+                f.physical_bytes,
+            ),
+            ("ingestd_store_chunks", "Chunks the files and uploads use, once per tenant", f.chunks),
+            ("ingestd_uploads_open", "Uploads in flight (state open), all APIs", f.open_uploads),
+            ("ingestd_uploads_open_bytes", "Declared sizes of the open uploads", f.open_bytes),
+        ]
+        for name, doc, value in gauges:
+            yield GaugeMetricFamily(name, doc, value=value)
 
 
 class Metrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+    def __init__(self, store_figures: Callable[[], StoreFigures | None] | None = None) -> None:
+        self.registry = r = CollectorRegistry()
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        if store_figures is not None:
+            r.register(_StoreCollector(store_figures))
+        self.requests = Histogram(
+            "ingestd_request_duration_seconds",
+            "HTTP requests, by method, route (the URL rule) and status, until the "
+            "last byte of the answer",
+            ["method", "route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.received_bytes = Counter(
+            "ingestd_received_bytes",
+            "Body bytes of chunk PUTs, seed chunk parts and tus PATCHes read, by API",
+            ["api"],
+            registry=r,
+        )
+        self.deduplicated_bytes = Counter(
+            "ingestd_deduplicated_bytes",
+            "Bytes clients did not send because the server had them (chunks of a "
+            "declared /v1 chunk list attached without their bytes), by API",
+            ["api"],
+            registry=r,
+        )
+        self.stored_bytes = Counter(
+            "ingestd_stored_bytes",
+            "Bytes of new objects written to the store (bytes received whose object "
+            "existed already are not counted), by API",
+            ["api"],
+            registry=r,
+        )
         self.chunks = Counter(
             "ingestd_chunks",
-            "Chunks received: stored, or repeated (the upload had them already)",
+            "Chunks: stored (attached from received bytes), repeated (the upload had "
+            "them already), deduplicated (attached without their bytes)",
             ["result"],
-            registry=self.registry,
+            registry=r,
         )
-        self.chunk_bytes = Counter(
-            "ingestd_chunk_bytes", "Body bytes received into uploads", registry=self.registry
+        self.uploads = Counter(
+            "ingestd_uploads",
+            "Uploads by API and what happened: created, completed (all bytes in, "
+            "handed to processing), cancelled, expired",
+            ["api", "state"],
+            registry=r,
         )
         self.jobs = Counter(
             "ingestd_jobs",
             "Processing jobs finished, by verdict",
             ["verdict"],
-            registry=self.registry,
+            registry=r,
+        )
+        self.job_seconds = Histogram(
+            "ingestd_job_duration_seconds",
+            "Processing jobs, from start to verdict, by verdict",
+            ["verdict"],
+            buckets=JOB_BUCKETS,
+            registry=r,
+        )
+        self.plugin_outcomes = Counter(
+            "ingestd_plugin_verdicts",
+            "Per plugin and job: ok (answered), rejected (its answer rejected the "
+            "file), error (raised or timed out)",
+            ["plugin", "outcome"],
+            registry=r,
         )
         self.plugin_errors = Counter(
             "ingestd_plugin_errors",
             "Plugin hook calls that raised or timed out",
             ["plugin", "stage"],
-            registry=self.registry,
+            registry=r,
         )
         self.deliveries = Counter(
             "ingestd_outbox_deliveries",
-            "Outbox delivery attempts, by result",
+            "Outbox delivery attempts, by result (delivered, retry, dead)",
             ["plugin", "result"],
-            registry=self.registry,
+            registry=r,
         )
-
+        self.gc_runs = Counter(
+            "ingestd_gc_runs", "Maintenance passes (expiry and garbage collection)", registry=r
+        )
+        self.gc_reclaimed_objects = Counter(
+            "ingestd_gc_reclaimed_objects", "Objects garbage collection deleted", registry=r
+        )
+        self.gc_reclaimed_bytes = Counter(
+            "ingestd_gc_reclaimed_bytes", "Bytes garbage collection freed", registry=r
+        )
         self.access_refusals = Counter(
             "ingestd_access_refusals",
             "Requests refused by access control (401, 403, 421, 429), by problem code",
             ["code"],
-            registry=self.registry,
+            registry=r,
         )
 
     def render(self) -> bytes:

@@ -103,6 +103,7 @@ class OutboxService:
                 entry.attempt,
                 error,
                 "; giving up" if too_old else "",
+                extra={"plugin": entry.plugin, "delivery_id": entry.id, "attempt": entry.attempt},
             )
             return
         await rt.run(rt.store.outbox.done, entry.id)

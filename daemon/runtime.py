@@ -81,6 +81,15 @@ class Runtime:
             functools.partial(fn, *args, **kwargs), limiter=self.limiter
         )
 
+    def count_maintenance(self, expired: int, deleted: int, freed: int) -> None:
+        m = self.metrics
+        m.gc_runs.inc()
+        m.gc_reclaimed_objects.inc(deleted)
+        m.gc_reclaimed_bytes.inc(freed)
+        if expired:
+            # Which API created an expired upload is not recorded with it.
+            m.uploads.labels("unknown", "expired").inc(expired)
+
     async def maintain(self) -> None:
         """Expire old sessions and collect garbage, forever.
 
@@ -102,6 +111,7 @@ class Runtime:
             except Exception:  # housekeeping must never take the daemon down
                 log.exception("maintenance pass failed; retrying next interval")
                 continue
+            self.count_maintenance(len(expired), deleted, freed)
             if expired or deleted:
                 log.info(
                     "expired %d sessions; deleted %d objects (%d bytes)",

@@ -227,7 +227,14 @@ class Processing:
             detail = str(exc) or type(exc).__name__
             if isinstance(exc, trio.TooSlowError):
                 detail = f"timed out after {self.plugins.settings.timeout:g} s"
-            log.warning("plugin %s failed in %s: %s", name, stage, detail, exc_info=exc)
+            log.warning(
+                "plugin %s failed in %s: %s",
+                name,
+                stage,
+                detail,
+                exc_info=exc,
+                extra={"plugin": name, "stage": stage, "error": detail},
+            )
             self.results.setdefault(name, {})[stage] = {"error": detail}
             self.failed.append((name, stage))
             if stage not in ("notify", "pipeline"):
@@ -294,7 +301,13 @@ async def run_policy(
         try:
             answer = await call_hook(impl.function, kwargs, plugins.settings.timeout, limiter)
         except Exception as exc:
-            log.warning("policy plugin %s failed: %s", impl.plugin_name, exc, exc_info=exc)
+            log.warning(
+                "policy plugin %s failed: %s",
+                impl.plugin_name,
+                exc,
+                exc_info=exc,
+                extra={"plugin": impl.plugin_name, "stage": "policy", "error": str(exc)},
+            )
             if plugins.settings.on_error == "reject":
                 raise PolicyUnavailable(impl.plugin_name) from exc
             continue

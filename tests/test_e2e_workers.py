@@ -9,6 +9,7 @@ holds across the processes.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import signal
@@ -281,7 +282,12 @@ def test_one_daemon_per_data_directory(daemon: Daemon, tmp_path: Path, workers):
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_start_up_banner_and_warnings(tmp_path: Path, workers):
     with Daemon(tmp_path / "d", args=["--workers", workers]) as d:
-        log = d.log_tail()
+        # Answered by a worker (with several): its request line is JSON as well.
+        httpx.get(f"{d.base_url}/healthz", headers={"X-Request-Id": "banner-1"}, timeout=10)
+        deadline = time.monotonic() + 10
+        while "banner-1" not in d.log_tail(100_000) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        log = d.log_tail(100_000)
     lines = log.splitlines()
     first = next(i for i, line in enumerate(lines) if "serving" in line)
     url = f"http://127.0.0.1:{d.port}"
@@ -291,5 +297,10 @@ def test_start_up_banner_and_warnings(tmp_path: Path, workers):
     assert f"data: {d.data_dir}; auth: off; workers: {workers}" in lines[first + 1]
     assert lines[first + 2].startswith("  plugins: ") and "detect" in lines[first + 2]
     assert sum("serving" in line for line in lines) == 1  # once, by the master with workers
+    # Not a terminal: every other line is a JSON object (master's and workers').
+    entries = [json.loads(line) for line in lines[first + 3 :] if line]
     for warning in ("auth is off", "clamd is not configured", "storage.materialize = 'copy'"):
-        assert any("WARNING" in line and warning in line for line in lines), warning
+        found = [e for e in entries if e["event"].startswith(warning)]
+        assert [e["level"] for e in found] == ["warning"], warning
+    request = [e for e in entries if e.get("request_id") == "banner-1"]
+    assert [(e["route"], e["status"]) for e in request] == [("/healthz", 200)]

@@ -243,6 +243,10 @@ async def test_received_bytes_are_counted_on_every_api(client):
         },
     )
     text = (await (await client.get("/metrics")).get_data()).decode()
-    assert metric(text, "ingestd_chunk_bytes_total") == 2500 + CHUNK + 1500
+    assert metric(text, 'ingestd_received_bytes_total{api="v1"}') == 2500 + CHUNK
+    assert metric(text, 'ingestd_received_bytes_total{api="tus"}') == 1500
+    # The repeat and tus's first chunk (v1's chunk 0 again) wrote no object.
+    assert metric(text, 'ingestd_stored_bytes_total{api="v1"}') == 2500
+    assert metric(text, 'ingestd_stored_bytes_total{api="tus"}') == 1500 - CHUNK
     assert metric(text, 'ingestd_chunks_total{result="stored"}') == 3 + 2
     assert metric(text, 'ingestd_chunks_total{result="repeated"}') == 1
