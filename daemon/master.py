@@ -34,8 +34,9 @@ log = logging.getLogger("ingestd")
 # after RESTART_PAUSE.
 YOUNG = 5.0
 RESTART_PAUSE = 1.0
-# How long workers get to stop after the master passes a stop on.
-STOP_GRACE = 15.0
+# Beyond the workers' shutdown grace, how long the master waits for them
+# (closing the store, flushing the index) before it kills them.
+STOP_SLACK = 12.0
 TICK = 0.1
 
 
@@ -107,7 +108,8 @@ class Master:
         for proc in self.workers.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE
+        # A worker's own stop takes up to server.shutdown_grace; then some slack.
+        deadline = time.monotonic() + self.config.server.shutdown_grace + STOP_SLACK
         for slot, proc in self.workers.items():
             try:
                 proc.wait(max(deadline - time.monotonic(), 0.1))

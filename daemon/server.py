@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import signal
+import socket
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -43,8 +45,8 @@ def hypercorn_config(config: Config, listen_fd: int | None = None) -> HypercornC
     # In-flight requests get this long to finish on SIGINT/SIGTERM. It is also
     # how long an idle keep-alive connection can hold up a stop: with
     # quart-trio on hypercorn's trio worker such a connection is not closed at
-    # shutdown, so keep the wait short.
-    hc.graceful_timeout = 3
+    # shutdown, so the default is short.
+    hc.graceful_timeout = config.server.shutdown_grace
     # Bounds the request line and headers h11 buffers; bodies are streamed.
     hc.h11_max_incomplete_size = 64 * 1024
     return hc
@@ -61,6 +63,11 @@ async def serve(
     master's workers (see `master.py`)."""
     app = create_app(config, plugins=plugins, worker=worker)
     stop = trio.Event()
+    # Our own handle on the listening socket (hypercorn closes the one it is
+    # given); a worker shares the socket with others and leaves it alone.
+    listening = None
+    if listen_fd is not None and worker is None:
+        listening = socket.socket(fileno=os.dup(listen_fd))
     # The receiver stays installed for the whole shutdown, so a second signal
     # (a supervisor repeating itself) does not interrupt a clean stop.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -79,10 +86,24 @@ async def serve(
             log.warning("the master process %d is gone, shutting down", master)
             stop.set()
 
+        async def refuse_new_connections() -> None:
+            # hypercorn stops accepting at shutdown but keeps the listening
+            # socket open until it exits, so new clients wait in the backlog
+            # for the whole grace period. Once its accept loop is cancelled
+            # (at the next checkpoint after the trigger), stop listening:
+            # they are refused at once.
+            with listening:
+                await stop.wait()
+                await trio.sleep(0.05)
+                with contextlib.suppress(OSError):
+                    listening.shutdown(socket.SHUT_RD)
+
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch)
             if worker is not None:
                 nursery.start_soon(orphaned)
+            if listening is not None:
+                nursery.start_soon(refuse_new_connections)
             await hypercorn_serve(
                 app, hypercorn_config(config, listen_fd), shutdown_trigger=stop.wait
             )
