@@ -1,19 +1,15 @@
-"""The `ingestd` command."""
+"""The `ingestd` command: run the daemon, manage its data directory, and upload,
+list, inspect and download files as its client."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
-import threading
-import time
-from pathlib import Path
 
-from . import datadir_commands
+from . import client_commands, datadir_commands
 from .config import ConfigError, load_config
-from .datadir_commands import human_size as _size
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -78,250 +74,24 @@ def _worker_argv(args: argparse.Namespace) -> list[str]:
     return argv
 
 
-DEFAULT_URL = "http://127.0.0.1:8000"
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
 
-
-class UsageError(Exception):
-    """Bad arguments or configuration: exit status 2."""
-
-
-def _client(args: argparse.Namespace, **options: object):
-    # Imported here so that `ingestd serve` does not pay for httpx and friends.
-    from .client import Client
-
-    if not args.url.startswith(("http://", "https://")):
-        raise UsageError(f"--url must be an http:// or https:// URL, got {args.url!r}")
-    if not args.verbose:
-        # httpx logs every request at INFO; an upload makes thousands.
-        logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
-        return Client(args.url, token=args.token, verify=args.cacert or True, **options)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-
-
-def _upload(args: argparse.Namespace) -> int:
-    paths = [Path(p) for p in args.paths]
-    for path in paths:
-        if not path.is_file():
-            raise UsageError(
-                f"{path}: no such file" if not path.exists() else f"{path}: not a file"
-            )
-    metadata = None
-    if args.metadata is not None:
-        try:
-            metadata = json.loads(args.metadata)
-        except ValueError as exc:
-            raise UsageError(f"--metadata is not JSON: {exc}") from None
-        if not isinstance(metadata, dict):
-            raise UsageError("--metadata must be a JSON object")
-
-    from .chunking import ChunkingError
-    from .client import IngestdError, UploadError
-
-    failed = 0
-    with _client(args, parallel=args.parallel, chunking=args.chunking) as client:
-        display = None if args.json else _UploadDisplay()
-        try:
-            for path in paths:
-                progress = display.track(path) if display else None
-                try:
-                    result = client.upload(path, metadata=metadata, progress=progress)
-                except ChunkingError as exc:
-                    raise UsageError(f"{path}: {exc}") from None
-                except IngestdError as exc:
-                    failed += 1
-                    print(f"ingestd: {exc}", file=sys.stderr)
-                    if args.json:
-                        _print_json(
-                            {
-                                "path": str(path),
-                                "error": str(exc),
-                                "code": getattr(exc, "code", None),
-                                "resumable": isinstance(exc, UploadError) and exc.resumable,
-                            }
-                        )
-                    if display:
-                        display.failed()
-                    continue
-                if args.json:
-                    _print_json({"path": str(path), **result.as_dict()})
-                elif display:
-                    display.done(result)
-        except KeyboardInterrupt:
-            if display:  # clear the bar first, so the message is the last line
-                display.close()
-                display = None
-            print(
-                "ingestd: interrupted; run the same command again to resume the upload",
-                file=sys.stderr,
-            )
-            return 130
-        finally:
-            if display:
-                display.close()
-    return 1 if failed else 0
-
-
-class _UploadDisplay:
-    """A rich progress bar per file on stderr: bytes, speed, ETA, deduplicated chunks."""
-
-    def __init__(self) -> None:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
-
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(binary_units=True),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[dedup]}"),
-            console=Console(stderr=True),
-        )
-        self.progress.start()
-        self.task = None
-
-    def track(self, path: Path):
-        size = path.stat().st_size
-        task = self.progress.add_task(f"hashing {path.name}", total=size, dedup="")
-        self.task = task
-        lock = threading.Lock()
-        state = {"sending": False, "skipped": 0, "skipped_bytes": 0}
-
-        def update(kind: str, nbytes: int) -> None:
-            # "sent" arrives from worker threads while "skipped" may still be counted.
-            with lock:
-                if kind == "hashed":
-                    self.progress.advance(task, nbytes)
-                    return
-                if not state["sending"]:
-                    # Restart the clock so that hashing time does not skew speed and ETA.
-                    state["sending"] = True
-                    self.progress.reset(task, total=size, description=path.name)
-                if kind == "skipped":
-                    state["skipped"] += 1
-                    state["skipped_bytes"] += nbytes
-                    self.progress.update(
-                        task,
-                        total=size - state["skipped_bytes"],
-                        dedup=f"{state['skipped']} chunks already there",
-                    )
-                else:
-                    self.progress.advance(task, nbytes)
-
-        return update
-
-    def done(self, result) -> None:
-        self._drop()
-        self.progress.console.print(
-            f"{result.filename} → {result.file_id}  sent {_size(result.bytes_sent)} of "
-            f"{_size(result.bytes_total)} ({result.chunks_sent} of {result.chunks_total} chunks, "
-            f"{result.chunks_skipped} already there{', resumed' if result.resumed else ''}) "
-            f"in {result.seconds:.1f} s"
-        )
-
-    def failed(self) -> None:
-        self._drop()
-
-    def _drop(self) -> None:
-        # The bar makes way for a one-line summary (or the error message).
-        if self.task is not None:
-            self.progress.remove_task(self.task)
-            self.task = None
-        self.progress.refresh()
-
-    def close(self) -> None:
-        self.progress.stop()
-
-
-def _download(args: argparse.Namespace) -> int:
-    from .client import IngestdError
-
-    with _client(args) as client:
-        try:
-            dest = args.output
-            if dest is None:
-                dest = Path.cwd()
-            path = client.download(args.file_id, dest)
-        except IngestdError as exc:
-            print(f"ingestd: {exc}", file=sys.stderr)
-            return 1
-    print(path)
-    return 0
-
-
-def _ls(args: argparse.Namespace) -> int:
-    from .client import IngestdError
-
-    with _client(args) as client:
-        try:
-            files = client.files(prefix=args.prefix)
-        except IngestdError as exc:
-            print(f"ingestd: {exc}", file=sys.stderr)
-            return 1
-    if args.json:
-        for f in files:
-            _print_json(f)
-        return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(box=None, header_style="bold")
-    for column in ("id", "filename", "size", "created"):
-        table.add_column(column, justify="right" if column == "size" else "left")
-    for f in files:
-        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(f.get("created") or 0))
-        table.add_row(f["id"], f["filename"], _size(int(f["size"])), created)
-    Console().print(table)
-    return 0
-
-
-def _print_json(obj: object) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _add_server_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--url",
-        default=os.environ.get("INGESTD_URL") or DEFAULT_URL,
-        help="the daemon's address (default: $INGESTD_URL or %(default)s)",
-    )
-    parser.add_argument(
-        "--token",
-        default=os.environ.get("INGESTD_TOKEN") or None,
-        help="bearer token (default: $INGESTD_TOKEN)",
-    )
-    parser.add_argument(
-        "--cacert",
-        metavar="PATH",
-        default=os.environ.get("INGESTD_CACERT") or None,
-        help="CA certificate (PEM) to trust for an https:// URL, e.g. a self-signed "
-        "daemon's (default: $INGESTD_CACERT, else the system's)",
-    )
+        return version("ingestd")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ingestd", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="ingestd",
+        description=__doc__,
+        epilog=client_commands.EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     datadir_commands.add_commands(sub)
     serve = sub.add_parser("serve", help="run the daemon in the foreground")
@@ -337,46 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--worker-slot", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=_serve)
 
-    upload = sub.add_parser(
-        "upload",
-        help="upload files (resumable: run it again after a failure)",
-        description="Upload files to the daemon, sending only the chunks it does not have. "
-        "An interrupted upload resumes when the same command is run again.",
-    )
-    upload.add_argument("paths", nargs="+", metavar="PATH", help="files to upload")
-    _add_server_options(upload)
-    upload.add_argument(
-        "--parallel", type=_positive, default=5, help="chunks sent at once (default: 5)"
-    )
-    upload.add_argument(
-        "--chunking",
-        choices=("cdc", "fixed"),
-        default="cdc",
-        help="content-defined (dedups shifted data) or fixed-size chunks (default: cdc)",
-    )
-    upload.add_argument("--metadata", metavar="JSON", help="a JSON object stored with each file")
-    upload.add_argument(
-        "--json", action="store_true", help="print one JSON object per file, no progress bar"
-    )
-    upload.set_defaults(func=_upload)
-
-    download = sub.add_parser("download", help="download a file, verified by its BLAKE3")
-    download.add_argument("file_id", metavar="FILE_ID")
-    download.add_argument(
-        "-o",
-        "--output",
-        metavar="PATH",
-        type=Path,
-        help="where to write it (a file or a directory; default: its name, here)",
-    )
-    _add_server_options(download)
-    download.set_defaults(func=_download)
-
-    ls = sub.add_parser("ls", help="list files")
-    ls.add_argument("--prefix", help="only files whose name starts with this")
-    _add_server_options(ls)
-    ls.add_argument("--json", action="store_true", help="print one JSON object per file")
-    ls.set_defaults(func=_ls)
+    client_commands.add_commands(sub)
     return parser
 
 
@@ -388,9 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (UsageError, datadir_commands.CommandError) as exc:
+    except (client_commands.UsageError, datadir_commands.CommandError) as exc:
         print(f"ingestd: {exc}", file=sys.stderr)
-        return 2
+        return client_commands.USAGE
+    except KeyboardInterrupt:
+        print("ingestd: interrupted", file=sys.stderr)
+        return client_commands.INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -47,25 +47,26 @@ def test_token_lifecycle_through_the_cli(daemon: Daemon, tmp_path: Path):
     digest = write_random_file(path, 3 * MiB + 17)
     url = daemon.base_url
     # No token: refused, and the message says what is missing.
-    done = cli.run("upload", str(path), "--url", url, expect=1)
+    done = cli.run("upload", str(path), "--url", url, expect=4)  # exit 4: authentication
     assert "requires a token" in done.stderr
-    done = cli.run("upload", str(path), "--url", url, "--token", "igd_nonsense", expect=1)
+    done = cli.run("upload", str(path), "--url", url, "--token", "igd_nonsense", expect=4)
     assert "not valid" in done.stderr
     # Created while the daemon runs, used at once (flag and environment).
     write = token(cli, daemon, "--tenant", "alice", "--name", "ci")
     result = cli.upload(url, str(path), "--token", write)
     cli.env["INGESTD_TOKEN"] = write
-    again = cli.upload(url, str(path))
+    again = cli.upload(url, str(path), "--new")  # a second file record, of the same bytes
     assert again["bytes_sent"] == 0  # the tenant holds every chunk already
     del cli.env["INGESTD_TOKEN"]
     out = tmp_path / "back.bin"
     cli.run("download", result["file_id"], "-o", str(out), "--url", url, "--token", write)
     assert sha256_file(out) == digest
-    # A read token lists and downloads, but cannot upload.
+    # A read token lists and downloads, but cannot upload (--new: not answered
+    # with the file alice already has).
     read = token(cli, daemon, "--tenant", "alice", "--scope", "read", "--name", "fetcher")
     listed = cli.run("ls", "--url", url, "--token", read, "--json").stdout.splitlines()
     assert {json.loads(line)["id"] for line in listed} == {result["file_id"], again["file_id"]}
-    done = cli.run("upload", str(path), "--url", url, "--token", read, expect=1)
+    done = cli.run("upload", str(path), "--url", url, "--token", read, "--new", expect=4)
     assert "scope (read)" in done.stderr
     # Another tenant sees nothing of alice's.
     bob = token(cli, daemon, "--tenant", "bob")

@@ -81,15 +81,20 @@ class Cli:
 
 class ThrottledProxy:
     """A loopback TCP forwarder that slows the client-to-server direction to
-    `rate` bytes/s (None: full speed) and counts the bytes it forwards that way,
-    so that a test can stop an upload midway and measure what was sent."""
+    `rate` bytes/s (None: full speed), and the other to `down_rate`, and counts
+    the bytes it forwards each way, so that a test can stop an upload (or a
+    download) midway and measure what was sent."""
 
     BLOCK = 64 * KiB
 
-    def __init__(self, target_port: int, rate: float | None) -> None:
+    def __init__(
+        self, target_port: int, rate: float | None, down_rate: float | None = None
+    ) -> None:
         self.target_port = target_port
         self.rate = rate
+        self.down_rate = down_rate
         self.upstream_bytes = 0
+        self.downstream_bytes = 0
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
@@ -122,12 +127,14 @@ class ThrottledProxy:
     def _pump(self, src: socket.socket, dst: socket.socket, upstream: bool) -> None:
         try:
             while data := src.recv(self.BLOCK):
-                if upstream:
-                    with self._lock:
+                with self._lock:
+                    if upstream:
                         self.upstream_bytes += len(data)
-                    rate = self.rate
-                    if rate:
-                        time.sleep(len(data) / rate)
+                    else:
+                        self.downstream_bytes += len(data)
+                rate = self.rate if upstream else self.down_rate
+                if rate:
+                    time.sleep(len(data) / rate)
                 dst.sendall(data)
         except OSError:
             pass
@@ -211,13 +218,23 @@ def test_upload_download_dedup_and_ls(daemon: Daemon, cli: Cli, tmp_path: Path):
     copy = download(cli, daemon, first["file_id"], tmp_path / "copy.bin")
     assert sha256_file(copy) == sha
 
-    # The same bytes again: nothing to send, every chunk is already there.
-    second = cli.upload(daemon.base_url, str(source))
+    # The same file again: the accepted file is the answer, nothing is sent.
+    again = cli.upload(daemon.base_url, str(source))
+    assert again["already_uploaded"] is True
+    assert (again["file_id"], again["upload_id"]) == (first["file_id"], first["upload_id"])
+    assert again["bytes_sent"] == 0 and again["bytes_on_server"] == FILE_SIZE
+
+    # --new: a new upload and file record, and still nothing to send: every
+    # chunk is already there.
+    second = cli.upload(daemon.base_url, str(source), "--new")
+    assert second["already_uploaded"] is False
     assert second["bytes_sent"] == 0
     assert second["chunks_sent"] == 0
     assert second["chunks_skipped"] == second["chunks_total"] == first["chunks_total"]
+    assert second["bytes_on_server"] == FILE_SIZE
     assert second["blake3"] == first["blake3"]
     assert second["upload_id"] != first["upload_id"]
+    assert second["file_id"] != first["file_id"]
 
     # A directory as destination: the file keeps its own name.
     into = tmp_path / "downloads"
@@ -345,12 +362,11 @@ def test_cli_errors_and_exit_codes(daemon: Daemon, cli: Cli, tmp_path: Path):
     url = daemon.base_url
     missing = cli.run("upload", str(tmp_path / "absent.bin"), "--url", url, expect=2)
     assert "no such file" in missing.stderr
-    cli.run("upload", str(tmp_path), "--url", url, expect=2)
     cli.run("upload", "--url", url, expect=2)  # no PATH
     present = tmp_path / "present.bin"
     present.write_bytes(b"data")
     bad = cli.run("upload", str(present), "--url", "ftp://127.0.0.1/", expect=2)
-    assert "--url" in bad.stderr
+    assert "http://" in bad.stderr and "ftp://127.0.0.1/" in bad.stderr
     unknown = cli.run("download", "0" * 32, "-o", str(tmp_path / "x"), "--url", url, expect=1)
     assert "404" in unknown.stderr and "unknown_file" in unknown.stderr
     assert not (tmp_path / "x").exists()
