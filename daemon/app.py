@@ -24,7 +24,7 @@ from .ingest import Ingest
 from .jobs import JobRunner
 from .jsonbody import StrictJSONRequest
 from .leader import become_leader
-from .metrics import CONTENT_TYPE_LATEST, Metrics, StoreFigures
+from .metrics import CONTENT_TYPE_LATEST, Metrics, StoreFigures, use_shared_files
 from .openapi import CompleteOpenAPIProvider
 from .outbox import OutboxService
 from .runtime import Runtime, runtime
@@ -133,7 +133,9 @@ def create_app(
     )
     rt = Runtime(config, store, worker=worker)
     rt.plugins = plugins if plugins is not None else load_plugins(config)
-    rt.metrics = Metrics(store_figures=functools.partial(store_figures, rt))
+    # Workers sum their metrics through shared files (see metrics.py).
+    shared = None if worker is None else use_shared_files(config.data_dir)
+    rt.metrics = Metrics(functools.partial(store_figures, rt), shared_dir=shared, worker=worker)
     rt.ingest = Ingest(rt)
     rt.jobs = JobRunner(rt)
     rt.outbox = OutboxService(rt)

@@ -1,16 +1,23 @@
-"""Prometheus metrics of one daemon process (its own registry, so tests can run many).
+"""Prometheus metrics of one daemon (its own registry, so tests can run many).
 
-Counters count what happened in this process since it started; with
-`server.workers` > 1 every worker has its own registry, and `/metrics` is
-answered by whichever worker took the connection (see docs/operations.md):
-its counters are that worker's, while the `ingestd_store_*` and
-`ingestd_uploads_open` gauges are read from the shared data directory at
-scrape time, so every worker answers the same for those.
+With `server.workers` > 1 the kernel hands each connection, a scrape of
+`/metrics` included, to any worker. With a registry per worker, each scrape
+would show one worker's counters: figures jumping between workers' totals,
+which Prometheus reads as counter resets. So workers use prometheus-client's
+multiprocess mode: each writes its counters and histograms to memory-mapped
+files in `<data dir>/metrics/<master>/`, and whichever worker answers sums
+them all (a worker that died and was restarted keeps its counts there). The
+`ingestd_store_*` and `ingestd_uploads_open` gauges are read from the shared
+index at scrape time; the `process_*` figures are those of the worker that
+answered.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 
 from prometheus_client import (
     CollectorRegistry,
@@ -19,9 +26,11 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
     generate_latest,
+    values,
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "StoreFigures"]
@@ -82,13 +91,72 @@ class _StoreCollector(Collector):
             yield GaugeMetricFamily(name, doc, value=value)
 
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def _master_id(pid: int) -> str:
+    """The master's pid and start time (so a reused pid is not the same master)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            started = f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        started = "0"
+    return f"{pid}-{started}"
+
+
+def use_shared_files(data_dir: Path) -> Path:
+    """Switch this process (a worker of a master) to multiprocess metrics, in
+    the master's directory under `<data_dir>/metrics`; the directories of
+    earlier masters are removed (one daemon holds a data directory at a time).
+    Call before any metric is created."""
+    root = Path(data_dir) / "metrics"
+    mine = root / _master_id(os.getppid())
+    mine.mkdir(parents=True, exist_ok=True)
+    for entry in os.scandir(root):
+        if entry.is_dir(follow_symlinks=False) and entry.name != mine.name:
+            shutil.rmtree(entry.path, ignore_errors=True)
+    os.environ[MULTIPROC_ENV] = str(mine)
+    values.ValueClass = values.MultiProcessValue()
+    return mine
+
+
+class _WorkerCollector(Collector):
+    def __init__(self, worker: str) -> None:
+        self._labels = [worker, str(os.getpid())]
+
+    def collect(self):
+        family = GaugeMetricFamily(
+            "ingestd_worker",
+            "The worker process that answered this scrape (its process_* figures are its own)",
+            labels=["worker", "pid"],
+        )
+        family.add_metric(self._labels, 1)
+        yield family
+
+
 class Metrics:
-    def __init__(self, store_figures: Callable[[], StoreFigures | None] | None = None) -> None:
-        self.registry = r = CollectorRegistry()
-        ProcessCollector(registry=r)
-        PlatformCollector(registry=r)
+    def __init__(
+        self,
+        store_figures: Callable[[], StoreFigures | None] | None = None,
+        *,
+        shared_dir: Path | None = None,
+        worker: str | None = None,
+    ) -> None:
+        """`shared_dir`: a worker's (from `use_shared_files`): the metrics are
+        the sum of every worker's files there. `worker`: its slot's name."""
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
         if store_figures is not None:
-            r.register(_StoreCollector(store_figures))
+            self.registry.register(_StoreCollector(store_figures))
+        if worker is not None:
+            self.registry.register(_WorkerCollector(worker))
+        if shared_dir is not None:
+            MultiProcessCollector(self.registry, path=str(shared_dir))
+            # The metrics below write to the files, which the collector reads.
+            r = None
+        else:
+            r = self.registry
         self.requests = Histogram(
             "ingestd_request_duration_seconds",
             "HTTP requests, by method, route (the URL rule) and status, until the "

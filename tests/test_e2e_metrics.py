@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import blake3
@@ -182,3 +183,52 @@ def test_counters_move_by_exactly_the_bytes_sent(tmp_path: Path):
             moved(m0, m7, "ingestd_stored_bytes_total", api=a) for a in ("v1", "seed", "tus")
         )
         assert received - stored == len(seed_data)
+
+
+def test_workers_answer_the_sum_of_all_workers(tmp_path: Path):
+    """With two workers a scrape reaches either; each answers every worker's counts."""
+    sizes = [100_000 + i for i in range(8)]
+    with Daemon(tmp_path / "d", args=["--workers", "2"]) as d:
+        jobs = []
+        for i, size in enumerate(sizes):
+            # A new connection each: the kernel spreads them over the workers.
+            with httpx.Client(base_url=d.base_url, timeout=30) as c:
+                _, job, _ = v1_upload(c, f"f{i}.bin", os.urandom(size))
+                jobs.append(job)
+        with httpx.Client(base_url=d.base_url, timeout=30) as c:
+            assert [j["verdict"] for j in wait_jobs(c, jobs)] == ["accepted"] * len(sizes)
+
+        def one_scrape(_: int) -> dict:
+            with httpx.Client(base_url=d.base_url, timeout=30) as c:
+                return scrape(c)
+
+        # Side by side, so that both workers get some of them (until both have).
+        scrapes: list[dict] = []
+        with ThreadPoolExecutor(8) as pool:
+            for _ in range(10):
+                scrapes += pool.map(one_scrape, range(24))
+                pids = {labels for m in scrapes for name, labels in m if name == "ingestd_worker"}
+                if len(pids) == 2:
+                    break
+        assert len(pids) == 2, pids
+        answers = []
+        for m in scrapes:
+            answers.append(
+                (
+                    value(m, "ingestd_received_bytes_total", api="v1"),
+                    value(m, "ingestd_stored_bytes_total", api="v1"),
+                    value(m, "ingestd_uploads_total", api="v1", state="created"),
+                    value(
+                        m,
+                        "ingestd_request_duration_seconds_count",
+                        method="PUT",
+                        route=PUT_ROUTE,
+                        status="200",
+                    ),
+                    value(m, "ingestd_jobs_total", verdict="accepted"),
+                    value(m, "ingestd_store_logical_bytes"),
+                )
+            )
+    total = sum(sizes)
+    n = len(sizes)
+    assert set(answers) == {(total, total, n, n, n, total)}
