@@ -133,6 +133,10 @@ def create_app(
     )
     rt = Runtime(config, store, worker=worker)
     rt.plugins = plugins if plugins is not None else load_plugins(config)
+    if worker is not None:
+        # Each of a worker's log lines says which worker it is (tasks and
+        # worker threads started from here on inherit this context).
+        logs.bind(worker=worker)
     # Workers sum their metrics through shared files (see metrics.py).
     shared = None if worker is None else use_shared_files(config.data_dir)
     rt.metrics = Metrics(functools.partial(store_figures, rt), shared_dir=shared, worker=worker)

@@ -28,6 +28,7 @@ import structlog
 __all__ = [
     "FORMATS",
     "RequestInfo",
+    "bind",
     "RequestLog",
     "current",
     "get_logger",
@@ -151,6 +152,11 @@ class RequestInfo:
 _current: contextvars.ContextVar[RequestInfo | None] = contextvars.ContextVar(
     "ingestd_request", default=None
 )
+
+
+def bind(**fields: Any) -> None:
+    """Fields every log line from this context on carries (e.g. the worker)."""
+    structlog.contextvars.bind_contextvars(**fields)
 
 
 def current() -> RequestInfo | None:

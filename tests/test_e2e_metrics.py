@@ -232,3 +232,37 @@ def test_workers_answer_the_sum_of_all_workers(tmp_path: Path):
     total = sum(sizes)
     n = len(sizes)
     assert set(answers) == {(total, total, n, n, n, total)}
+
+
+def test_expiry_and_garbage_collection_are_counted(tmp_path: Path):
+    chunk = 64 << 10
+    env = {
+        "INGESTD_STORAGE_CHUNK_SIZE": str(chunk),
+        "INGESTD_STORAGE_MAINTENANCE_INTERVAL": "0.2",
+        "INGESTD_STORAGE_GC_GRACE": "1",
+        "INGESTD_STORAGE_SESSION_TTL": "3",
+    }
+    data = os.urandom(200_000)  # 4 chunks: 3 of 64 KiB and 3,392 bytes
+    with Daemon(tmp_path / "d", extra_env=env) as d, httpx.Client(base_url=d.base_url) as c:
+        m0 = scrape(c)
+        _, job, puts = v1_upload(c, "gone.bin", data)
+        assert puts == 4
+        file_id = wait_jobs(c, [job])[0]["file_id"]
+        assert c.delete(f"/v1/files/{file_id}").status_code == 204
+        # An upload that gets one chunk and is then left to expire.
+        left = c.post("/v1/uploads", json={"filename": "left.bin", "size": chunk + 10}).json()
+        other = os.urandom(chunk)
+        assert c.put(f"/v1/uploads/{left['id']}/chunks/0", content=other).status_code == 200
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            m1 = scrape(c)
+            if moved(m0, m1, "ingestd_gc_reclaimed_bytes_total") >= len(data) + chunk:
+                break
+            time.sleep(0.2)
+        assert moved(m0, m1, "ingestd_gc_reclaimed_bytes_total") == len(data) + chunk
+        assert moved(m0, m1, "ingestd_gc_reclaimed_objects_total") == 4 + 1
+        assert moved(m0, m1, "ingestd_uploads_total", api="unknown", state="expired") == 1
+        assert moved(m0, m1, "ingestd_gc_runs_total") >= 5  # 0.2 s apart over ≥ 3 s
+        assert value(m1, "ingestd_uploads_open") == 0
+        assert value(m1, "ingestd_store_files") == 0
+        assert value(m1, "ingestd_store_physical_bytes") == 0

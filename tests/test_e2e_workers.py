@@ -304,3 +304,6 @@ def test_start_up_banner_and_warnings(tmp_path: Path, workers):
         assert [e["level"] for e in found] == ["warning"], warning
     request = [e for e in entries if e.get("request_id") == "banner-1"]
     assert [(e["route"], e["status"]) for e in request] == [("/healthz", 200)]
+    # A worker's lines name it; a single process's have no worker field.
+    expected = {"w0", "w1"} if workers == "2" else {None}
+    assert request[0].get("worker") in expected
