@@ -93,7 +93,10 @@ def setup(
         # Tracebacks as one string field of the line.
         finish: list[Any] = [structlog.processors.format_exc_info]
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=_colors(stream))
+        # Plain tracebacks: no local variables (a token, a request body) in logs.
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=_colors(stream), exception_formatter=structlog.dev.plain_traceback
+        )
         finish = []
     structlog.configure(
         processors=[

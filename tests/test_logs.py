@@ -1,0 +1,115 @@
+"""daemon/logs.py: formats, request ids, stdlib records through structlog."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+import structlog
+import trio
+from ingestd.daemon import logs
+
+
+@pytest.fixture
+def restore_logging():
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    config = structlog.get_config()
+    yield
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    for h in handlers:
+        root.addHandler(h)
+    root.setLevel(level)
+    structlog.configure(**config)
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_format_defaults_to_console_on_a_terminal_and_json_elsewhere():
+    assert logs.resolve_format(None, Terminal()) == "console"
+    assert logs.resolve_format("auto", Terminal()) == "console"
+    assert logs.resolve_format(None, io.StringIO()) == "json"
+    assert logs.resolve_format("json", Terminal()) == "json"
+    assert logs.resolve_format("console", io.StringIO()) == "console"
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("abc-123", True),
+        ("a" * 64, True),
+        ("~!#$%&'*+-./:;<=>?@[]^_`{|}", True),
+        ("a" * 65, False),
+        ("", False),
+        (None, False),
+        ("a b", False),
+        ("tab\there", False),
+        ("new\nline", False),
+        ("é", False),
+        ("\x7f", False),
+    ],
+)
+def test_request_ids_are_kept_only_when_sane(given, kept):
+    assert logs.sane_request_id(given) == (given if kept else None)
+
+
+def test_stdlib_and_structlog_lines_come_out_as_one_json_format(restore_logging):
+    out = io.StringIO()
+    assert logs.setup("json", stream=out) == "json"
+    logging.getLogger("ingestd.jobs").warning(
+        "plugin %s failed", "clamav", extra={"plugin": "clamav", "stage": "scan"}
+    )
+    logs.get_logger("ingestd.access").info("request", method="PUT", status=201)
+    try:
+        raise ValueError("bad")
+    except ValueError:
+        logging.getLogger("ingestd").exception("it broke")
+    logging.getLogger("ingestd").debug("not at info level")
+    first, second, third = (json.loads(line) for line in out.getvalue().splitlines())
+    assert {k: first[k] for k in ("event", "level", "logger", "plugin", "stage")} == {
+        "event": "plugin clamav failed",
+        "level": "warning",
+        "logger": "ingestd.jobs",
+        "plugin": "clamav",
+        "stage": "scan",
+    }
+    assert (second["event"], second["method"], second["status"]) == ("request", "PUT", 201)
+    assert second["logger"] == "ingestd.access"
+    assert third["level"] == "error"
+    assert third["exception"].splitlines()[-1] == "ValueError: bad"
+
+
+def test_console_lines_have_no_local_variables(restore_logging):
+    out = io.StringIO()
+    assert logs.setup("console", stream=out) == "console"
+    secret = "igd_do_not_log_me"  # noqa: F841 - a local a rich traceback would show
+    try:
+        raise ValueError("bad")
+    except ValueError:
+        logging.getLogger("ingestd").exception("it broke")
+    text = out.getvalue()
+    assert "it broke" in text and "ValueError: bad" in text
+    assert "igd_do_not_log_me" not in text
+
+
+async def test_notes_from_child_tasks_reach_the_request():
+    info = logs.RequestInfo(request_id="r1")
+    token = logs._current.set(info)
+    try:
+
+        async def handler() -> None:
+            logs.note(route="/v1/x/<y>", upload_id="u1", tenant=None)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(handler)
+    finally:
+        logs._current.reset(token)
+    assert (info.route, info.upload_id, info.tenant) == ("/v1/x/<y>", "u1", None)
+    logs.note(route="ignored")  # outside a request: nothing to note into
+    assert logs.current() is None
