@@ -301,7 +301,9 @@ class Upload:
                 state_dir=self.state_dir,
                 on_complete=self._on_complete,
             ) as client:
-                self.result = client.upload(self.path, progress=self.clock)
+                # new=True: a re-upload of the same file is a new upload (whose
+                # job the bench measures), not answered with the accepted file.
+                self.result = client.upload(self.path, progress=self.clock, new=True)
         except UploadError as exc:  # e.g. a plugin rejected the file: the job says why
             self.error = exc
         finally:

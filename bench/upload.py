@@ -472,10 +472,15 @@ def ingestd_upload(
         with Client(
             server.base_url, parallel=parallel, chunking="cdc", state_dir=state_dir
         ) as client:
-            if "progress" in inspect.signature(client.upload).parameters:
-                result = client.upload(source.path, progress=clock)
-            else:
-                result = client.upload(source.path)
+            options: dict[str, Any] = {}
+            parameters = inspect.signature(client.upload).parameters
+            if "progress" in parameters:
+                options["progress"] = clock
+            if "new" in parameters:
+                # A new file record each time, even of a file already accepted:
+                # the case measures the upload (and its dedup), not the lookup.
+                options["new"] = True
+            result = client.upload(source.path, **options)
         clock.stop()
         return result
 

@@ -188,8 +188,9 @@ class UploadProgress(Protocol):
 
 
 class DownloadProgress(Protocol):
-    """Told how a download advances: "kept" (`nbytes` of an earlier run's
-    partial download, hashed again), then "received" (`nbytes` more)."""
+    """Told how a download advances: "total" (the file's size, first), "kept"
+    (`nbytes` of an earlier run's partial download, hashed again), then
+    "received" (`nbytes` more)."""
 
     def __call__(self, kind: str, nbytes: int) -> None: ...
 
@@ -222,8 +223,8 @@ def collect(
         if path.is_dir():
             base = path.resolve().name or "root"
             below: list[tuple[Path, str]] = []
-            for root, dirs, names in os.walk(path):
-                for name in sorted(names):
+            for root, _dirs, names in os.walk(path):
+                for name in names:
                     local = Path(root) / name
                     rel = local.relative_to(path).as_posix()
                     if not local.is_file():
@@ -683,6 +684,7 @@ class Client:
         with `Range` from what was written."""
         path = f"/v1/files/{_seg(file_id)}/content"
         if progress:
+            progress("total", facts.size)
             progress("kept", received)
         if received == facts.size:
             return hasher.hexdigest(), received

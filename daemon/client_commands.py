@@ -170,7 +170,8 @@ def upload(args: argparse.Namespace) -> int:
                     print(_summary_line(result), file=sys.stderr, flush=True)
                 if args.json:
                     _print_json(result.as_dict())
-                else:
+                elif not (display and sys.stdout.isatty()):
+                    # On a terminal the summary line has the id already.
                     _print_id(result.file_id)
         except KeyboardInterrupt:
             if display:  # clear the bar first, so the message is the last line
@@ -282,21 +283,26 @@ class UploadDisplay:
 
     def track(self, path: Path, name: str):
         size = path.stat().st_size
-        task = self.progress.add_task(f"hashing {name}", total=size, note="")
-        self.task, self.size = task, size
+        self.task = self.progress.add_task(f"hashing {name}", total=size, note="")
+        self.size, self.counted = size, 0
         lock = threading.Lock()
         state = {"phase": "hashing", "on_server": 0}
 
         def update(kind: str, nbytes: int) -> None:
             # "sent" arrives from worker threads while "skipped" may still be counted.
             with lock:
+                task = self.task
+                if task is None:
+                    return
                 if kind == "hashed":
                     self.progress.advance(task, nbytes)
                     return
                 if kind == "processing":
-                    state["phase"] = "processing"
-                    self.progress.reset(task, total=None, description=f"processing {name}")
-                    self.progress.update(task, note="the server's plugins are at work")
+                    # No amount to count any more: a bar of its own that only pulses.
+                    self.progress.remove_task(task)
+                    self.task = self.progress.add_task(
+                        f"processing {name}", total=None, note="the server's plugins are at work"
+                    )
                     return
                 if state["phase"] == "hashing":
                     # Restart the clock so that hashing time does not skew speed and ETA.
@@ -311,8 +317,15 @@ class UploadDisplay:
                     )
                 else:
                     self.progress.advance(task, nbytes)
+                self._count(nbytes)
 
         return update
+
+    def _count(self, nbytes: int) -> None:
+        """The overall bar: bytes sent or found on the server, of all the files."""
+        if self.overall is not None:
+            self.counted += nbytes
+            self.progress.advance(self.overall, nbytes)
 
     def done(self, result) -> None:
         self._drop()
@@ -330,7 +343,7 @@ class UploadDisplay:
             self.files_done += 1
             self.progress.update(
                 self.overall,
-                advance=self.size,
+                advance=self.size - self.counted,
                 description=f"total ({self.files_done}/{self.count} files)",
             )
         self.progress.refresh()
@@ -492,7 +505,9 @@ def _download_display(args: argparse.Namespace):
     task = progress.add_task(f"downloading {args.file_id}", total=None)
 
     def update(kind: str, nbytes: int) -> None:
-        if kind == "kept":
+        if kind == "total":
+            progress.update(task, total=nbytes)
+        elif kind == "kept":
             progress.update(task, completed=nbytes)
         else:
             progress.advance(task, nbytes)
