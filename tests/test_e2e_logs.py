@@ -141,3 +141,20 @@ def test_thread_isolation_logs_plugin_errors_with_the_plugin_name(tmp_path: Path
         assert "Traceback" in failed["exception"]
         verdict = wait_for(d, lambda e: e.get("event") == "job verdict")
         assert (verdict["job_id"], verdict["plugins"]["clamav"]) == (job_id, "error")
+
+
+def test_console_format_from_the_config_file(tmp_path: Path):
+    config = tmp_path / "config.toml"
+    config.write_text('[logging]\nformat = "console"\n')
+    with Daemon(tmp_path / "d", config_path=config) as d:
+        httpx.get(f"{d.base_url}/healthz", headers={"X-Request-Id": "cons-1"}, timeout=10)
+        deadline = time.monotonic() + 10
+        while "cons-1" not in d.log_tail(100_000) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        lines = d.log_tail(100_000).splitlines()
+    line = next(ln for ln in lines if "request_id=cons-1" in ln)
+    assert "[info     ] request" in line
+    for field in ("method=GET", "route=/healthz", "status=200", "bytes_in=0", "tenant=None"):
+        assert field in line.split(), (field, line)
+    assert not any(ln.startswith("{") for ln in lines)
+    assert any("[warning  ] auth is off" in ln for ln in lines)

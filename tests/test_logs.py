@@ -113,3 +113,12 @@ async def test_notes_from_child_tasks_reach_the_request():
     assert (info.route, info.upload_id, info.tenant) == ("/v1/x/<y>", "u1", None)
     logs.note(route="ignored")  # outside a request: nothing to note into
     assert logs.current() is None
+
+
+def test_the_format_is_a_config_key():
+    from ingestd.daemon.config import ConfigError, load_config
+
+    assert load_config(environ={}).logging.format == "auto"
+    assert load_config(environ={"INGESTD_LOGGING_FORMAT": "json"}).logging.format == "json"
+    with pytest.raises(ConfigError, match="logging.format"):
+        load_config(environ={"INGESTD_LOGGING_FORMAT": "xml"})
