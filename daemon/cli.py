@@ -23,6 +23,9 @@ def _serve(args: argparse.Namespace) -> int:
                 ("server", "workers"): args.workers,
             },
         )
+        from . import logs
+
+        logs.setup(args.log_format or config.logging.format, verbose=args.verbose)
         from .app import load_plugins
 
         plugins = load_plugins(config)
@@ -68,6 +71,7 @@ def _worker_argv(args: argparse.Namespace) -> list[str]:
         ("--port", args.port),
         ("--data-dir", args.data_dir),
         ("--workers", args.workers),
+        ("--log-format", args.log_format),
     ]:
         if value is not None:
             argv += [flag, str(value)]
@@ -105,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     # Given by the master to the worker processes it starts.
     serve.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--worker-slot", type=int, help=argparse.SUPPRESS)
+    serve.add_argument(
+        "--log-format",
+        choices=("json", "console"),
+        help="logs on stderr as JSON lines or for people (default: [logging] format; "
+        "auto: console on a terminal, else JSON)",
+    )
     serve.set_defaults(func=_serve)
 
     client_commands.add_commands(sub)
