@@ -654,7 +654,14 @@ class Client:
                 out.seek(0)
                 out.truncate()
                 hasher, kept = blake3.blake3(), 0
-            digest, size = self._fetch(file_id, facts, out, hasher, kept, progress)
+            try:
+                digest, size = self._fetch(file_id, facts, out, hasher, kept, progress)
+            except BaseException:
+                # Keep what can be resumed; an empty part is only clutter.
+                if os.fstat(out.fileno()).st_size == 0:
+                    with contextlib.suppress(OSError):
+                        os.unlink(part)
+                raise
             if digest != facts.blake3 or size != facts.size:
                 out.close()
                 with contextlib.suppress(OSError):

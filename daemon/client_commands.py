@@ -143,7 +143,7 @@ def upload(args: argparse.Namespace) -> int:
                     )
                 except ChunkingError as exc:
                     raise UsageError(f"{path}: {exc}") from None
-                except IngestdError as exc:
+                except (IngestdError, OSError) as exc:
                     code = exit_code(exc)
                     codes.append(code)
                     if display:
@@ -204,9 +204,22 @@ def _mib(n: int) -> str:
 
 
 def _dry_run(client, items, args: argparse.Namespace, metadata) -> int:
+    from .chunking import ChunkingError
+    from .client import IngestdError
+
     total = on_server = to_send = 0
+    codes = []
     for path, name in items:
-        planned = client.plan(path, filename=name, new=args.new, metadata=metadata)
+        try:
+            planned = client.plan(path, filename=name, new=args.new, metadata=metadata)
+        except ChunkingError as exc:
+            raise UsageError(f"{path}: {exc}") from None
+        except (IngestdError, OSError) as exc:
+            _say(str(exc))
+            codes.append(exit_code(exc))
+            if codes[-1] in (AUTH, UNREACHABLE):
+                break
+            continue
         total += planned.size
         on_server += planned.bytes_on_server
         to_send += planned.bytes_to_send
@@ -226,7 +239,7 @@ def _dry_run(client, items, args: argparse.Namespace, metadata) -> int:
             f"server, at most {_mib(to_send)} to send; nothing was sent",
             file=sys.stderr,
         )
-    return OK
+    return worst(codes)
 
 
 def _columns():

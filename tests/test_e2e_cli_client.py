@@ -248,6 +248,13 @@ def test_rejected_upload_exits_3_with_the_reason_and_status_and_ls_show_it(
     row = next(line for line in table if line.startswith(rejected_id))
     assert " rejected " in row and "datasets: line 3: invalid JSON" in row
 
+    # A rejected file cannot be downloaded: said in one line, nothing left behind.
+    out = tmp_path / "out"
+    out.mkdir()
+    done = cli.run("download", rejected_id, "-o", str(out / "bad.jsonl"), "--url", url, expect=1)
+    assert "file_rejected" in done.stderr and done.stderr.count("\n") == 1
+    assert list(out.iterdir()) == []
+
     # An open upload: its missing chunks.
     r = httpx.post(f"{url}/v1/uploads", json={"filename": "part.bin", "size": 3 * MiB}, timeout=10)
     open_id = r.json()["id"]
@@ -457,13 +464,16 @@ def test_login_then_upload_without_flags_and_the_environment(
 
 
 def test_an_unreachable_server_exits_5(cli: Cli, tmp_path: Path):
+    # Each command retries the connection after 1, 2 and 4 s before it gives up.
     source = tmp_path / "a.bin"
     source.write_bytes(b"x" * 1000)
     url = f"http://{HOST}:{free_port()}"
     done = cli.run("upload", str(source), "--url", url, expect=5)
     assert "resumable" in done.stderr or "run the same command again" in done.stderr
+    cli.run("upload", str(source), "--dry-run", "--url", url, expect=5)
     cli.run("ls", "--url", url, expect=5)
-    cli.run("status", "0" * 32, "--url", url, expect=5)
+    done = cli.run("download", "0" * 32, "-o", str(tmp_path / "x"), "--url", url, expect=5)
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert cli.run("upload", str(tmp_path / "none"), "--url", url, expect=2).stderr.startswith(
         "ingestd: "
     )
