@@ -601,18 +601,26 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _wrap(text: str) -> str:
+    import textwrap
+
+    return textwrap.fill(text, width=78)
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     formatter = argparse.RawDescriptionHelpFormatter
     up = sub.add_parser(
         "upload",
         help="upload files and directories (resumable, idempotent)",
         formatter_class=formatter,
-        description="Upload files and directories (recursively) to the daemon, sending only "
-        "the chunks it does not have, then wait for its plugins' verdict. An interrupted "
-        "upload resumes when the same command is run again. A file whose name and content "
-        "the tenant already has accepted is answered with that file, sending nothing "
-        "(--new makes a new record). Prints each file's id on stdout (--json: one JSON "
-        "object per file), the progress and the verdict on stderr.",
+        description=_wrap(
+            "Upload files and directories (recursively) to the daemon, sending only "
+            "the chunks it does not have, then wait for its plugins' verdict. An interrupted "
+            "upload resumes when the same command is run again. A file whose name and content "
+            "the tenant already has accepted is answered with that file, sending nothing "
+            "(--new makes a new record). Prints each file's id on stdout (--json: one JSON "
+            "object per file), the progress and the verdict on stderr."
+        ),
         epilog=EXIT_CODES,
     )
     up.add_argument("paths", nargs="+", metavar="PATH", help="files and directories to upload")
@@ -673,8 +681,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "download",
         help="download a file, verified by its BLAKE3 as it is written",
         formatter_class=formatter,
-        description="Download a file. Never overwrites an existing file without --force; an "
-        "interrupted download resumes where it stopped when run again.",
+        description=_wrap(
+            "Download a file, verifying its BLAKE3 as it is written. Never overwrites an "
+            "existing file without --force; an interrupted download resumes where it stopped "
+            "when run again."
+        ),
         epilog=EXIT_CODES,
     )
     dl.add_argument("file_id", metavar="FILE_ID")
