@@ -18,12 +18,14 @@ import collections
 import dataclasses
 import functools
 import io
+import json
 import logging
 import math
 import sys
 from typing import Any
 
 import msgspec
+import structlog
 import trio
 from ingestd import cas
 from ingestd.cas import JobState, SessionState
@@ -139,7 +141,9 @@ class JobRunner:
     async def _work(self) -> None:
         async for job_id in self._receive:
             try:
-                await self._process(job_id)
+                # Every line logged meanwhile (plugins' too) names the job.
+                with structlog.contextvars.bound_contextvars(job_id=job_id):
+                    await self._process(job_id)
             except cas.UnknownFile:
                 await self._end_failed(job_id, "its file was deleted during processing")
             except Exception as exc:  # one bad job must not stop the others
@@ -278,18 +282,6 @@ class JobRunner:
             outcome = await run.decide()
         elif rt.plugins.isolated:
             outcome = await self._decide_in_child(run, file)
-            # In a child process the failures were logged there, as text: say
-            # them here too, one structured line each.
-            for plugin, stage in run.failed:
-                found = outcome.results.get(plugin, {}).get(stage)
-                slog.warning(
-                    "plugin failed",
-                    plugin=plugin,
-                    stage=stage,
-                    error=found.get("error") if isinstance(found, dict) else None,
-                    job_id=job.id,
-                    file_id=file.id,
-                )
         else:
             outcome = await run.decide()
         # Only a clean acceptance is a decision to reuse: not a rejection, and
@@ -370,14 +362,25 @@ class JobRunner:
                     check=False,
                 )
         except trio.TooSlowError:
-            run.record_failure("worker", "decide", f"no answer within {limit:g} s")
+            error = f"no answer within {limit:g} s"
+            run.record_failure("worker", "decide", error)
             rt.metrics.plugin_errors.labels("worker", "decide").inc()
+            log.warning(
+                "plugin worker: %s",
+                error,
+                extra={"plugin": "worker", "stage": "decide", "error": error},
+            )
             return run.import_state(run.export_state())
-        for line in done.stderr.decode(errors="replace").splitlines():
-            log.info("worker: %s", line)
+        text = relay_child_log(done.stderr.decode(errors="replace"))
         if done.returncode != 0:
-            tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["?"]
-            run.record_failure("worker", "decide", f"exited {done.returncode}: {tail[0]}")
+            tail = text.strip().splitlines()[-1:] or ["?"]
+            error = f"exited {done.returncode}: {tail[0]}"
+            run.record_failure("worker", "decide", error)
+            log.warning(
+                "plugin worker %s",
+                error,
+                extra={"plugin": "worker", "stage": "decide", "error": error},
+            )
             answer = {"state": run.export_state(), "messages": []}
         else:
             answer = read_answer(done.stdout)
@@ -388,6 +391,35 @@ class JobRunner:
             outbox = StoreOutbox(rt, message["plugin"])
             await rt.run(functools.partial(outbox.enqueue, message["payload"], key=message["key"]))
         return outcome
+
+
+# LogRecord attributes a relayed record's fields must not overwrite.
+_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+def relay_child_log(stderr: str) -> str:
+    """Log the plugin worker's records (JSON lines, see `plugins.worker`) as
+    this process's own, fields and all (and the job id bound here); returns
+    what else it printed (a crash's traceback, a plugin's print), logged as
+    one record."""
+    other: list[str] = []
+    for line in stderr.splitlines():
+        try:
+            entry = json.loads(line) if line.startswith("{") else None
+        except ValueError:
+            entry = None
+        if not isinstance(entry, dict):
+            other.append(line)
+            continue
+        level = logging.getLevelName(str(entry.pop("level", "info")).upper())
+        logger = logging.getLogger(str(entry.pop("logger", "ingestd.plugins")))
+        event = str(entry.pop("event", ""))
+        extra = {k: v for k, v in entry.items() if k not in _RECORD_FIELDS}
+        logger.log(level if isinstance(level, int) else logging.INFO, "%s", event, extra=extra)
+    text = "\n".join(other)
+    if text.strip():
+        log.warning("plugin worker printed: %s", text, extra={"plugin": "worker"})
+    return text
 
 
 def plugin_outcomes(results: Any) -> dict[str, str]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import logging
 import os
 import sys
@@ -103,12 +104,32 @@ async def decide(request: dict[str, Any]) -> dict[str, Any]:
     return {"state": run.export_state(), "messages": messages}
 
 
+_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class JSONLines(logging.Formatter):
+    """A record as one JSON object: level, logger, event, its `extra=` fields
+    and any traceback (as "exception")."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        out.update((k, v) for k, v in vars(record).items() if k not in _RECORD_FIELDS)
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
 def main() -> int:
     # Background work: uploads in the daemon come first when the CPU is short.
     os.nice(NICENESS)
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
-    )
+    # JSON lines, which the daemon logs again as its own records.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JSONLines())
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     request = msgspec.msgpack.decode(sys.stdin.buffer.read())
     answer = trio.run(decide, request)
     sys.stdout.buffer.write(msgspec.msgpack.encode(answer, enc_hook=str))

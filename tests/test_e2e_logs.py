@@ -103,11 +103,22 @@ def test_json_logs_of_requests_jobs_and_plugin_errors(tmp_path: Path):
         assert "clamav failed in scan" in verdict["reason"]
         assert 0 < verdict["duration"] < 30
 
-        failed = wait_for(d, lambda e: e.get("event") == "plugin failed")
+        # Logged in the plugin worker process, relayed as one record, its
+        # fields kept, the job bound to it.
+        failed = wait_for(d, lambda e: e.get("plugin") == "clamav")
         assert failed["level"] == "warning"
-        assert (failed["plugin"], failed["stage"]) == ("clamav", "scan")
-        assert "clamd unreachable" in failed["error"]
+        assert failed["logger"] == "ingestd.plugins"
+        assert failed["stage"] == "scan"
+        assert failed["error"].startswith("clamd unreachable at ")
+        assert failed["event"] == f"plugin clamav failed in scan: {failed['error']}"
         assert failed["job_id"] == job_id
+        assert (
+            failed["exception"]
+            .splitlines()[-1]
+            .startswith("ingestd.plugins.builtin.clamav.ClamdError: clamd unreachable")
+        )
+        # The traceback is in that record, not spread over lines of its own.
+        assert not any("Traceback" in e["event"] for e in json_lines(d))
 
         events = [e["event"] for e in json_lines(d) if e.get("level") == "warning"]
         assert any(e.startswith("auth is off") for e in events), events
@@ -136,6 +147,7 @@ def test_thread_isolation_logs_plugin_errors_with_the_plugin_name(tmp_path: Path
         # The stdlib record of the plugin runner, its extra fields as keys.
         failed = wait_for(d, lambda e: e.get("plugin") == "clamav" and e.get("stage") == "scan")
         assert failed["logger"] == "ingestd.plugins"
+        assert failed["job_id"] == job_id  # bound while the job runs, threads included
         assert failed["level"] == "warning"
         assert failed["event"].startswith("plugin clamav failed in scan: clamd unreachable")
         assert "Traceback" in failed["exception"]

@@ -122,3 +122,34 @@ def test_the_format_is_a_config_key():
     assert load_config(environ={"INGESTD_LOGGING_FORMAT": "json"}).logging.format == "json"
     with pytest.raises(ConfigError, match="logging.format"):
         load_config(environ={"INGESTD_LOGGING_FORMAT": "xml"})
+
+
+def test_the_plugin_workers_records_are_relayed_with_their_fields(restore_logging):
+    from ingestd.daemon.jobs import relay_child_log
+    from ingestd.plugins.worker import JSONLines
+
+    record = logging.makeLogRecord(
+        {"name": "ingestd.plugins.pii", "levelno": 30, "levelname": "WARNING", "msg": "%d hits"}
+    )
+    record.args = (3,)
+    record.plugin = "pii"
+    child_line = JSONLines().format(record)
+    assert json.loads(child_line) == {
+        "level": "warning",
+        "logger": "ingestd.plugins.pii",
+        "event": "3 hits",
+        "plugin": "pii",
+    }
+    out = io.StringIO()
+    logs.setup("json", stream=out)
+    left = relay_child_log(f"{child_line}\nTraceback (most recent call last):\nBoom: x\n")
+    assert left == "Traceback (most recent call last):\nBoom: x"
+    relayed, printed = (json.loads(line) for line in out.getvalue().splitlines())
+    assert {k: relayed[k] for k in ("event", "level", "logger", "plugin")} == {
+        "event": "3 hits",
+        "level": "warning",
+        "logger": "ingestd.plugins.pii",
+        "plugin": "pii",
+    }
+    assert printed["event"] == "plugin worker printed: " + left
+    assert (printed["level"], printed["plugin"]) == ("warning", "worker")
