@@ -3,6 +3,7 @@ by exactly those amounts."""
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +14,7 @@ import httpx
 import pytest
 from e2e_support import Daemon
 from prometheus_client.parser import text_string_to_metric_families
+from webhook_receiver import WebhookReceiver
 
 pytestmark = pytest.mark.e2e
 
@@ -266,3 +268,40 @@ def test_expiry_and_garbage_collection_are_counted(tmp_path: Path):
         assert value(m1, "ingestd_uploads_open") == 0
         assert value(m1, "ingestd_store_files") == 0
         assert value(m1, "ingestd_store_physical_bytes") == 0
+
+
+def test_plugin_errors_verdicts_and_webhook_retries_are_counted(tmp_path: Path):
+    secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+    with WebhookReceiver(secret) as receiver:
+        config = tmp_path / "config.toml"
+        config.write_text(
+            f'[plugins.webhooks]\nurls = ["{receiver.url}"]\nsecret = "{secret}"\n'
+            f'[plugins.clamav]\nsocket = "{tmp_path / "no-clamd.sock"}"\n'
+        )
+        receiver.fail_next(1)  # the first attempt is refused, the retry (1 s later) taken
+        with Daemon(tmp_path / "d", config_path=config) as d:
+            with httpx.Client(base_url=d.base_url, timeout=30) as c:
+                m0 = scrape(c)
+                _, job, _ = v1_upload(c, "a.bin", os.urandom(1000))
+                assert wait_jobs(c, [job])[0]["verdict"] == "rejected"
+                receiver.wait_for(1, timeout=20)
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    m1 = scrape(c)
+                    done = "ingestd_outbox_deliveries_total"
+                    if moved(m0, m1, done, plugin="webhooks", result="delivered") == 1:
+                        break
+                    time.sleep(0.05)
+    assert [e.event["type"] for e in receiver.deliveries] == ["file.rejected"]
+    deliveries = "ingestd_outbox_deliveries_total"
+    assert moved(m0, m1, deliveries, plugin="webhooks", result="retry") == 1
+    assert moved(m0, m1, deliveries, plugin="webhooks", result="delivered") == 1
+    assert moved(m0, m1, deliveries, plugin="webhooks", result="dead") == 0
+    assert moved(m0, m1, "ingestd_plugin_errors_total", plugin="clamav", stage="scan") == 1
+    verdicts = "ingestd_plugin_verdicts_total"
+    assert moved(m0, m1, verdicts, plugin="clamav", outcome="error") == 1
+    assert moved(m0, m1, verdicts, plugin="detect", outcome="ok") == 1
+    assert moved(m0, m1, verdicts, plugin="webhooks", outcome="ok") == 1
+    assert moved(m0, m1, "ingestd_jobs_total", verdict="rejected") == 1
+    assert moved(m0, m1, "ingestd_jobs_total", verdict="accepted") == 0
+    assert moved(m0, m1, "ingestd_job_duration_seconds_count", verdict="rejected") == 1
