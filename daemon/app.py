@@ -180,9 +180,11 @@ def create_app(
     async def _note_request() -> None:
         """The request's route (its URL rule) and upload, for its log line and metrics."""
         rule = request.url_rule
+        args = request.view_args or {}
         logs.note(
             route=rule.rule if rule is not None else None,
-            upload_id=(request.view_args or {}).get("upload_id"),
+            upload_id=args.get("upload_id"),
+            file_id=args.get("file_id"),
         )
 
     @app.before_request

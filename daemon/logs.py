@@ -7,7 +7,7 @@ lines or as coloured console lines, on stderr.
 
 `RequestLog` is the outermost ASGI wrapper of the app: one line per HTTP
 request (method, route — the URL rule, not the raw path —, status, bytes in
-and out, duration, request id, tenant, upload id), the request latency
+and out, duration, request id, tenant, upload or file id), the request latency
 metrics, and the `X-Request-Id` answer header. What only the app knows
 (route, tenant, upload id, API) is noted into the request's `RequestInfo`
 with `note`, from any task the request starts (a context variable holds it).
@@ -150,6 +150,7 @@ class RequestInfo:
     api: str | None = None  # "seed", "v1", "tus" for the upload APIs
     tenant: str | None = None
     upload_id: str | None = None
+    file_id: str | None = None
 
 
 _current: contextvars.ContextVar[RequestInfo | None] = contextvars.ContextVar(
@@ -236,7 +237,9 @@ class RequestLog:
             _current.reset(token)
             method = scope.get("method", "")
             self.metrics.requests.labels(method, info.route, str(status or 0)).observe(seconds)
-            self.log.info(
+            # A 5xx is the server's fault: worth an operator's attention.
+            emit = self.log.error if status is not None and status >= 500 else self.log.info
+            emit(
                 "request",
                 method=method,
                 route=info.route,
@@ -248,6 +251,7 @@ class RequestLog:
                 api=info.api,
                 tenant=info.tenant,
                 upload_id=info.upload_id,
+                file_id=info.file_id,
             )
 
 

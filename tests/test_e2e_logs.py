@@ -170,3 +170,27 @@ def test_console_format_from_the_config_file(tmp_path: Path):
         assert field in line.split(), (field, line)
     assert not any(ln.startswith("{") for ln in lines)
     assert any("[warning  ] auth is off" in ln for ln in lines)
+
+
+def test_a_download_line_counts_the_bytes_sent(tmp_path: Path):
+    data = os.urandom(300_000)
+    with Daemon(tmp_path / "d", args=["--log-format", "json"]) as d:
+        with httpx.Client(base_url=d.base_url, timeout=30) as c:
+            upload_id = c.post("/v1/uploads", json={"filename": "x.bin", "size": len(data)})
+            upload_id = upload_id.json()["id"]
+            c.put(f"/v1/uploads/{upload_id}/chunks/0", content=data)
+            job_id = c.post(f"/v1/uploads/{upload_id}/complete").json()["job_id"]
+            file_id = c.get(f"/v1/jobs/{job_id}?wait=30").json()["file_id"]
+            got = c.get(f"/v1/files/{file_id}/content", headers={"X-Request-Id": "dl-1"})
+            assert got.content == data
+            part = c.get(
+                f"/v1/files/{file_id}/content",
+                headers={"X-Request-Id": "dl-2", "Range": "bytes=10-109"},
+            )
+            assert part.status_code == 206
+        line = wait_for(d, lambda e: e.get("request_id") == "dl-1")
+        assert (line["route"], line["status"]) == ("/v1/files/<file_id>/content", 200)
+        assert (line["bytes_in"], line["bytes_out"]) == (0, len(data))
+        assert (line["file_id"], line["upload_id"]) == (file_id, None)
+        ranged = wait_for(d, lambda e: e.get("request_id") == "dl-2")
+        assert (ranged["status"], ranged["bytes_out"]) == (206, 100)

@@ -153,3 +153,69 @@ def test_the_plugin_workers_records_are_relayed_with_their_fields(restore_loggin
     }
     assert printed["event"] == "plugin worker printed: " + left
     assert (printed["level"], printed["plugin"]) == ("warning", "worker")
+
+
+async def test_request_log_wraps_any_asgi_app(restore_logging):
+    from ingestd.daemon.metrics import Metrics
+
+    async def app(scope, receive, send):
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        logs.note(route="/things/<thing_id>", tenant="t1", upload_id="u9")
+        # An app's own X-Request-Id is replaced by the request's.
+        headers = [(b"x-request-id", b"app-made"), (b"content-type", b"text/plain")]
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": b"no", "more_body": True})
+        await send({"type": "http.response.body", "body": body[:5]})
+
+    metrics = Metrics()
+    wrapped = logs.RequestLog(app, metrics, lambda path: "v1" if path.startswith("/v1/") else None)
+    incoming = [
+        {"type": "http.request", "body": b"abc", "more_body": True},
+        {"type": "http.request", "body": b"defgh"},
+    ]
+    sent = []
+
+    async def receive():
+        return incoming.pop(0)
+
+    async def send(message):
+        sent.append(message)
+
+    out = io.StringIO()
+    logs.setup("json", stream=out)
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/things/42",
+        "headers": [(b"X-Request-Id", b"client-1")],
+    }
+    await wrapped(scope, receive, send)
+    assert sent[0]["headers"] == [(b"content-type", b"text/plain"), (b"x-request-id", b"client-1")]
+    (line,) = (json.loads(x) for x in out.getvalue().splitlines())
+    assert {k: line[k] for k in line if k not in ("timestamp", "duration")} == {
+        "event": "request",
+        "level": "error",
+        "logger": "ingestd.access",
+        "method": "POST",
+        "route": "/things/<thing_id>",
+        "status": 503,
+        "bytes_in": 8,
+        "bytes_out": 7,
+        "request_id": "client-1",
+        "api": "v1",
+        "tenant": "t1",
+        "upload_id": "u9",
+        "file_id": None,
+    }
+    assert 0 <= line["duration"] < 5
+    count = metrics.registry.get_sample_value(
+        "ingestd_request_duration_seconds_count",
+        {"method": "POST", "route": "/things/<thing_id>", "status": "503"},
+    )
+    assert count == 1
+    assert logs.current() is None  # the request's info does not outlive it
