@@ -95,6 +95,7 @@ HEADERS: dict[str, tuple[str, dict[str, Any]]] = {
     "Ingestd-Upload-State": ("The upload's state in ingestd.", _STR),
     "Ingestd-File-Id": ("The file recorded from the upload.", _STR),
     "Ingestd-Job-Id": ("The job processing the upload.", _STR),
+    "X-Request-Id": ("The request's id in the daemon's log (the client's, if it sent one).", _STR),
 }
 
 # Request headers (components/parameters, named after the header).
@@ -113,6 +114,11 @@ _REQUEST_HEADERS: dict[str, tuple[str, dict[str, Any]]] = {
     "Range": ("One byte range: `bytes=START-END`, `START-` or `-SUFFIX`.", _STR),
     "If-None-Match": ("ETags the client has (compared weakly); 304 if one matches.", _STR),
     "Ingestd-Tenant": ("An admin acts on this tenant's data.", _STR),
+    "X-Request-Id": (
+        "The request's id in the daemon's log (printable ASCII, at most 64 characters; "
+        "otherwise the daemon makes one).",
+        {"type": "string", "maxLength": 64},
+    ),
 }
 # Request headers an operation cannot do without.
 _REQUIRED = {"Tus-Resumable", "Upload-Offset", "X-HTTP-Method-Override"}
@@ -308,6 +314,7 @@ def _complete_operation(op_id: str, operation: dict[str, Any]) -> None:
     headers = list(spec.get("headers", ()))
     if op_id not in _OPEN:
         headers.append("Ingestd-Tenant")
+    headers.append("X-Request-Id")
     for name in headers:
         parameters.append({"$ref": f"#/components/parameters/{_parameter_name(op_id, name)}"})
     if "body" in spec:
@@ -329,6 +336,10 @@ def _complete_operation(op_id: str, operation: dict[str, Any]) -> None:
         if op_id != "tus_upload_head":  # HEAD answers have no body
             problem["content"] = {PROBLEM_JSON: {"schema": {"$ref": REF.format(name="Problem")}}}
         responses[str(status)] = problem
+    request_id = {"$ref": "#/components/headers/X-Request-Id", "required": True}
+    for status, answer in responses.items():  # every answer names its request
+        headers = {**answer.get("headers", {}), "X-Request-Id": request_id}
+        responses[status] = {**answer, "headers": headers}
 
 
 def _parameter_name(op_id: str, header: str) -> str:
