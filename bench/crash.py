@@ -70,6 +70,24 @@ class Upload:
     def chunk(self, index: int) -> bytes:
         return self.data[index * CHUNK : (index + 1) * CHUNK]
 
+    def post_seed_chunk(self, http: httpx.Client, index: int) -> httpx.Response:
+        fields = {
+            "uploadId": self.upload_id,
+            "chunkIndex": str(index),
+            "totalChunks": str(self.total_chunks),
+        }
+        return http.post(
+            "/api/upload/chunk", data=fields, files={"chunk": ("c", self.chunk(index))}
+        )
+
+    def patch_tus(self, http: httpx.Client, offset: int, piece: bytes) -> httpx.Response:
+        headers = {
+            **TUS,
+            "Upload-Offset": str(offset),
+            "Content-Type": "application/offset+octet-stream",
+        }
+        return http.patch(self.tus_path, content=piece, headers=headers)
+
 
 @dataclass
 class TrialResult:
@@ -112,15 +130,7 @@ class Uploader(threading.Thread):
         order = list(range(up.total_chunks))
         self.rng.shuffle(order)
         for i in order:
-            r = http.post(
-                "/api/upload/chunk",
-                data={
-                    "uploadId": up.upload_id,
-                    "chunkIndex": str(i),
-                    "totalChunks": str(up.total_chunks),
-                },
-                files={"chunk": ("c", up.chunk(i))},
-            )
+            r = up.post_seed_chunk(http, i)
             if r.status_code == 200:
                 up.acked_chunks.add(i)
         up.phase = "completing"
@@ -157,15 +167,7 @@ class Uploader(threading.Thread):
             piece = up.data[offset : offset + self.rng.randint(1, 3 * CHUNK // 2)]
             if offset + len(piece) == len(up.data):
                 up.phase = "completing"  # the last PATCH completes the upload
-            r = http.patch(
-                up.tus_path,
-                content=piece,
-                headers={
-                    **TUS,
-                    "Upload-Offset": str(offset),
-                    "Content-Type": "application/offset+octet-stream",
-                },
-            )
+            r = up.patch_tus(http, offset, piece)
             if r.status_code != 204:
                 return
             offset = int(r.headers["Upload-Offset"])
@@ -201,15 +203,7 @@ def finish(http: httpx.Client, up: Upload, notes: list[str]) -> int:
         offset = int(head.headers["Upload-Offset"])
         lost = max(up.acked_offset - offset, 0)
         if offset < len(up.data):
-            r = http.patch(
-                up.tus_path,
-                content=up.data[offset:],
-                headers={
-                    **TUS,
-                    "Upload-Offset": str(offset),
-                    "Content-Type": "application/offset+octet-stream",
-                },
-            )
+            r = up.patch_tus(http, offset, up.data[offset:])
             if r.status_code != 204:
                 notes.append(f"tus {up.upload_id}: PATCH {r.status_code} {r.text[:200]}")
         return lost
@@ -238,15 +232,7 @@ def finish(http: httpx.Client, up: Upload, notes: list[str]) -> int:
     lost = len(up.acked_chunks - received)
     for i in range(up.total_chunks):
         if i not in received:
-            http.post(
-                "/api/upload/chunk",
-                data={
-                    "uploadId": up.upload_id,
-                    "chunkIndex": str(i),
-                    "totalChunks": str(up.total_chunks),
-                },
-                files={"chunk": ("c", up.chunk(i))},
-            )
+            up.post_seed_chunk(http, i)
     r = http.post(f"/api/upload/complete/{up.upload_id}")
     if r.status_code != 200:
         notes.append(f"seed {up.upload_id}: complete {r.status_code} {r.text[:200]}")
