@@ -24,7 +24,7 @@ from .ingest import Ingest
 from .jobs import JobRunner
 from .jsonbody import StrictJSONRequest
 from .leader import become_leader
-from .metrics import CONTENT_TYPE_LATEST, Metrics, StoreFigures, use_shared_files
+from .metrics import CONTENT_TYPE_LATEST, Metrics, use_shared_files
 from .openapi import CompleteOpenAPIProvider
 from .outbox import OutboxService
 from .runtime import Runtime, runtime
@@ -66,19 +66,13 @@ OPEN_PREFIXES = ("/static/",)
 READ_METHODS = frozenset({"GET", "HEAD"})
 
 
-def store_figures(rt: Runtime) -> StoreFigures | None:
-    """The store's size and open uploads, summed over the tenant ledger (a few
-    LMDB records read at scrape time; the objects are not walked)."""
-    store = rt.store
-    if store is None:
+def store_figures(rt: Runtime) -> cas.TenantUsage | None:
+    """Every tenant's usage summed: the store's size and open uploads."""
+    if rt.store is None:
         return None
-    total = StoreFigures()
-    for usage in store.all_usage().values():
-        for name in ("logical_bytes", "files", "physical_bytes", "chunks"):
-            setattr(total, name, getattr(total, name) + getattr(usage, name))
-        total.open_uploads += usage.open_uploads
-        total.open_bytes += usage.open_bytes
-    return total
+    usages = list(rt.store.all_usage().values())
+    fields = cas.TenantUsage.__struct_fields__
+    return cas.TenantUsage(**{name: sum(getattr(u, name) for u in usages) for name in fields})
 
 
 def api_of(path: str, *, tus_prefix: str) -> str | None:

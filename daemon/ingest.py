@@ -563,6 +563,7 @@ class _StreamRun:
     ) -> None:
         self.ingest = ingest
         self.rt = ingest.rt
+        self.received_bytes = self.rt.metrics.received_bytes.labels("tus")
         self.tenant = tenant
         self.upload_id = upload_id
         # The upload's offset as far as this request has attached.
@@ -614,7 +615,7 @@ class _StreamRun:
                     data = data[: limit - received]
                     self.overflow = True
                 received += len(data)
-                self.rt.metrics.received_bytes.labels("tus").inc(len(data))
+                self.received_bytes.inc(len(data))
                 # Until the writer has it, a disconnect must not lose it.
                 self.leftover = data
                 await self.data_send.send(data)

@@ -30,7 +30,7 @@ import trio
 from ingestd import cas
 from ingestd.cas import JobState, SessionState
 from ingestd.plugins import REUSABLE_STAGES, Detection, FileFacts, Outcome, Processing
-from ingestd.plugins.worker import make_request, read_answer
+from ingestd.plugins.worker import RECORD_FIELDS, make_request, read_answer
 
 from . import logs
 from .outbox import StoreOutbox
@@ -393,10 +393,6 @@ class JobRunner:
         return outcome
 
 
-# LogRecord attributes a relayed record's fields must not overwrite.
-_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
-
-
 def relay_child_log(stderr: str) -> str:
     """Log the plugin worker's records (JSON lines, see `plugins.worker`) as
     this process's own, fields and all (and the job id bound here); returns
@@ -414,7 +410,7 @@ def relay_child_log(stderr: str) -> str:
         level = logging.getLevelName(str(entry.pop("level", "info")).upper())
         logger = logging.getLogger(str(entry.pop("logger", "ingestd.plugins")))
         event = str(entry.pop("event", ""))
-        extra = {k: v for k, v in entry.items() if k not in _RECORD_FIELDS}
+        extra = {k: v for k, v in entry.items() if k not in RECORD_FIELDS}
         logger.log(level if isinstance(level, int) else logging.INFO, "%s", event, extra=extra)
     text = "\n".join(other)
     if text.strip():

@@ -65,12 +65,7 @@ def resolve_format(wanted: str | None, stream: IO[str] | None = None) -> str:
     on a terminal, JSON otherwise."""
     if wanted in FORMATS:
         return wanted
-    stream = sys.stderr if stream is None else stream
-    try:
-        tty = stream.isatty()
-    except (AttributeError, ValueError):
-        tty = False
-    return "console" if tty else "json"
+    return "console" if _is_terminal(sys.stderr if stream is None else stream) else "json"
 
 
 def setup(
@@ -95,7 +90,7 @@ def setup(
     else:
         # Plain tracebacks: no local variables (a token, a request body) in logs.
         renderer = structlog.dev.ConsoleRenderer(
-            colors=_colors(stream), exception_formatter=structlog.dev.plain_traceback
+            colors=_is_terminal(stream), exception_formatter=structlog.dev.plain_traceback
         )
         finish = []
     structlog.configure(
@@ -131,7 +126,7 @@ def setup(
     return fmt
 
 
-def _colors(stream: IO[str]) -> bool:
+def _is_terminal(stream: IO[str]) -> bool:
     try:
         return stream.isatty()
     except (AttributeError, ValueError):

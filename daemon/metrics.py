@@ -19,6 +19,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from ingestd import cas
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -33,7 +34,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "StoreFigures"]
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
 # Seconds: from a health check to a chunk of many MiB on a slow link.
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -41,29 +42,11 @@ LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 1
 JOB_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
 
-class StoreFigures:
-    """Figures read at scrape time (an LMDB read of the tenant ledger: a few
-    records, no walk of the objects)."""
-
-    def __init__(
-        self,
-        logical_bytes: int = 0,
-        files: int = 0,
-        physical_bytes: int = 0,
-        chunks: int = 0,
-        open_uploads: int = 0,
-        open_bytes: int = 0,
-    ) -> None:
-        self.logical_bytes = logical_bytes
-        self.files = files
-        self.physical_bytes = physical_bytes
-        self.chunks = chunks
-        self.open_uploads = open_uploads
-        self.open_bytes = open_bytes
-
-
 class _StoreCollector(Collector):
-    def __init__(self, figures: Callable[[], StoreFigures | None]) -> None:
+    """The store's size and open uploads, read at scrape time (the tenants'
+    usage summed: a few LMDB records, no walk of the objects)."""
+
+    def __init__(self, figures: Callable[[], cas.TenantUsage | None]) -> None:
         self._figures = figures
 
     def collect(self):
@@ -137,7 +120,7 @@ class _WorkerCollector(Collector):
 class Metrics:
     def __init__(
         self,
-        store_figures: Callable[[], StoreFigures | None] | None = None,
+        store_figures: Callable[[], cas.TenantUsage | None] | None = None,
         *,
         shared_dir: Path | None = None,
         worker: str | None = None,

@@ -104,7 +104,8 @@ async def decide(request: dict[str, Any]) -> dict[str, Any]:
     return {"state": run.export_state(), "messages": messages}
 
 
-_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+# A LogRecord's own attributes: what is not one of them is a field of the line.
+RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
 class JSONLines(logging.Formatter):
@@ -117,7 +118,7 @@ class JSONLines(logging.Formatter):
             "logger": record.name,
             "event": record.getMessage(),
         }
-        out.update((k, v) for k, v in vars(record).items() if k not in _RECORD_FIELDS)
+        out.update((k, v) for k, v in vars(record).items() if k not in RECORD_FIELDS)
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str)
