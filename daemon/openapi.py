@@ -120,8 +120,10 @@ _REQUEST_HEADERS: dict[str, tuple[str, dict[str, Any]]] = {
         {"type": "string", "maxLength": 64},
     ),
 }
-# Request headers an operation cannot do without.
+# Request headers an operation cannot do without — except where a POST
+# stands for another method: it may be a HEAD, which sends no Upload-Offset.
 _REQUIRED = {"Tus-Resumable", "Upload-Offset", "X-HTTP-Method-Override"}
+_OPTIONAL_IN = {("tus_upload_post", "Upload-Offset")}
 
 _BINARY = {"type": "string", "format": "binary"}
 _OFFSET_OCTETS = "application/offset+octet-stream"
@@ -343,10 +345,7 @@ def _complete_operation(op_id: str, operation: dict[str, Any]) -> None:
 
 
 def _parameter_name(op_id: str, header: str) -> str:
-    # Upload-Offset is required on PATCH; optional when a POST stands for another method.
-    if header in _REQUIRED and not (op_id == "tus_upload_post" and header == "Upload-Offset"):
-        return header
-    return f"{header}-optional" if header in _REQUIRED else header
+    return f"{header}-optional" if (op_id, header) in _OPTIONAL_IN else header
 
 
 def _components() -> tuple[dict[str, Any], dict[str, Any]]:
@@ -358,8 +357,8 @@ def _components() -> tuple[dict[str, Any], dict[str, Any]]:
     for name, (description, schema) in _REQUEST_HEADERS.items():
         parameter = {"in": "header", "name": name, "description": description, "schema": schema}
         parameters[name] = parameter | {"required": name in _REQUIRED}
-        if name in _REQUIRED:
-            parameters[f"{name}-optional"] = parameter | {"required": False}
+    for _, name in _OPTIONAL_IN:
+        parameters[f"{name}-optional"] = parameters[name] | {"required": False}
     return headers, parameters
 
 
