@@ -35,7 +35,7 @@ import httpx
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent / "tests"))
-from e2e_support import Daemon  # noqa: E402 - the tests' own daemon harness
+from e2e_support import Daemon, tus_patch  # noqa: E402 - the tests' own daemon harness
 
 CHUNK = 256 << 10
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -81,12 +81,7 @@ class Upload:
         )
 
     def patch_tus(self, http: httpx.Client, offset: int, piece: bytes) -> httpx.Response:
-        headers = {
-            **TUS,
-            "Upload-Offset": str(offset),
-            "Content-Type": "application/offset+octet-stream",
-        }
-        return http.patch(self.tus_path, content=piece, headers=headers)
+        return tus_patch(http, self.tus_path, offset, piece)
 
 
 @dataclass

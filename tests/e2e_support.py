@@ -403,3 +403,18 @@ class ChunkSender:
         self.start(indices)
         self.join(timeout)
         return self
+
+
+# -- tus ------------------------------------------------------------------------
+
+TUS_HEADERS = {"Tus-Resumable": "1.0.0"}
+
+
+def tus_patch(client: httpx.Client, path: str, offset: int, body: bytes) -> httpx.Response:
+    """One tus PATCH of `body` at `offset`."""
+    headers = {
+        **TUS_HEADERS,
+        "Upload-Offset": str(offset),
+        "Content-Type": "application/offset+octet-stream",
+    }
+    return client.patch(path, content=body, headers=headers)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from e2e_support import Daemon
+from e2e_support import Daemon, tus_patch
 
 pytestmark = pytest.mark.e2e
 
@@ -109,15 +109,7 @@ def test_reserve_full_disk_and_resume(small_disk: Path, tmp_path: Path):
             files={"chunk": ("c", data[:MiB], "application/octet-stream")},
         )
         assert r.status_code == 507 and r.json()["code"] == "storage_full", r.text
-        r = http.patch(
-            tus,
-            content=data[: 2 * MiB],
-            headers={
-                **TUS,
-                "Upload-Offset": "0",
-                "Content-Type": "application/offset+octet-stream",
-            },
-        )
+        r = tus_patch(http, tus, 0, data[: 2 * MiB])
         assert r.status_code == 507, r.text
         # Reads keep working, and what was stored is intact.
         r = http.get(f"/v1/files/{kept_file}/content")
@@ -138,15 +130,7 @@ def test_reserve_full_disk_and_resume(small_disk: Path, tmp_path: Path):
         r = http.get(f"/v1/files/{file_id}/content")
         assert hashlib.sha256(r.content).digest() == hashlib.sha256(data).digest()
         offset = int(http.head(tus, headers=TUS).headers["Upload-Offset"])
-        r = http.patch(
-            tus,
-            content=data[offset:],
-            headers={
-                **TUS,
-                "Upload-Offset": str(offset),
-                "Content-Type": "application/offset+octet-stream",
-            },
-        )
+        r = tus_patch(http, tus, offset, data[offset:])
         assert r.status_code == 204, r.text
         r = http.get(tus, headers=TUS)
         assert hashlib.sha256(r.content).digest() == hashlib.sha256(data).digest()

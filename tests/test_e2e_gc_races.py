@@ -22,7 +22,7 @@ from pathlib import Path
 import blake3
 import httpx
 import pytest
-from e2e_support import Daemon
+from e2e_support import Daemon, tus_patch
 
 pytestmark = [pytest.mark.e2e, pytest.mark.stress]
 
@@ -103,12 +103,7 @@ def tus_upload(http: httpx.Client, name: str, data: bytes, rng: random.Random) -
         if offset == len(data):
             return
         piece = data[offset : offset + rng.randint(1, 2 * CHUNK)]
-        headers = {
-            **TUS,
-            "Upload-Offset": str(offset),
-            "Content-Type": "application/offset+octet-stream",
-        }
-        r = http.patch(path, content=piece, headers=headers)
+        r = tus_patch(http, path, offset, piece)
         if r.status_code == 503:
             # Some of it may have been kept before an object was collected
             # under it: as a tus client does, ask where the upload is.

@@ -12,7 +12,7 @@ from pathlib import Path
 import blake3
 import httpx
 import pytest
-from e2e_support import Daemon
+from e2e_support import Daemon, tus_patch
 from prometheus_client.parser import text_string_to_metric_families
 from webhook_receiver import WebhookReceiver
 
@@ -73,11 +73,7 @@ def tus_upload(c: httpx.Client, data: bytes) -> str:
     r = c.post("/files/", headers={**TUS, "Upload-Length": str(len(data))})
     assert r.status_code == 201
     location = r.headers["Location"]
-    r = c.patch(
-        location,
-        content=data,
-        headers={**TUS, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"},
-    )
+    r = tus_patch(c, location, 0, data)
     assert r.status_code == 204, r.text
     return location.rsplit("/", 1)[1]
 

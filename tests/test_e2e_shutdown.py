@@ -21,7 +21,7 @@ from pathlib import Path
 import blake3
 import httpx
 import pytest
-from e2e_support import HOST, Daemon
+from e2e_support import HOST, Daemon, tus_patch
 
 pytestmark = pytest.mark.e2e
 
@@ -101,7 +101,7 @@ def test_sigterm_finishes_or_cuts_off_writes_in_flight_and_exits_0(tmp_path: Pat
             f"Content-Length: {len(preamble) + CHUNK + len(epilogue)}\r\n\r\n",
             preamble + data[: CHUNK // 4],
         )
-        tus_patch = open_request(
+        tus_write = open_request(
             daemon,
             f"PATCH {tus_path} HTTP/1.1\r\nHost: {HOST}\r\nTus-Resumable: 1.0.0\r\n"
             f"Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\n"
@@ -124,7 +124,7 @@ def test_sigterm_finishes_or_cuts_off_writes_in_flight_and_exits_0(tmp_path: Pat
         assert rc == 0, daemon.log_tail()
         assert elapsed < GRACE + 3, elapsed
         assert answer_status(seed_post) in (None, 503)
-        for s in (v1_put, seed_post, tus_patch):
+        for s in (v1_put, seed_post, tus_write):
             s.close()
 
         assert fsck(daemon).returncode == 0, fsck(daemon).stdout
@@ -153,15 +153,7 @@ def test_sigterm_finishes_or_cuts_off_writes_in_flight_and_exits_0(tmp_path: Pat
             # tus keeps what it had received, on a chunk boundary or not.
             offset = int(client.head(tus_path, headers=TUS).headers["Upload-Offset"])
             assert 0 <= offset <= CHUNK + CHUNK // 2
-            r = client.patch(
-                tus_path,
-                content=data[offset:],
-                headers={
-                    **TUS,
-                    "Upload-Offset": str(offset),
-                    "Content-Type": "application/offset+octet-stream",
-                },
-            )
+            r = tus_patch(client, tus_path, offset, data[offset:])
             assert r.status_code == 204, r.text
 
             want = blake3.blake3(data).hexdigest()
