@@ -12,8 +12,10 @@ Deleting a chunk object is not part of any transaction: done inside an
 operation, it would stay done when the operation (or the whole commit) is
 rolled back or the process dies before the commit, leaving a record that
 names a missing object. An operation asks for it with `Index.after_commit`
-instead; the writer runs those actions once the commit is durable, before
-it applies the next batch, so no other write comes in between.
+instead; the writer runs those actions once the commit is durable, inside a
+write transaction of their own that changes nothing: LMDB's writer lock,
+which other processes (workers, `ingestd gc`) take too, keeps any attach
+from coming between an action's re-check and its deletion.
 """
 
 from __future__ import annotations
@@ -165,10 +167,10 @@ class Index:
         return self.writer.submit(op, tuple(objects))
 
     def after_commit(self, action: Callable[[lmdb.Transaction], None]) -> None:
-        """From inside a write operation: run `action(snapshot)` once this
+        """From inside a write operation: run `action(txn)` once this
         operation's changes are committed (never, if the operation fails or
-        the commit does), on the writer thread before the next batch, with a
-        read snapshot of the committed state to re-check what it acts on."""
+        the commit does), on the writer thread, with a write transaction (not
+        committed: for re-checking, under the writer lock, what it acts on)."""
         if self.writer is None:
             raise StorageError("the index is open read-only")
         self.writer.defer(action)
@@ -301,9 +303,17 @@ class GroupCommitter:
         actions = [a for p in batch for a in p.after]
         if not actions:
             return
-        with self._env.begin() as snapshot:
+        # A failure leaves objects no record names: the orphan sweep finds them.
+        try:
+            txn = self._env.begin(write=True)
+        except lmdb.Error:
+            log.exception("no write transaction for the actions after an index commit")
+            return
+        try:
             for action in actions:
                 try:
-                    action(snapshot)
-                except Exception:  # noqa: BLE001 - a leftover object; fsck and gc find it
+                    action(txn)
+                except Exception:  # noqa: BLE001 - the writer thread must go on
                     log.exception("an action after an index commit failed")
+        finally:
+            txn.abort()  # it only held the lock: nothing to write

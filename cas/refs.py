@@ -115,8 +115,8 @@ class ChunkRefs:
         """From a write operation: delete the object after the commit, if no
         record names it then (one attached it again in the same batch)."""
 
-        def delete(snapshot: lmdb.Transaction) -> None:
-            if not self.known(snapshot, digest):
+        def delete(txn: lmdb.Transaction) -> None:
+            if not self.known(txn, digest):
                 self._chunks.delete(digest)
 
         self._index.after_commit(delete)
