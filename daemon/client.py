@@ -33,7 +33,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 from urllib.parse import quote
 
 import blake3
@@ -262,6 +262,7 @@ class UploadState:
         if directory is None:
             directory = os.environ.get("INGESTD_STATE_DIR") or _default_state_dir()
         self.directory = Path(directory)
+        self._pruned = False
 
     @staticmethod
     def key(fingerprint: dict[str, Any]) -> str:
@@ -280,7 +281,9 @@ class UploadState:
 
     def save(self, key: str, record: dict[str, Any]) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._prune()
+        if not self._pruned:
+            _prune(self.directory, "upload-*.json")
+            self._pruned = True
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".upload-", suffix=".tmp")
         try:
             with os.fdopen(fd, "w") as f:
@@ -297,14 +300,6 @@ class UploadState:
         with contextlib.suppress(FileNotFoundError):
             self.path(key).unlink()
 
-    def _prune(self) -> None:
-        # Entries of files that changed or were never uploaded again would stay forever.
-        cutoff = time.time() - STATE_MAX_AGE
-        for entry in self.directory.glob("upload-*.json"):
-            with contextlib.suppress(OSError):
-                if entry.stat().st_mtime < cutoff:
-                    entry.unlink()
-
 
 class HashCache:
     """Chunk lists of files already hashed, so that uploading an unchanged file
@@ -316,6 +311,7 @@ class HashCache:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        self._pruned = False
 
     @staticmethod
     def fingerprint(path: Path, st: os.stat_result, mode: str, params: ChunkingParams) -> str:
@@ -339,14 +335,24 @@ class HashCache:
         record = {"size": plan.size, "blake3": plan.blake3, "chunks": chunks}
         with contextlib.suppress(OSError):  # a cache: failing to write it costs only time
             self.directory.mkdir(parents=True, exist_ok=True)
-            cutoff = time.time() - STATE_MAX_AGE
-            for entry in self.directory.glob("hashes-*.json"):
-                if entry.stat().st_mtime < cutoff:
-                    entry.unlink()
+            if not self._pruned:
+                _prune(self.directory, "hashes-*.json")
+                self._pruned = True
             fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".hashes-", suffix=".tmp")
             with os.fdopen(fd, "w") as f:
                 json.dump(record, f, separators=(",", ":"))
             os.replace(tmp, self._path(key))
+
+
+def _prune(directory: Path, pattern: str) -> None:
+    """Remove entries older than STATE_MAX_AGE: those of files that changed or
+    were never uploaded again would stay forever. Once per client, not per
+    file: a directory upload would stat every entry for each of its files."""
+    cutoff = time.time() - STATE_MAX_AGE
+    for entry in directory.glob(pattern):
+        with contextlib.suppress(OSError):
+            if entry.stat().st_mtime < cutoff:
+                entry.unlink()
 
 
 def _default_state_dir() -> str:
@@ -407,6 +413,7 @@ class Client:
         self.backoff = tuple(backoff)
         self.state = UploadState(state_dir)
         self.hashes = HashCache(self.state.directory)
+        self._info: dict[str, Any] | None = None
         headers = {"User-Agent": "ingestd-client/0.1"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -496,6 +503,12 @@ class Client:
     def info(self) -> dict[str, Any]:
         """`GET /v1/info`: chunking parameters and limits."""
         return self._get_json("/v1/info")
+
+    def _server_info(self) -> dict[str, Any]:
+        """`info()`, asked once per client: every upload and dry run needs it."""
+        if self._info is None:
+            self._info = self.info()
+        return self._info
 
     def usage(self) -> dict[str, Any]:
         """`GET /v1/usage`: the tenant's bytes, files, open uploads and limits."""
@@ -737,12 +750,9 @@ class Client:
         if not stat.S_ISREG(before.st_mode):
             raise UploadError(f"{path} is not a regular file", path=path)
         try:
-            info = self.info()
+            info = self._server_info()
         except (ConnectionFailed, ProblemError) as exc:
-            error = _transient(exc, path, None)
-            if error is exc:
-                raise
-            raise error from exc
+            _raise_for_upload(exc, path, None)
         params = ChunkingParams.from_info(info)
         if before.st_size > info["max_file_size"]:
             raise UploadError(
@@ -888,13 +898,10 @@ class Client:
         if not new and plan.blake3:
             try:
                 found = self.find(name, plan.blake3, metadata)
+                job = self.job(found.job_id) if found and found.job_id else None
             except (ConnectionFailed, ProblemError) as exc:
-                error = _transient(exc, path, None)
-                if error is exc:
-                    raise
-                raise error from exc
+                _raise_for_upload(exc, path, None)
             if found is not None:
-                job = self.job(found.job_id) if found.job_id else None
                 notify("skipped", plan.size)
                 return self._result(
                     found,
@@ -953,10 +960,7 @@ class Client:
                     upload_id=upload_id,
                     code=exc.code,
                 ) from exc
-            error = _transient(exc, path, upload_id)
-            if error is exc:
-                raise
-            raise error from exc
+            _raise_for_upload(exc, path, upload_id)
 
         self.state.remove(key)  # the upload is over either way; a new run starts afresh
         if facts is None:
@@ -1343,21 +1347,21 @@ def _problem(r: httpx.Response) -> ProblemError:
     )
 
 
-def _transient(
+def _raise_for_upload(
     exc: ConnectionFailed | ProblemError, path: Path, upload_id: str | None
-) -> Exception:
-    """Turn a failure that may pass (unreachable server, 5xx, 429) into a
-    resumable UploadError; any other problem is raised as it is."""
+) -> NoReturn:
+    """Raise a failure that may pass (unreachable server, 5xx, 429) as a
+    resumable UploadError; any other problem as it is."""
     if isinstance(exc, ProblemError) and exc.status not in _RETRY_STATUS:
-        return exc
+        raise exc
     code = exc.code if isinstance(exc, ProblemError) else None
-    return UploadError(
+    raise UploadError(
         f"upload of {path} failed: {exc}",
         path=path,
         upload_id=upload_id,
         resumable=True,
         code=code,
-    )
+    ) from exc
 
 
 def _etag_hash(value: str | None) -> str | None:

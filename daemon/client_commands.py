@@ -42,14 +42,12 @@ class UsageError(Exception):
 
 def exit_code(exc: BaseException) -> int:
     """The exit status an error means (see EXIT_CODES)."""
-    from .client import ConnectionFailed, DestinationExists, ProblemError, Rejected
+    from .client import ConnectionFailed, ProblemError, Rejected
 
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, Rejected):
             return REJECTED
-        if isinstance(seen, DestinationExists):
-            return FAILED
         if isinstance(seen, ProblemError) and seen.status in (401, 403):
             return AUTH
         if isinstance(seen, ConnectionFailed):
@@ -76,21 +74,20 @@ def _print_id(value: str) -> None:
     sys.stdout.flush()
 
 
+def _quiet_httpx(args: argparse.Namespace) -> None:
+    if not args.verbose:
+        # httpx logs every request at INFO; an upload makes thousands.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
 def _client(args: argparse.Namespace, **options: Any):
     # Imported here so that `ingestd serve` does not pay for httpx and friends.
     from .client import Client
 
-    if not args.verbose:
-        # httpx logs every request at INFO; an upload makes thousands.
-        logging.getLogger("httpx").setLevel(logging.WARNING)
+    _quiet_httpx(args)
     try:
-        connection = user_config.resolve(args.url, args.token, args.cacert)
-        return Client(
-            connection.url,
-            token=connection.token or "",
-            verify=connection.cacert or True,
-            **options,
-        )
+        # Client resolves what is not given: the environment, then the login file.
+        return Client(args.url, token=args.token, verify=args.cacert or True, **options)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
@@ -192,15 +189,11 @@ def _summary_line(result) -> str:
         sent = "already uploaded, nothing sent"
     else:
         sent = (
-            f"sent {_mib(result.bytes_sent)} of {_mib(result.bytes_total)}, "
-            f"{_mib(result.bytes_on_server)} already on the server, in {result.seconds:.1f} s"
-            + (", resumed" if result.resumed else "")
+            f"sent {human_size(result.bytes_sent)} of {human_size(result.bytes_total)}, "
+            f"{human_size(result.bytes_on_server)} already on the server, "
+            f"in {result.seconds:.1f} s" + (", resumed" if result.resumed else "")
         )
     return f"{result.filename} → {result.file_id}  {result.summary}  ({sent})"
-
-
-def _mib(n: int) -> str:
-    return human_size(n)
 
 
 def _dry_run(client, items, args: argparse.Namespace, metadata) -> int:
@@ -228,23 +221,26 @@ def _dry_run(client, items, args: argparse.Namespace, metadata) -> int:
         elif not args.quiet:
             upper = "up to " if planned.action == "new" else ""
             print(
-                f"{name}: {planned.action}, would send {upper}{_mib(planned.bytes_to_send)} "
-                f"of {_mib(planned.size)} ({_mib(planned.bytes_on_server)} on the server)"
+                f"{name}: {planned.action}, would send "
+                f"{upper}{human_size(planned.bytes_to_send)} of {human_size(planned.size)} "
+                f"({human_size(planned.bytes_on_server)} on the server)"
                 + (f" → {planned.file_id}" if planned.file_id else ""),
                 file=sys.stderr,
             )
     if not (args.json or args.quiet):
         print(
-            f"dry run: {len(items)} file(s), {_mib(total)}: {_mib(on_server)} already on the "
-            f"server, at most {_mib(to_send)} to send; nothing was sent",
+            f"dry run: {len(items)} file(s), {human_size(total)}: {human_size(on_server)} "
+            f"already on the server, at most {human_size(to_send)} to send; nothing was sent",
             file=sys.stderr,
         )
     return worst(codes)
 
 
-def _columns():
-    """Progress columns in MiB and MiB/s (rich is imported only for a terminal)."""
-    from rich.progress import ProgressColumn
+def _progress(*, note: bool = False, transient: bool = False):
+    """A progress display on stderr in MiB and MiB/s, with a column for each
+    task's `note` field if asked (rich is imported only for a terminal)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
     from rich.text import Text
 
     class Amount(ProgressColumn):
@@ -260,7 +256,11 @@ def _columns():
                 return Text("")
             return Text(f"{speed / MiB:,.1f} MiB/s")
 
-    return Amount, Speed
+    columns = [TextColumn("{task.description}"), BarColumn(), Amount(), Speed()]
+    columns.append(TimeRemainingColumn())
+    if note:
+        columns.append(TextColumn("{task.fields[note]}"))
+    return Progress(*columns, console=Console(stderr=True), transient=transient)
 
 
 class UploadDisplay:
@@ -270,19 +270,7 @@ class UploadDisplay:
     verdict and what was sent."""
 
     def __init__(self, items: list[tuple[Path, str]]) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-        Amount, Speed = _columns()
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            Amount(),
-            Speed(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[note]}"),
-            console=Console(stderr=True),
-        )
+        self.progress = _progress(note=True)
         self.progress.start()
         self.task = None
         self.overall = None
@@ -502,19 +490,7 @@ def _download_display(args: argparse.Namespace):
     if args.quiet or not sys.stderr.isatty():
         yield None
         return
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    Amount, Speed = _columns()
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        Amount(),
-        Speed(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    )
+    progress = _progress(transient=True)
     task = progress.add_task(f"downloading {args.file_id}", total=None)
 
     def update(kind: str, nbytes: int) -> None:
@@ -535,8 +511,7 @@ def _download_display(args: argparse.Namespace):
 def login(args: argparse.Namespace) -> int:
     from .client import Client, IngestdError
 
-    if not args.verbose:
-        logging.getLogger("httpx").setLevel(logging.WARNING)
+    _quiet_httpx(args)
     try:
         url = user_config.normalise_url(args.url)
     except ValueError as exc:
