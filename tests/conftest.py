@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from e2e_support import Cli, Daemon
 from ingestd.cas import Index, LocalChunkStore, Store, fsck
 from ingestd.daemon.app import create_app
 from ingestd.daemon.config import load_config
@@ -76,3 +77,16 @@ def assert_consistent(data_dir: Path) -> None:
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    """The real `ingestd serve` with a data directory of the test's own."""
+    with Daemon(tmp_path / "daemon") as d:
+        yield d
+
+
+@pytest.fixture
+def cli(tmp_path) -> Cli:
+    """The `ingestd` command, with state and config directories of the test's own."""
+    return Cli(tmp_path / "state")

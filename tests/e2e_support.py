@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import hashlib
+import json
 import os
 import random
 import signal
@@ -30,6 +31,7 @@ STOP_TIMEOUT = 15.0
 KILL_TIMEOUT = 10.0
 HTTP_TIMEOUT = 30.0
 _LOG_TAIL_BYTES = 4000
+CLI_TIMEOUT = 120.0
 # Variables that would change the daemon's configuration behind the test's back.
 _SEED_ENV = ("UPLOADS_DIR", "COMPLETED_DIR", "CHUNK_SIZE")
 
@@ -98,6 +100,58 @@ def child_pids(parent: int) -> list[int]:
         if ppid == parent:
             pids.append(int(entry))
     return sorted(pids)
+
+
+def cli_command() -> list[str]:
+    script = Path(sys.executable).with_name("ingestd")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "ingestd.daemon.cli"]
+
+
+class Cli:
+    """Runs `ingestd …` subprocesses with their own state and config directories."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("INGESTD_")}
+        self.env["INGESTD_STATE_DIR"] = str(state_dir)
+        # A config dir and home of the test's own (beside the state dir): no
+        # `ingestd login` of the person running the tests.
+        self.env["XDG_CONFIG_HOME"] = str(state_dir.parent / "config")
+        self.env["HOME"] = str(state_dir.parent / "home")
+        self.env.pop("COLUMNS", None)  # output for scripts must not depend on it
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [*cli_command(), *args],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def run(self, *args: str, expect: int = 0) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [*cli_command(), *args],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=CLI_TIMEOUT,
+        )
+        assert done.returncode == expect, (
+            f"ingestd {' '.join(args)} exited {done.returncode}, expected {expect}\n"
+            f"stdout: {done.stdout[-2000:]}\nstderr: {done.stderr[-2000:]}"
+        )
+        return done
+
+    def upload(self, url: str, *args: str) -> dict:
+        out = self.run("upload", *args, "--url", url, "--json").stdout.splitlines()
+        assert len(out) == 1, out
+        return json.loads(out[0])
+
+    def state_files(self) -> list[Path]:
+        return sorted(self.state_dir.glob("upload-*.json"))
 
 
 class Daemon:

@@ -94,3 +94,16 @@ def test_connection_errors(tmp_path: Path):
     with pytest.raises(ConnectionFailed):
         client._request("POST", "/v1/uploads", retry="connect")
     assert len(seen) == 1
+
+
+def test_server_info_is_asked_once_per_client(tmp_path: Path):
+    # Every upload and dry run needs the chunking parameters; a directory of
+    # files must not ask for them once per file.
+    client, seen = client_with(tmp_path, [httpx.Response(200, json=INFO)])
+    assert client._server_info() == client._server_info() == INFO
+    assert [r.url.path for r in seen] == ["/v1/info"]
+    # A failure is not remembered: the next call asks again.
+    client, seen = client_with(tmp_path, [problem(400, "bad"), httpx.Response(200, json=INFO)])
+    with pytest.raises(ProblemError):
+        client._server_info()
+    assert client._server_info() == INFO and len(seen) == 2

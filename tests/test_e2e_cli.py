@@ -11,7 +11,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,7 +18,15 @@ from pathlib import Path
 import blake3
 import httpx
 import pytest
-from e2e_support import HOST, Daemon, sha256_file, write_random_file
+from e2e_support import (  # noqa: F401 - Cli, cli_command, CLI_TIMEOUT: others import them here
+    CLI_TIMEOUT,
+    HOST,
+    Cli,
+    Daemon,
+    cli_command,
+    sha256_file,
+    write_random_file,
+)
 from test_chunking import insert_lines, jsonl_bytes
 
 pytestmark = pytest.mark.e2e
@@ -27,56 +34,7 @@ pytestmark = pytest.mark.e2e
 KiB = 1 << 10
 MiB = 1 << 20
 FILE_SIZE = 32 * MiB
-CLI_TIMEOUT = 120.0
 WAIT_TIMEOUT = 60.0
-
-
-def cli_command() -> list[str]:
-    script = Path(sys.executable).with_name("ingestd")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "ingestd.daemon.cli"]
-
-
-class Cli:
-    """Runs `ingestd …` subprocesses with their own state directory."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self.state_dir = state_dir
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("INGESTD_")}
-        self.env["INGESTD_STATE_DIR"] = str(state_dir)
-        self.env["COLUMNS"] = "200"  # keep rich's table from truncating ids
-
-    def popen(self, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [*cli_command(), *args],
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-
-    def run(self, *args: str, expect: int = 0) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            [*cli_command(), *args],
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=CLI_TIMEOUT,
-        )
-        assert done.returncode == expect, (
-            f"ingestd {' '.join(args)} exited {done.returncode}, expected {expect}\n"
-            f"stdout: {done.stdout[-2000:]}\nstderr: {done.stderr[-2000:]}"
-        )
-        return done
-
-    def upload(self, url: str, *args: str) -> dict:
-        out = self.run("upload", *args, "--url", url, "--json").stdout.splitlines()
-        assert len(out) == 1, out
-        return json.loads(out[0])
-
-    def state_files(self) -> list[Path]:
-        return sorted(self.state_dir.glob("upload-*.json"))
 
 
 class ThrottledProxy:
@@ -161,17 +119,6 @@ class ThrottledProxy:
                 s.close()
         for thread in self._threads:
             thread.join(timeout=5)
-
-
-@pytest.fixture
-def daemon(tmp_path: Path):
-    with Daemon(tmp_path / "daemon") as d:
-        yield d
-
-
-@pytest.fixture
-def cli(tmp_path: Path) -> Cli:
-    return Cli(tmp_path / "state")
 
 
 def server_info(daemon: Daemon) -> dict:

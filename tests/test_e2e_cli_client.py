@@ -20,8 +20,8 @@ from pathlib import Path
 import blake3
 import httpx
 import pytest
-from e2e_support import HOST, Daemon, free_port, write_random_file
-from test_e2e_cli import CLI_TIMEOUT, Cli, ThrottledProxy, cli_command, file_blake3
+from e2e_support import CLI_TIMEOUT, HOST, Cli, Daemon, cli_command, free_port, write_random_file
+from test_e2e_cli import ThrottledProxy, file_blake3
 
 pytestmark = pytest.mark.e2e
 
@@ -33,22 +33,6 @@ GOOD_JSONL = b"".join(
     b'{"text": "write to user%d@example.com", "n": %d, "ok": true}\n' % (i, i) for i in range(1000)
 )
 BAD_JSONL = b'{"a": 1}\n{"a": 2}\n{"a": \n'  # line 3 is not JSON: the datasets plugin rejects it
-
-
-@pytest.fixture
-def daemon(tmp_path: Path):
-    with Daemon(tmp_path / "daemon") as d:
-        yield d
-
-
-@pytest.fixture
-def cli(tmp_path: Path) -> Cli:
-    cli = Cli(tmp_path / "state")
-    # A config dir of the test's own: no login of the person running the tests.
-    cli.env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
-    cli.env["HOME"] = str(tmp_path / "home")
-    cli.env.pop("COLUMNS", None)  # output for scripts must not depend on it
-    return cli
 
 
 def lines(text: str) -> list[dict]:
@@ -301,6 +285,7 @@ def test_download_never_overwrites_respects_the_umask_and_reports_a_missing_dire
     assert done.returncode == 1, done
     assert "exists" in done.stderr and "--force" in done.stderr
     assert stat.S_IMODE(source.stat().st_mode) == 0o644 and file_blake3(source) == digest
+    assert sorted(p.name for p in work.iterdir()) == ["model.bin"]  # no part file either
 
     other = tmp_path / "other.bin"
     other.write_bytes(b"keep me")
@@ -390,9 +375,7 @@ def test_login_then_upload_without_flags_and_the_environment(
     env = {"INGESTD_AUTH_REQUIRED": "true"}
     with Daemon(tmp_path / "d", extra_env=env) as daemon:
         cli = Cli(tmp_path / "state")
-        config_home = tmp_path / "config"
-        cli.env["XDG_CONFIG_HOME"] = str(config_home)
-        cli.env["HOME"] = str(tmp_path / "home")
+        config_home = Path(cli.env["XDG_CONFIG_HOME"])  # the test's own
         made = cli.run("token", "create", "--data-dir", str(daemon.data_dir), "--tenant", "alice")
         token = made.stdout.strip()
         source = tmp_path / "train.jsonl"
