@@ -36,6 +36,8 @@ def normalise_url(url: str) -> str:
 
 @dataclass(frozen=True)
 class Login:
+    """A daemon's URL, and the token and CA certificate to use with it."""
+
     url: str
     token: str | None = None
     cacert: str | None = None
@@ -100,19 +102,12 @@ def remove_login(path: Path | None = None) -> bool:
     return True
 
 
-@dataclass(frozen=True)
-class Connection:
-    url: str
-    token: str | None
-    cacert: str | None
-
-
 def resolve(
     url: str | None = None,
     token: str | None = None,
     cacert: str | None = None,
     environ: Mapping[str, str] = os.environ,
-) -> Connection:
+) -> Login:
     """The URL, token and CA certificate to use: arguments, else the
     environment, else the login file (its token only for its own URL)."""
     login = load_login()
@@ -123,4 +118,4 @@ def resolve(
         token = environ.get("INGESTD_TOKEN") or (login.token if same_daemon else None)
     if cacert is None:
         cacert = environ.get("INGESTD_CACERT") or (login.cacert if same_daemon else None)
-    return Connection(chosen, token or None, cacert or None)
+    return Login(chosen, token or None, cacert or None)
