@@ -128,8 +128,8 @@ def upload(args: argparse.Namespace) -> int:
             display = UploadDisplay(items)
         try:
             for path, name in items:
-                progress = display.track(path, name) if display else None
                 try:
+                    progress = display.track(path, name) if display else None
                     result = client.upload(
                         path,
                         metadata=metadata,
@@ -275,9 +275,11 @@ class UploadDisplay:
         self.task = None
         self.overall = None
         self.files_done = 0
+        self.size = self.counted = 0  # of the file being tracked
         self.count = len(items)
         if len(items) > 1:
-            sizes = sum(p.stat().st_size for p, _ in items)
+            # A file that vanished since is reported when its turn comes.
+            sizes = sum(_size_or_0(p) for p, _ in items)
             self.overall = self.progress.add_task(
                 f"total (0/{self.count} files)", total=sizes, note=""
             )
@@ -351,6 +353,13 @@ class UploadDisplay:
 
     def close(self) -> None:
         self.progress.stop()
+
+
+def _size_or_0(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 # -- status, ls, rm ----------------------------------------------------------
