@@ -8,8 +8,9 @@ import logging
 import os
 import sys
 
-from . import client_commands, datadir_commands
-from .config import ConfigError, load_config
+from .client import _commands as client_commands
+from .core.config import ConfigError, load_config
+from .serve import datadir_commands
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -23,21 +24,21 @@ def _serve(args: argparse.Namespace) -> int:
                 ("server", "workers"): args.workers,
             },
         )
-        from . import logs
+        from .core import logs
 
         logs.setup(args.log_format or config.logging.format, verbose=args.verbose)
-        from .app import load_plugins
+        from .http.app import load_plugins
 
         plugins = load_plugins(config)
     except ConfigError as exc:
         print(f"ingestd: {exc}", file=sys.stderr)
         return 2
-    from .server import run
+    from .serve.server import run
 
     if args.listen_fd is not None:  # a worker of a master, which holds the directory
         run(config, plugins, listen_fd=args.listen_fd, worker=f"w{args.worker_slot}")
         return 0
-    from . import instance
+    from .serve import instance
 
     try:
         held = instance.claim(config.data_dir)
@@ -46,7 +47,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"ingestd: {exc}", file=sys.stderr)
         return 1
     with held, sock:
-        from . import startup
+        from .serve import startup
 
         names = plugins.names()
         # Said once the socket is bound: a client may connect from now on.
@@ -54,7 +55,7 @@ def _serve(args: argparse.Namespace) -> int:
         for warning in startup.warnings(config, names):
             logging.getLogger("ingestd").warning("%s", warning)
         if config.server.workers > 1:
-            from .master import Master
+            from .serve.master import Master
 
             return Master(config, _worker_argv(args)).run(sock)
         # hypercorn closes the socket it serves: give it a descriptor of its own.

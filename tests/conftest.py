@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 from e2e_support import Cli, Daemon
 from ingestd.cas import Index, LocalChunkStore, Store, fsck
-from ingestd.daemon.app import create_app
-from ingestd.daemon.config import load_config
+from ingestd.daemon.core.config import load_config
+from ingestd.daemon.http.app import create_app
 
 
 class Clock:

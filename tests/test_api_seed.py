@@ -158,7 +158,7 @@ async def test_malformed_multipart_and_wrong_content_type(client):
 
 
 async def test_chunk_larger_than_limit_is_413(make_config):
-    from ingestd.daemon.app import create_app
+    from ingestd.daemon.http.app import create_app
 
     config = make_config(INGESTD_STORAGE_CHUNK_SIZE="1024", INGESTD_LIMITS_MAX_CHUNK_SIZE="2048")
     async with create_app(config).test_app() as app:

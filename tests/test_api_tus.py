@@ -15,8 +15,8 @@ import os
 import blake3
 import pytest
 import trio
-from ingestd.daemon import ingest
-from ingestd.daemon.app import create_app, load_plugins
+from ingestd.daemon.core import ingest
+from ingestd.daemon.http.app import create_app, load_plugins
 from ingestd.plugins import Refusal, hookimpl
 
 pytestmark = pytest.mark.api

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import blake3
 import pytest
-from ingestd.daemon.app import create_app
+from ingestd.daemon.http.app import create_app
 from test_auth import Secured
 
 pytestmark = pytest.mark.api

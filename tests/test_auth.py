@@ -10,8 +10,8 @@ import hashlib
 import os
 
 import pytest
-from ingestd.daemon.app import create_app
-from ingestd.daemon.auth import create_token
+from ingestd.daemon.http.app import create_app
+from ingestd.daemon.http.auth import create_token
 
 pytestmark = pytest.mark.api
 
@@ -360,7 +360,7 @@ async def test_a_deferred_tus_length_counts_against_the_quota(make_config):
 
 async def test_per_tenant_quota_overrides(tmp_path, make_config):
     config = make_config(INGESTD_AUTH_REQUIRED="true", INGESTD_QUOTAS_MAX_BYTES="1000")
-    from ingestd.daemon.config import TenantQuota
+    from ingestd.daemon.core.config import TenantQuota
 
     config.quotas.tenants["big"] = TenantQuota(max_bytes=10_000)
     app = create_app(config)
@@ -409,7 +409,7 @@ def test_the_client_reads_retry_after_in_seconds_or_as_a_date():
     import time
 
     import httpx
-    from ingestd.daemon.client import MAX_RETRY_AFTER, retry_after
+    from ingestd.daemon.client._client import MAX_RETRY_AFTER, retry_after
 
     def answer(value: str | None) -> httpx.Response:
         return httpx.Response(429, headers={} if value is None else {"Retry-After": value})

@@ -15,7 +15,7 @@ import trio
 from ingestd import cas
 from ingestd.cas import TRANSITIONS, JobState, SessionNotOpen, SessionState
 from ingestd.cas.records import ChunkRecord
-from ingestd.daemon.app import create_app, load_plugins
+from ingestd.daemon.http.app import create_app, load_plugins
 from ingestd.plugins import hookimpl
 from werkzeug.datastructures import FileStorage
 

@@ -1,5 +1,5 @@
 import pytest
-from ingestd.daemon.config import ConfigError, load_config, parse_size
+from ingestd.daemon.core.config import ConfigError, load_config, parse_size
 
 pytestmark = pytest.mark.unit
 

@@ -1,4 +1,4 @@
-"""The upload core (daemon/ingest.py) on its own: both kinds of body target.
+"""The upload core (daemon/core/ingest.py) on its own: both kinds of body target.
 
 A chunk (seed, /v1) and a stream (tus), each: an idempotent resend, a body
 cut off midway, a checksum or hash mismatch, a body longer than declared;
@@ -16,8 +16,8 @@ import blake3
 import pytest
 import trio
 from ingestd import cas
-from ingestd.daemon import tus
-from ingestd.daemon.ingest import NewUpload, StreamSpec, UploadLocked
+from ingestd.daemon.core.ingest import NewUpload, StreamSpec, UploadLocked
+from ingestd.daemon.http import tus_protocol as tus
 
 pytestmark = pytest.mark.api
 

@@ -9,7 +9,7 @@ import logging
 import pytest
 import structlog
 import trio
-from ingestd.daemon import logs
+from ingestd.daemon.core import logs
 
 
 @pytest.fixture
@@ -116,7 +116,7 @@ async def test_notes_from_child_tasks_reach_the_request():
 
 
 def test_the_format_is_a_config_key():
-    from ingestd.daemon.config import ConfigError, load_config
+    from ingestd.daemon.core.config import ConfigError, load_config
 
     assert load_config(environ={}).logging.format == "auto"
     assert load_config(environ={"INGESTD_LOGGING_FORMAT": "json"}).logging.format == "json"
@@ -125,7 +125,7 @@ def test_the_format_is_a_config_key():
 
 
 def test_the_plugin_workers_records_are_relayed_with_their_fields(restore_logging):
-    from ingestd.daemon.jobs import relay_child_log
+    from ingestd.daemon.core.jobs import relay_child_log
     from ingestd.plugins.worker import JSONLines
 
     record = logging.makeLogRecord(
@@ -156,7 +156,7 @@ def test_the_plugin_workers_records_are_relayed_with_their_fields(restore_loggin
 
 
 async def test_request_log_wraps_any_asgi_app(restore_logging):
-    from ingestd.daemon.metrics import Metrics
+    from ingestd.daemon.core.metrics import Metrics
 
     async def app(scope, receive, send):
         body = b""

@@ -6,8 +6,8 @@ import hashlib
 import os
 
 import pytest
-from ingestd.daemon.errors import ApiError
-from ingestd.daemon.multipart import MAX_PARTS, FormStream
+from ingestd.daemon.http.errors import ApiError
+from ingestd.daemon.http.multipart import MAX_PARTS, FormStream
 
 pytestmark = pytest.mark.unit
 

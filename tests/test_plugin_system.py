@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import trio
-from ingestd.daemon.app import create_app, load_plugins
-from ingestd.daemon.config import ConfigError
+from ingestd.daemon.core.config import ConfigError
+from ingestd.daemon.http.app import create_app, load_plugins
 from ingestd.plugins import (
     Detection,
     PluginConfigError,

@@ -16,8 +16,8 @@ import os
 
 import blake3
 import pytest
-from ingestd.daemon.app import create_app
-from ingestd.daemon.auth import create_token
+from ingestd.daemon.http.app import create_app
+from ingestd.daemon.http.auth import create_token
 from quart.datastructures import FileStorage
 
 pytestmark = pytest.mark.api

@@ -1,4 +1,4 @@
-"""The tus protocol rules (daemon/tus.py) without HTTP: header values in, decisions out."""
+"""The tus protocol rules (daemon/http/tus_protocol.py) without HTTP: header values in, decisions out."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import email.utils
 import hashlib
 
 import pytest
-from ingestd.daemon import tus
-from ingestd.daemon.errors import ApiError
-from ingestd.daemon.tus import UploadView
+from ingestd.daemon.http import tus_protocol as tus
+from ingestd.daemon.http.errors import ApiError
+from ingestd.daemon.http.tus_protocol import UploadView
 
 pytestmark = pytest.mark.unit
 

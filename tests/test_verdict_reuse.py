@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import trio
-from ingestd.daemon.app import create_app, load_plugins
+from ingestd.daemon.http.app import create_app, load_plugins
 from ingestd.plugins import Verdict, hookimpl
 
 pytestmark = pytest.mark.api

@@ -1,4 +1,4 @@
-"""The web page's chunker (daemon/web/chunker.js, in node) cuts and hashes
+"""The web page's chunker (daemon/http/web/chunker.js, in node) cuts and hashes
 exactly as `ingestd upload` does (pyfastcdc + blake3), on files chosen to hit
 the bounds' edge cases, so that dedup works between the browser and the CLI.
 """
@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from ingestd.daemon.chunking import ChunkingParams, chunk_file
+from ingestd.daemon.client._chunking import ChunkingParams, chunk_file
 
 pytestmark = pytest.mark.unit
 

@@ -6,10 +6,10 @@
 
 import fs from "node:fs";
 import { createRequire } from "node:module";
-import { chunks, FastCDC } from "../../daemon/web/chunker.js";
+import { chunks, FastCDC } from "../../daemon/http/web/chunker.js";
 
 const require = createRequire(import.meta.url);
-const { createBLAKE3 } = require("../../daemon/web/vendor/hash-wasm/blake3.umd.min.js");
+const { createBLAKE3 } = require("../../daemon/http/web/vendor/hash-wasm/blake3.umd.min.js");
 
 const [min, avg, max, ...files] = process.argv.slice(2);
 const cdc = new FastCDC({ min: Number(min), avg: Number(avg), max: Number(max) });

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 from ingestd import cas
 
-from .config import Config
+from ..core.config import Config
 
 log = logging.getLogger("ingestd")
 

@@ -48,10 +48,10 @@ def _structs(module_names: list[str]) -> list[type[msgspec.Struct]]:
 
 # Operation id prefix and tag of each API module.
 _APIS = {
-    "ingestd.daemon.seed_api": ("seed", "seed API"),
-    "ingestd.daemon.v1_api": ("v1", "v1"),
-    "ingestd.daemon.tus_api": ("tus", "tus"),
-    "ingestd.daemon.app": ("ops", "operations"),
+    "ingestd.daemon.http.seed_api": ("seed", "seed API"),
+    "ingestd.daemon.http.v1_api": ("v1", "v1"),
+    "ingestd.daemon.http.tus_api": ("tus", "tus"),
+    "ingestd.daemon.http.app": ("ops", "operations"),
 }
 TAGS = [
     {"name": "v1", "description": "The native, deduplicating API (docs/api-v1.md)."},
@@ -377,10 +377,10 @@ def _share_problem(operation: dict[str, Any]) -> None:
 class CompleteOpenAPIProvider(OpenAPIProvider):
     # The modules whose structs appear in requests and answers.
     MODULES = [
-        "ingestd.daemon.v1_api",
-        "ingestd.daemon.seed_api",
-        "ingestd.daemon.problems",
-        "ingestd.daemon.app",
+        "ingestd.daemon.http.v1_api",
+        "ingestd.daemon.http.seed_api",
+        "ingestd.daemon.http.problems",
+        "ingestd.daemon.http.app",
     ]
 
     def generate_methods(self, rule: Rule) -> Iterable[str]:

@@ -16,8 +16,9 @@ from pathlib import Path
 import msgspec
 from ingestd import cas
 
-from .auth import SCOPES, check_tenant_name, create_token, parse_duration
-from .config import ConfigError, load_config
+from ..client._output import human_size, print_table
+from ..core.config import ConfigError, load_config
+from ..http.auth import SCOPES, check_tenant_name, create_token, parse_duration
 from .instance import DataDirBusy, claim
 
 
@@ -310,22 +311,6 @@ def _usage_dict(usage: cas.TenantUsage) -> dict[str, int]:
         "open_uploads": usage.open_uploads,
         "open_bytes": usage.open_bytes,
     }
-
-
-def human_size(n: float) -> str:
-    """Bytes in binary units, one decimal: 2.9 MiB."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{int(n)} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
-def print_table(rows: list[tuple[str, ...]]) -> None:
-    """Rows (the first one the header) in left-aligned columns, whole, unwrapped."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
 def _datadir_options(parser: argparse.ArgumentParser) -> None:

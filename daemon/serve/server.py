@@ -15,8 +15,8 @@ from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.trio import tcp_server
 from ingestd.plugins import Plugins
 
-from .app import create_app
-from .config import Config
+from ..core.config import Config
+from ..http.app import create_app
 
 log = logging.getLogger("ingestd")
 

@@ -32,9 +32,9 @@ import trio
 from ingestd import cas
 from ingestd.plugins import PolicyUnavailable, UploadRequest, run_policy
 
+from ..http.errors import ApiError
+from ..http.fields import clean_filename
 from . import logs
-from .errors import ApiError
-from .fields import clean_filename
 from .runtime import Runtime
 
 # The most JSON a client may store as an upload's metadata.

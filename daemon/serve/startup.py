@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ingestd import cas
 
-from .config import Config
+from ..core.config import Config
 
 VERSION = "0.1.0"
 

@@ -41,9 +41,9 @@ import httpx
 import msgspec
 import tenacity
 
-from . import user_config
-from .chunking import MODES, Chunk, ChunkedFile, ChunkingParams, FileChangedError, chunk_file
-from .client_models import (
+from . import _login as user_config
+from ._chunking import MODES, Chunk, ChunkedFile, ChunkingParams, FileChangedError, chunk_file
+from ._models import (
     FileInfo,
     JobInfo,
     Planned,

@@ -15,19 +15,20 @@ from quart import Response, g, request
 from quart_schema import Info, QuartSchema
 from quart_trio import QuartTrio
 
-from . import logs, problems, seed_api, tus_api, v1_api, webpage
+from ..core import logs
+from ..core.config import Config, ConfigError, is_loopback
+from ..core.ingest import Ingest
+from ..core.jobs import JobRunner
+from ..core.leader import become_leader
+from ..core.metrics import CONTENT_TYPE_LATEST, Metrics, use_shared_files
+from ..core.outbox import OutboxService
+from ..core.runtime import Runtime, runtime
+from . import problems, seed_api, tus_api, v1_api, webpage
 from .auth import TENANT_HEADER, Authenticator, RateLimiter, acting_as
-from .clients import PerClientLimit
-from .config import Config, ConfigError, is_loopback
+from .client_limit import PerClientLimit
 from .errors import ApiError
-from .ingest import Ingest
-from .jobs import JobRunner
 from .jsonbody import StrictJSONRequest
-from .leader import become_leader
-from .metrics import CONTENT_TYPE_LATEST, Metrics, use_shared_files
 from .openapi import CompleteOpenAPIProvider
-from .outbox import OutboxService
-from .runtime import Runtime, runtime
 
 log = logging.getLogger("ingestd")
 

@@ -16,14 +16,14 @@ from ingestd import cas
 from quart import Blueprint, request
 from quart_schema import DataSource, document_request, document_response, validate_request
 
+from ..core.ingest import NewUpload
+from ..core.runtime import runtime
 from .auth import caller
 from .errors import ApiError
 from .fields import parse_count
 from .filetypes import file_type
-from .ingest import NewUpload
 from .multipart import FormStream
 from .problems import Problem
-from .runtime import runtime
 from .shapes import Sha256Hex
 
 bp = Blueprint("seed", __name__, url_prefix="/api/upload")

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import user_config
-from .datadir_commands import human_size, print_table
+from . import _login as user_config
+from ._output import human_size, print_table
 
 MiB = 1 << 20
 
@@ -42,7 +42,7 @@ class UsageError(Exception):
 
 def exit_code(exc: BaseException) -> int:
     """The exit status an error means (see EXIT_CODES)."""
-    from .client import ConnectionFailed, ProblemError, Rejected
+    from ._client import ConnectionFailed, ProblemError, Rejected
 
     seen: BaseException | None = exc
     while seen is not None:
@@ -82,7 +82,7 @@ def _quiet_httpx(args: argparse.Namespace) -> None:
 
 def _client(args: argparse.Namespace, **options: Any):
     # Imported here so that `ingestd serve` does not pay for httpx and friends.
-    from .client import Client
+    from ._client import Client
 
     _quiet_httpx(args)
     try:
@@ -108,8 +108,8 @@ def _metadata(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def upload(args: argparse.Namespace) -> int:
-    from .chunking import ChunkingError
-    from .client import IngestdError, UploadError, collect
+    from ._chunking import ChunkingError
+    from ._client import IngestdError, UploadError, collect
 
     try:
         items = collect(args.paths, args.include or (), args.exclude or ())
@@ -197,8 +197,8 @@ def _summary_line(result) -> str:
 
 
 def _dry_run(client, items, args: argparse.Namespace, metadata) -> int:
-    from .chunking import ChunkingError
-    from .client import IngestdError
+    from ._chunking import ChunkingError
+    from ._client import IngestdError
 
     total = on_server = to_send = 0
     codes = []
@@ -366,7 +366,7 @@ def _size_or_0(path: Path) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
-    from .client import IngestdError
+    from ._client import IngestdError
 
     with _client(args) as client:
         try:
@@ -428,8 +428,8 @@ def _ranges(indices: list[int]) -> str:
 def ls(args: argparse.Namespace) -> int:
     import msgspec
 
-    from .client import IngestdError
-    from .client_models import verdict_in_words
+    from ._client import IngestdError
+    from ._models import verdict_in_words
 
     with _client(args) as client:
         try:
@@ -453,7 +453,7 @@ def ls(args: argparse.Namespace) -> int:
 
 
 def rm(args: argparse.Namespace) -> int:
-    from .client import IngestdError
+    from ._client import IngestdError
 
     codes = []
     with _client(args) as client:
@@ -473,7 +473,7 @@ def rm(args: argparse.Namespace) -> int:
 
 
 def download(args: argparse.Namespace) -> int:
-    from .client import IngestdError
+    from ._client import IngestdError
 
     with _client(args) as client:
         try:
@@ -518,7 +518,7 @@ def _download_display(args: argparse.Namespace):
 
 
 def login(args: argparse.Namespace) -> int:
-    from .client import Client, IngestdError
+    from ._client import Client, IngestdError
 
     _quiet_httpx(args)
     try:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from ingestd import cas
 
-from .config import Config, is_loopback
+from ..core.config import Config, is_loopback
 from .errors import ApiError
 
 SCOPES = ("read", "write", "admin")

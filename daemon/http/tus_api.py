@@ -25,16 +25,16 @@ from ingestd import cas
 from quart import Blueprint, Response, request
 from quart_trio import QuartTrio
 
-from . import ingest
-from . import tus as core
+from ..core import ingest
+from ..core.config import Config
+from ..core.ingest import NewUpload, StreamSpec, UploadLocked
+from ..core.runtime import Runtime, runtime
+from . import tus_protocol as core
 from .auth import caller
 from .bodies import StreamingBody, stream_bodies_under
-from .config import Config
 from .downloads import content_disposition, serve_content
 from .errors import ApiError
-from .ingest import NewUpload, StreamSpec, UploadLocked
 from .problems import api_error_response, client_status
-from .runtime import Runtime, runtime
 
 bp = Blueprint("tus", __name__)
 

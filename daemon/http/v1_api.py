@@ -25,13 +25,13 @@ from quart_schema import (
     validate_request,
 )
 
+from ..core.ingest import NewUpload
+from ..core.runtime import Runtime, runtime
 from .auth import caller, create_token
 from .downloads import content_disposition, serve_content
 from .errors import ApiError
 from .fields import parse_count
-from .ingest import NewUpload
 from .problems import Problem
-from .runtime import Runtime, runtime
 from .shapes import HashHex, Sha256Hex
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ingestd import cas
 
-from .config import Config
+from ..core.config import Config
 
 LOCK_NAME = "daemon"
 
