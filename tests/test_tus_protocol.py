@@ -1,4 +1,4 @@
-"""The tus protocol rules (daemon/http/tus_protocol.py) without HTTP: header values in, decisions out."""
+"""The tus protocol rules (daemon/http/tus_protocol.py) without HTTP: headers in, decisions out."""
 
 from __future__ import annotations
 
