@@ -49,6 +49,7 @@ from .errors import (
 )
 from .files import Files
 from .index import Index
+from .intake import ChunkIntake
 from .localstore import LocalChunkStore, clear_temp
 from .locks import HeldLock, LockDir
 from .materialize import UNREADABLE_CHARS, safe_filename
@@ -112,6 +113,7 @@ __all__ = [
     "ChunkConflict",
     "ChunkHandle",
     "ChunkHashMismatch",
+    "ChunkIntake",
     "ChunkOutOfRange",
     "ChunkStore",
     "ChunkWriter",

@@ -3,8 +3,9 @@
 `Store` owns a chunk store (objects), the LMDB index and, over them, the
 sessions with their transition table (`sessions`), the parts ledger
 (`parts`), chunk references (`refs`), files (`files`), completion
-(`completer`), garbage collection (`gc`) and the durable queues (`jobs`,
-`outbox`, used directly). Its methods are the operations on uploads and
+(`completer`), garbage collection (`gc`), the durable queues (`jobs`,
+`outbox`, used directly) and byte-stream uploads (`streams`). A chunk comes
+in through `receive_chunk` (`intake`). Its methods are the operations on uploads and
 files a caller needs, each one durable when it returns. Synchronous and
 thread-safe; an async server calls it from worker threads.
 """
@@ -22,7 +23,6 @@ import lmdb
 from .chunkstore import ChunkStore, PutResult, is_hash
 from .completion import Completer, Completion
 from .errors import (
-    ChunkHashMismatch,
     ChunkOutOfRange,
     DamagedFile,
     InvalidLayout,
@@ -30,11 +30,11 @@ from .errors import (
     StorageError,
     TooLarge,
     UnknownFile,
-    WrongChunkSize,
 )
 from .files import Files
 from .gc import GarbageCollector
 from .index import DEFAULT_MAP_SIZE, Index
+from .intake import ChunkIntake
 from .localstore import LocalChunkStore
 from .locks import LockDir
 from .materialize import remove_copy
@@ -51,6 +51,7 @@ from .records import (
 )
 from .refs import ChunkRefs
 from .sessions import Sessions
+from .streams import StreamStore
 from .tenants import QuotaFor, TenantLedger, no_quota
 from .tokens import Tokens
 
@@ -86,6 +87,7 @@ class Store:
         worker: str | None = None,
         dedup_scope: str = "tenant",
         quota_for: QuotaFor = no_quota,
+        max_stream_size: int | None = None,
     ) -> None:
         """`process_files`: completed files wait in `processing` for `conclude`
         (the daemon's plugins decide); otherwise they are accepted at once.
@@ -145,6 +147,8 @@ class Store:
             end_session=self.end_session,
             clock=clock,
         )
+        # Byte-stream uploads (tus) over the same sessions, parts and chunks.
+        self.streams = StreamStore(self, max_size=max_stream_size)
 
     def _now(self) -> float:
         return self.clock()
@@ -276,6 +280,27 @@ class Store:
             return None, session.chunk_size
         return None, session.size - session.chunk_size * (session.total_chunks - 1)
 
+    def receive_chunk(
+        self,
+        session_id: str,
+        index: int,
+        tenant: str = DEFAULT_TENANT,
+        *,
+        claimed_hash: str | None = None,
+    ) -> ChunkIntake:
+        """Chunk `index` of a session, ready for its bytes (see `ChunkIntake`):
+        `write` them, then `finish` to store and attach it, durably; its
+        answer is a `ChunkAck`. Refuses at once a chunk that cannot fit."""
+        declared, length = self.expected_chunk(session_id, index, tenant)
+        return ChunkIntake(
+            self.chunks,
+            index,
+            declared,
+            length,
+            lambda put: self._attach_chunk(session_id, index, put, tenant),
+            claimed_hash=claimed_hash,
+        )
+
     def put_chunk(
         self,
         session_id: str,
@@ -284,35 +309,20 @@ class Store:
         tenant: str = DEFAULT_TENANT,
     ) -> ChunkAck:
         """Store `data` as chunk `index`: checked, written, attached, durable."""
-        declared, length = self.expected_chunk(session_id, index, tenant)
-        if len(data) != length:
-            raise WrongChunkSize(
-                f"chunk {index} must be {length} bytes, got {len(data)}",
-                expected=length,
-                actual=len(data),
-            )
-        return self.attach_chunk(session_id, index, self.chunks.put(data, declared), tenant)
+        intake = self.receive_chunk(session_id, index, tenant)
+        try:
+            return intake.finish([data])
+        finally:
+            intake.abort()
 
-    def attach_chunk(
-        self, session_id: str, index: int, put: PutResult, tenant: str = DEFAULT_TENANT
-    ) -> ChunkAck:
-        """Record a committed object as chunk `index` of a session, durably."""
+    def _attach_chunk(self, session_id: str, index: int, put: PutResult, tenant: str) -> ChunkAck:
+        """Record a committed object as chunk `index`, durably. Its length and
+        hash were checked on the way in (`ChunkIntake`); the write transaction
+        checks again what may have changed since: the session's state."""
 
         def op(txn: lmdb.Transaction) -> ChunkAck:
             session = self.sessions.get(txn, session_id, tenant)
-            declared, length = self._expected(txn, session, index)
-            if put.size != length:
-                raise WrongChunkSize(
-                    f"chunk {index} must be {length} bytes, got {put.size}",
-                    expected=length,
-                    actual=put.size,
-                )
-            if declared is not None and declared != put.hash:
-                raise ChunkHashMismatch(
-                    f"chunk {index} hashes to {put.hash}, not the declared {declared}",
-                    expected=declared,
-                    actual=put.hash,
-                )
+            self._expected(txn, session, index)
             session, stored = self.parts.attach(txn, session, index, put.hash, put.size)
             return ChunkAck(index, put.hash, put.size, stored, session.received_chunks)
 

@@ -34,6 +34,7 @@ table, the parts ledger, completion.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import blake3
 import lmdb
@@ -53,7 +54,9 @@ from .errors import (
 )
 from .materialize import remove_copy
 from .records import Session, SessionState, Stream
-from .store import Store
+
+if TYPE_CHECKING:  # the store builds its StreamStore: no import cycle at run time
+    from .store import Store
 
 SINGLE = "single"
 PARTIAL = "partial"
@@ -86,6 +89,11 @@ class Appended:
     @property
     def offset(self) -> int:
         return self.session.received_bytes
+
+    @property
+    def state(self) -> StreamState:
+        """The stream after this write (a final upload's length only once assembled)."""
+        return StreamState(self.session, self.stream, self.stream.length)
 
 
 @dataclass(frozen=True, slots=True)

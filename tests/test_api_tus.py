@@ -15,7 +15,7 @@ import os
 import blake3
 import pytest
 import trio
-from ingestd.daemon.core import ingest
+from ingestd.daemon.core import streaming
 from ingestd.daemon.http.app import create_app, load_plugins
 from ingestd.plugins import Refusal, hookimpl
 
@@ -373,7 +373,7 @@ async def test_disconnect_mid_patch_keeps_the_bytes_received(client):
 
 
 async def test_stalled_body_ends_the_request_and_keeps_its_bytes(client, monkeypatch):
-    monkeypatch.setattr(ingest, "BODY_IDLE_TIMEOUT", 0.2)
+    monkeypatch.setattr(streaming, "BODY_IDLE_TIMEOUT", 0.2)
     url = await create(client, 3000)
     headers = {**TUS, "Upload-Offset": "0", "Content-Type": OCTETS}
     async with client.request(url, method="PATCH", headers=headers) as connection:

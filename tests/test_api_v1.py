@@ -211,7 +211,7 @@ async def test_delete_keeps_chunks_another_file_uses(client):
     b = await upload(client, "b.bin", shared, [1000])
     assert (await client.delete(f"/v1/files/{a['file_id']}")).status_code == 204
     await problem(await content(client, a["file_id"]), 404, "unknown_file")
-    from ingestd.daemon.core.runtime import Runtime
+    from ingestd.daemon.http.runtime import Runtime
 
     rt: Runtime = client.app.extensions["ingestd"]
     rt.store.clock = lambda: 1e12  # far beyond the grace period

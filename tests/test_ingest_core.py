@@ -16,13 +16,15 @@ import blake3
 import pytest
 import trio
 from ingestd import cas
-from ingestd.daemon.core.ingest import NewUpload, StreamSpec, UploadLocked
+from ingestd.daemon.core.errors import LengthExceeded, StreamChecksumMismatch, UploadLocked
+from ingestd.daemon.core.ingest import NewUpload, StreamSpec
 from ingestd.daemon.http import tus_protocol as tus
 
 pytestmark = pytest.mark.api
 
 TENANT = cas.DEFAULT_TENANT
 CHUNK = 1024  # the test config's chunk size
+API = "v1"  # the API that chunks come by, for the metrics
 
 
 @pytest.fixture
@@ -75,8 +77,10 @@ async def new_stream(rt, length: int | None) -> cas.Session:
 async def test_chunk_resend_is_idempotent(rt):
     data = os.urandom(2 * CHUNK)
     session = await new_chunked(rt, data)
-    first = await rt.ingest.receive_chunk(TENANT, session.id, 0, body(data[:CHUNK]))
-    again = await rt.ingest.receive_chunk(TENANT, session.id, 0, body(data[:700], data[700:CHUNK]))
+    first = await rt.ingest.receive_chunk(API, TENANT, session.id, 0, body(data[:CHUNK]))
+    again = await rt.ingest.receive_chunk(
+        API, TENANT, session.id, 0, body(data[:700], data[700:CHUNK])
+    )
     assert (first.stored, again.stored) == (True, False)
     assert first.hash == again.hash == blake3.blake3(data[:CHUNK]).hexdigest()
     assert again.received_chunks == 1
@@ -91,7 +95,7 @@ async def test_chunk_cut_off_midway_keeps_nothing(rt):
     with trio.move_on_after(5) as scope:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(
-                rt.ingest.receive_chunk, TENANT, session.id, 0, cut_off(data[:600], then=sent)
+                rt.ingest.receive_chunk, API, TENANT, session.id, 0, cut_off(data[:600], then=sent)
             )
             await sent.wait()
             await trio.sleep(0.05)
@@ -107,7 +111,7 @@ async def test_chunk_with_wrong_hash_keeps_nothing(rt):
     before = objects(rt)
     with pytest.raises(cas.ChunkHashMismatch):
         await rt.ingest.receive_chunk(
-            TENANT, session.id, 0, body(data), claimed_hash=blake3.blake3(b"other").hexdigest()
+            API, TENANT, session.id, 0, body(data), claimed_hash=blake3.blake3(b"other").hexdigest()
         )
     assert objects(rt) == before and leftovers(rt) == []
     assert rt.store.missing(session.id) == [0]
@@ -119,9 +123,11 @@ async def test_chunk_longer_than_declared_is_refused(rt, extra):
     session = await new_chunked(rt, os.urandom(2 * CHUNK))
     before = objects(rt)
     with pytest.raises(cas.WrongChunkSize):
-        await rt.ingest.receive_chunk(TENANT, session.id, 0, body(data[:CHUNK], data[CHUNK:]))
+        await rt.ingest.receive_chunk(API, TENANT, session.id, 0, body(data[:CHUNK], data[CHUNK:]))
     with pytest.raises(cas.WrongChunkSize):  # refused on its Content-Length, before reading
-        await rt.ingest.receive_chunk(TENANT, session.id, 0, body(data), content_length=len(data))
+        await rt.ingest.receive_chunk(
+            API, TENANT, session.id, 0, body(data), content_length=len(data)
+        )
     assert objects(rt) == before and leftovers(rt) == []
     assert rt.store.missing(session.id) == [0, 1]
 
@@ -129,10 +135,13 @@ async def test_chunk_longer_than_declared_is_refused(rt, extra):
 # -- streams --------------------------------------------------------------------
 
 
-async def receive(rt, session, offset, *pieces, limit=10 * CHUNK, checksum=None):
+async def receive(rt, session, offset, *pieces, limit=10 * CHUNK, checksum=None, state=None):
+    """Send `pieces` at `offset`, as read now (or as `state`, read earlier, says)."""
     with rt.ingest.writing(session.id):
+        state = state or rt.ingest.stream_state(TENANT, session.id)
+        assert state.offset == offset
         return await rt.ingest.receive_stream(
-            TENANT, session.id, offset, body(*pieces), limit=limit, checksum=checksum
+            TENANT, session.id, state, body(*pieces), limit=limit, checksum=checksum
         )
 
 
@@ -144,9 +153,10 @@ def stream_bytes(rt, session) -> bytes:
 async def test_stream_resend_at_an_old_offset_is_refused_and_changes_nothing(rt):
     data = os.urandom(3 * CHUNK)
     session = await new_stream(rt, len(data))
+    before = rt.ingest.stream_state(TENANT, session.id)
     assert (await receive(rt, session, 0, data[:1500])).offset == 1500
     with pytest.raises(cas.OffsetMismatch):
-        await receive(rt, session, 0, data[:1500])
+        await receive(rt, session, 0, data[:1500], state=before)
     assert rt.ingest.stream_state(TENANT, session.id).offset == 1500
     assert stream_bytes(rt, session) == data[:1500]
     assert (await receive(rt, session, 1500, data[1500:])).offset == len(data)
@@ -161,8 +171,9 @@ async def test_stream_cut_off_midway_keeps_its_durable_prefix(rt):
 
         async def run() -> None:
             with rt.ingest.writing(session.id):
+                state = rt.ingest.stream_state(TENANT, session.id)
                 await rt.ingest.receive_stream(
-                    TENANT, session.id, 0, cut_off(*pieces, then=sent), limit=len(data)
+                    TENANT, session.id, state, cut_off(*pieces, then=sent), limit=len(data)
                 )
 
         nursery.start_soon(run)
@@ -186,24 +197,28 @@ async def test_stream_checksum_mismatch_keeps_nothing(rt):
     session = await new_stream(rt, len(data))
     await receive(rt, session, 0, data[:500])
     before = rt.store.received(session.id)
-    receipt = await receive(rt, session, 500, data[500:], checksum=sha1_checksum(b"not it"))
-    assert receipt.checksum_failed and receipt.offset == 500
+    with pytest.raises(StreamChecksumMismatch) as refused:
+        await receive(rt, session, 500, data[500:], checksum=sha1_checksum(b"not it"))
+    assert refused.value.extra["offset"] == 500
     assert rt.store.received(session.id) == before
     assert stream_bytes(rt, session) == data[:500]
     good = await receive(rt, session, 500, data[500:], checksum=sha1_checksum(data[500:]))
-    assert not good.checksum_failed and good.offset == len(data)
+    assert good.offset == len(data)
 
 
 async def test_stream_longer_than_its_limit_keeps_up_to_the_limit(rt):
     data = os.urandom(2 * CHUNK)
     session = await new_stream(rt, 1500)
-    receipt = await receive(rt, session, 0, data[:1000], data[1000:], limit=1500)
-    assert receipt.overflow and receipt.offset == 1500
+    with pytest.raises(LengthExceeded) as refused:
+        await receive(rt, session, 0, data[:1000], data[1000:], limit=1500)
+    assert refused.value.extra["offset"] == 1500
     assert rt.ingest.stream_state(TENANT, session.id).offset == 1500
     # With a checksum, a body going past the limit keeps nothing.
     other = await new_stream(rt, 1500)
-    receipt = await receive(rt, other, 0, data, limit=1500, checksum=sha1_checksum(data))
-    assert receipt.overflow and receipt.offset == 0
+    with pytest.raises(LengthExceeded) as refused:
+        await receive(rt, other, 0, data, limit=1500, checksum=sha1_checksum(data))
+    assert refused.value.extra["offset"] == 0
+    assert rt.ingest.stream_state(TENANT, other.id).offset == 0
 
 
 async def test_two_writers_of_one_stream(rt):

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import sys
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -29,12 +30,20 @@ import structlog
 import trio
 from ingestd import cas
 from ingestd.cas import JobState, SessionState
-from ingestd.plugins import REUSABLE_STAGES, Detection, FileFacts, Outcome, Processing
+from ingestd.plugins import (
+    REUSABLE_STAGES,
+    Detection,
+    FileFacts,
+    Outcome,
+    Plugins,
+    Processing,
+)
 from ingestd.plugins.worker import RECORD_FIELDS, make_request, read_answer
 
 from . import logs
-from .outbox import StoreOutbox
-from .runtime import Runtime
+from .metrics import Metrics
+from .outbox import OutboxService, StoreOutbox
+from .threads import Threads
 
 log = logging.getLogger("ingestd.jobs")
 slog = logs.get_logger("ingestd.jobs")
@@ -46,8 +55,25 @@ REMEMBERED_JOBS = 10_000
 
 
 class JobRunner:
-    def __init__(self, rt: Runtime, workers: int = 2) -> None:
-        self._rt = rt
+    def __init__(
+        self,
+        store: cas.Store,
+        threads: Threads,
+        plugins: Plugins,
+        metrics: Metrics,
+        outbox: OutboxService,
+        *,
+        data_dir: Path,
+        shared: bool,
+        workers: int = 2,
+    ) -> None:
+        """`shared`: other processes share the data directory (`--workers`)."""
+        self._store = store
+        self._threads = threads
+        self._plugins = plugins
+        self._metrics = metrics
+        self._outbox = outbox
+        self._data_dir = data_dir
         self._workers = workers
         self._send, self._receive = trio.open_memory_channel[str](math.inf)
         self._finished: dict[str, trio.Event] = {}
@@ -63,7 +89,7 @@ class JobRunner:
         # Other processes share the data directory (`--workers`): jobs they
         # create, and jobs run there, are seen by polling. Alone, every job is
         # submitted and finished here, so events say all.
-        self._shared = rt.worker is not None
+        self._shared = shared
 
     def submit(self, job_id: str) -> None:
         if not self.running or job_id in self._active:
@@ -75,7 +101,7 @@ class JobRunner:
         """Resume unfinished jobs, then process those submitted here or created by
         other processes, until cancelled."""
         self.running = True
-        for job in await self._rt.run(self._rt.store.jobs.unfinished):
+        for job in await self._threads.run(self._store.jobs.unfinished):
             self.submit(job.id)
         async with trio.open_nursery() as nursery:
             for _ in range(self._workers):
@@ -83,21 +109,21 @@ class JobRunner:
             if self._shared:
                 nursery.start_soon(self._watch)
             # Copies a stop interrupted (their files were accepted before it).
-            for file_id in await self._rt.run(self._rt.store.copies_due):
+            for file_id in await self._threads.run(self._store.copies_due):
                 await self._write_copy(file_id)
 
     async def _write_copy(self, file_id: str) -> None:
         """An accepted file's materialised copy, after its job has answered:
         derived data, so a failure is logged and retried at the next start."""
         try:
-            await self._rt.run(self._rt.store.write_copy, file_id)
+            await self._threads.run(self._store.write_copy, file_id)
         except Exception:
             log.exception(
                 "could not write the copy of file %s; retrying at the next start", file_id
             )
 
     async def _watch(self) -> None:
-        store = self._rt.store
+        store = self._store
         while True:
             await trio.sleep(POLL_INTERVAL)
             # A read of the open jobs only: a lookup in LMDB's memory map,
@@ -112,7 +138,7 @@ class JobRunner:
         # still wakes this waiter.
         event = self._finished.setdefault(job_id, trio.Event())
         try:
-            job = await self._rt.run(self._rt.store.jobs.get, job_id, tenant)
+            job = await self._threads.run(self._store.jobs.get, job_id, tenant)
         except cas.UnknownJob:
             self._finished.pop(job_id, None)
             raise
@@ -130,7 +156,7 @@ class JobRunner:
             with trio.move_on_at(min(deadline, trio.current_time() + step)):
                 await event.wait()
             # An LMDB read: cheap enough for the event loop.
-            job = self._rt.store.jobs.get(job_id, tenant)
+            job = self._store.jobs.get(job_id, tenant)
             if job.state in cas.FINISHED_JOB:
                 # However it finished, wake any other waiter and let the event go.
                 self._finished.pop(job_id, event).set()
@@ -161,7 +187,7 @@ class JobRunner:
 
     async def _write_copy_of(self, job_id: str) -> None:
         try:
-            job = await self._rt.run(self._rt.store.jobs.get, job_id)
+            job = await self._threads.run(self._store.jobs.get, job_id)
         except cas.UnknownJob:
             return
         if job.verdict == "accepted":
@@ -171,15 +197,16 @@ class JobRunner:
         """Make sure a job that could not run to its end ends failed, with `error`,
         and that a file it left undecided is rejected for the same reason
         (otherwise it would wait in `processing`, and be retried at every start)."""
-        rt = self._rt
         try:
-            job = await rt.run(rt.store.jobs.update, job_id, JobState.FAILED, error=error)
+            job = await self._threads.run(
+                self._store.jobs.update, job_id, JobState.FAILED, error=error
+            )
             slog.warning("job failed", job_id=job_id, file_id=job.file_id, error=error)
-            file = await rt.run(rt.store.file_any, job.file_id)
+            file = await self._threads.run(self._store.file_any, job.file_id)
             if file.state == cas.FileState.PROCESSING:
-                await rt.run(
+                await self._threads.run(
                     functools.partial(
-                        rt.store.conclude, file.id, accepted=False, reason=f"processing: {error}"
+                        self._store.conclude, file.id, accepted=False, reason=f"processing: {error}"
                     )
                 )
         except cas.UnknownFile:
@@ -188,37 +215,40 @@ class JobRunner:
             log.exception("could not record the failure of job %s", job_id)
 
     async def _process(self, job_id: str) -> None:
-        rt = self._rt
-        store = rt.store
+        store = self._store
         started = trio.current_time()
-        job = await rt.run(store.jobs.get, job_id)
+        job = await self._threads.run(store.jobs.get, job_id)
         if job.state in cas.FINISHED_JOB:
             return
-        session = await rt.run(store.session, job.session_id, job.tenant)
+        session = await self._threads.run(store.session, job.session_id, job.tenant)
         if session.state == SessionState.COMPLETING:
-            await rt.run(store.jobs.update, job_id, JobState.RUNNING)
+            await self._threads.run(store.jobs.update, job_id, JobState.RUNNING)
             try:
-                await rt.run(store.finish_completion, session.id)
+                await self._threads.run(store.finish_completion, session.id)
             except cas.ChecksumMismatch as exc:
                 # The store rejected the session and failed the job.
                 self._verdict(job, "rejected", started, {}, reason=exc.detail)
                 return
             except cas.StoreError as exc:
                 # Cancelled meanwhile (the job is failed already), or storage failed.
-                await rt.run(store.jobs.update, job_id, JobState.FAILED, error=exc.detail)
+                await self._threads.run(
+                    store.jobs.update, job_id, JobState.FAILED, error=exc.detail
+                )
                 return
-            session = await rt.run(store.session, job.session_id, job.tenant)
+            session = await self._threads.run(store.session, job.session_id, job.tenant)
         if session.state == SessionState.PROCESSING:
-            await rt.run(store.jobs.update, job_id, JobState.RUNNING)
+            await self._threads.run(store.jobs.update, job_id, JobState.RUNNING)
             await self._run_plugins(job, started)
             return
         if session.state == SessionState.COMPLETED:
-            await rt.run(store.jobs.update, job_id, JobState.SUCCEEDED, verdict="accepted")
+            await self._threads.run(
+                store.jobs.update, job_id, JobState.SUCCEEDED, verdict="accepted"
+            )
             return
         error = f"upload {session.id} is {session.state}"
         if session.reason:
             error += f": {session.reason}"
-        await rt.run(store.jobs.update, job_id, JobState.FAILED, error=error)
+        await self._threads.run(store.jobs.update, job_id, JobState.FAILED, error=error)
 
     def _verdict(
         self,
@@ -231,7 +261,7 @@ class JobRunner:
     ) -> None:
         """The job's verdict line and metrics."""
         seconds = trio.current_time() - started
-        metrics = self._rt.metrics
+        metrics = self._metrics
         metrics.jobs.labels(verdict).inc()
         metrics.job_seconds.labels(verdict).observe(seconds)
         for plugin, outcome in plugins.items():
@@ -250,9 +280,8 @@ class JobRunner:
         )
 
     async def _run_plugins(self, job: cas.Job, started: float) -> None:
-        rt = self._rt
-        store = rt.store
-        file = await rt.run(store.file_any, job.file_id)
+        store = self._store
+        file = await self._threads.run(store.file_any, job.file_id)
         facts = FileFacts(
             file_id=file.id,
             upload_id=file.session_id,
@@ -265,22 +294,22 @@ class JobRunner:
             declared_metadata=file.metadata,
         )
         run = Processing(
-            rt.plugins,
+            self._plugins,
             facts,
             # Buffered, so that plugins can read lines and small headers cheaply.
             lambda: io.BufferedReader(store.open_file(file.id, file.tenant), 1 << 20),
-            outbox_for=lambda plugin: StoreOutbox(rt, plugin),
+            outbox_for=lambda plugin: StoreOutbox(self._store, self._outbox, plugin),
             files=TenantFiles(store, file.tenant),
-            limiter=rt.limiter,
-            on_error=lambda plugin, stage: rt.metrics.plugin_errors.labels(plugin, stage).inc(),
+            limiter=self._threads.limiter,
+            on_error=lambda plugin, stage: self._metrics.plugin_errors.labels(plugin, stage).inc(),
         )
-        key = rt.plugins.decision_key(facts)
-        earlier = await rt.run(self._earlier_decision, file, key)
+        key = self._plugins.decision_key(facts)
+        earlier = await self._threads.run(self._earlier_decision, file, key)
         if earlier is not None:
             # Milliseconds instead of a worker process reading the whole file.
             run.reuse(earlier.results, file_detection(earlier), earlier.id)
             outcome = await run.decide()
-        elif rt.plugins.isolated:
+        elif self._plugins.isolated:
             outcome = await self._decide_in_child(run, file)
         else:
             outcome = await run.decide()
@@ -292,7 +321,7 @@ class JobRunner:
             if outcome.detection
             else None
         )
-        await rt.run(
+        await self._threads.run(
             functools.partial(
                 store.conclude,
                 file.id,
@@ -313,7 +342,7 @@ class JobRunner:
             reason=None if outcome.accepted else outcome.reason,
             reused_from=run.reused_from,
         )
-        await rt.run(
+        await self._threads.run(
             functools.partial(
                 store.jobs.update,
                 job.id,
@@ -330,9 +359,9 @@ class JobRunner:
     def _earlier_decision(self, file: cas.FileRecord, key: str) -> _Earlier | None:
         """The job that accepted a file with the same decision key, while that
         file is still there and accepted (so its detection can be reused)."""
-        if not self._rt.plugins.settings.reuse_verdicts:
+        if not self._plugins.settings.reuse_verdicts:
             return None
-        store = self._rt.store
+        store = self._store
         job = store.jobs.decided(key)
         if job is None or job.file_id == file.id:
             return None
@@ -346,12 +375,11 @@ class JobRunner:
 
     async def _decide_in_child(self, run: Processing, file: cas.FileRecord) -> Outcome:
         """Run the deciding stages in `python -m ingestd.plugins.worker`."""
-        rt = self._rt
-        entries = await rt.run(rt.store.manifest, file.id)
-        request = make_request(rt.plugins.settings, run.facts, entries, str(rt.config.data_dir))
+        entries = await self._threads.run(self._store.manifest, file.id)
+        request = make_request(self._plugins.settings, run.facts, entries, str(self._data_dir))
         # Each stage's calls are bounded by the plugin timeout inside the child;
         # this only stops a child that hangs outside them.
-        limit = rt.plugins.settings.timeout * 6 + 60
+        limit = self._plugins.settings.timeout * 6 + 60
         try:
             with trio.fail_after(limit):
                 done = await trio.run_process(
@@ -364,7 +392,7 @@ class JobRunner:
         except trio.TooSlowError:
             error = f"no answer within {limit:g} s"
             run.record_failure("worker", "decide", error)
-            rt.metrics.plugin_errors.labels("worker", "decide").inc()
+            self._metrics.plugin_errors.labels("worker", "decide").inc()
             log.warning(
                 "plugin worker: %s",
                 error,
@@ -386,10 +414,12 @@ class JobRunner:
             answer = read_answer(done.stdout)
         outcome = run.import_state(answer["state"])
         for plugin, stage in run.failed:
-            rt.metrics.plugin_errors.labels(plugin, stage).inc()
+            self._metrics.plugin_errors.labels(plugin, stage).inc()
         for message in answer["messages"]:
-            outbox = StoreOutbox(rt, message["plugin"])
-            await rt.run(functools.partial(outbox.enqueue, message["payload"], key=message["key"]))
+            outbox = StoreOutbox(self._store, self._outbox, message["plugin"])
+            await self._threads.run(
+                functools.partial(outbox.enqueue, message["payload"], key=message["key"])
+            )
         return outcome
 
 

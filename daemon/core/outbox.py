@@ -15,10 +15,11 @@ import math
 import blake3
 import trio
 from ingestd import cas
-from ingestd.plugins import DeliveryFailed, OutboxMessage
+from ingestd.plugins import DeliveryFailed, OutboxMessage, Plugins
 from ingestd.plugins.processing import call_hook
 
-from .runtime import Runtime
+from .metrics import Metrics
+from .threads import Threads
 
 log = logging.getLogger("ingestd.outbox")
 
@@ -28,8 +29,9 @@ MAX_BACKOFF = 600.0
 class StoreOutbox:
     """The `Outbox` a plugin sees in its context: messages tagged with its name."""
 
-    def __init__(self, rt: Runtime, plugin: str) -> None:
-        self._rt = rt
+    def __init__(self, store: cas.Store, service: OutboxService, plugin: str) -> None:
+        self._store = store
+        self._service = service
         self._plugin = plugin
 
     def enqueue(self, payload, *, key=None) -> str:
@@ -39,8 +41,8 @@ class StoreOutbox:
         if key is not None:
             digest = blake3.blake3(f"{self._plugin}\0{key}".encode()).hexdigest()[:32]
             message_id = f"msg_{digest}"
-        message_id = self._rt.store.outbox.put(self._plugin, dict(payload), message_id)
-        self._rt.outbox.wake()
+        message_id = self._store.outbox.put(self._plugin, dict(payload), message_id)
+        self._service.wake()
         return message_id
 
 
@@ -50,8 +52,21 @@ def backoff(attempt: int) -> float:
 
 
 class OutboxService:
-    def __init__(self, rt: Runtime) -> None:
-        self._rt = rt
+    def __init__(
+        self,
+        store: cas.Store,
+        threads: Threads,
+        plugins: Plugins,
+        metrics: Metrics,
+        *,
+        max_age: float,
+    ) -> None:
+        """`max_age`: seconds after which a message that still fails is dead."""
+        self._store = store
+        self._threads = threads
+        self._plugins = plugins
+        self._metrics = metrics
+        self._max_age = max_age
         self._wakeup = trio.Event()
         self._token: trio.lowlevel.TrioToken | None = None
 
@@ -66,19 +81,18 @@ class OutboxService:
 
     async def run(self) -> None:
         self._token = trio.lowlevel.current_trio_token()
-        store = self._rt.store
+        store, run = self._store, self._threads.run
         while True:
             self._wakeup = trio.Event()
-            for entry in await self._rt.run(store.outbox.due):
+            for entry in await run(store.outbox.due):
                 await self._deliver(entry)
-            next_time = await self._rt.run(store.outbox.next_time)
+            next_time = await run(store.outbox.next_time)
             delay = math.inf if next_time is None else max(next_time - store.clock(), 0.05)
             with trio.move_on_after(min(delay, 60.0)):
                 await self._wakeup.wait()
 
     async def _deliver(self, entry: cas.OutboxEntry) -> None:
-        rt = self._rt
-        plugins = rt.plugins
+        plugins, store, run = self._plugins, self._store, self._threads.run
         impls = [i for i in plugins.hookimpls("ingestd_deliver") if i.plugin_name == entry.plugin]
         message = OutboxMessage(entry.id, entry.plugin, entry.payload, entry.attempt, entry.created)
         try:
@@ -87,15 +101,15 @@ class OutboxService:
             available = {"message": message, "config": plugins.configs.get(entry.plugin, {})}
             impl = impls[0]
             kwargs = {k: available[k] for k in impl.argnames if k in available}
-            await call_hook(impl.function, kwargs, plugins.settings.timeout, rt.limiter)
+            await call_hook(impl.function, kwargs, plugins.settings.timeout, self._threads.limiter)
         except Exception as exc:
             error = str(exc) or type(exc).__name__
-            now = rt.store.clock()
-            too_old = now - entry.created > rt.config.plugins.delivery_max_age
+            now = store.clock()
+            too_old = now - entry.created > self._max_age
             too_old = too_old or isinstance(exc, DeliveryFailed)
             retry_at = None if too_old else now + backoff(entry.attempt)
-            await rt.run(rt.store.outbox.failed, entry.id, error, retry_at)
-            rt.metrics.deliveries.labels(entry.plugin, "dead" if too_old else "retry").inc()
+            await run(store.outbox.failed, entry.id, error, retry_at)
+            self._metrics.deliveries.labels(entry.plugin, "dead" if too_old else "retry").inc()
             log.warning(
                 "delivery %s by %s failed (attempt %d): %s%s",
                 entry.id,
@@ -106,5 +120,5 @@ class OutboxService:
                 extra={"plugin": entry.plugin, "delivery_id": entry.id, "attempt": entry.attempt},
             )
             return
-        await rt.run(rt.store.outbox.done, entry.id)
-        rt.metrics.deliveries.labels(entry.plugin, "delivered").inc()
+        await run(store.outbox.done, entry.id)
+        self._metrics.deliveries.labels(entry.plugin, "delivered").inc()

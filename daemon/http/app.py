@@ -17,18 +17,15 @@ from quart_trio import QuartTrio
 
 from ..core import logs
 from ..core.config import Config, ConfigError, is_loopback
-from ..core.ingest import Ingest
-from ..core.jobs import JobRunner
-from ..core.leader import become_leader
 from ..core.metrics import CONTENT_TYPE_LATEST, Metrics, use_shared_files
-from ..core.outbox import OutboxService
-from ..core.runtime import Runtime, runtime
+from ..core.services import Core, build_core
 from . import problems, seed_api, tus_api, v1_api, webpage
 from .auth import TENANT_HEADER, Authenticator, RateLimiter, acting_as
 from .client_limit import PerClientLimit
 from .errors import ApiError
 from .jsonbody import StrictJSONRequest
 from .openapi import CompleteOpenAPIProvider
+from .runtime import EXTENSION, Runtime, runtime
 
 log = logging.getLogger("ingestd")
 
@@ -67,9 +64,10 @@ OPEN_PREFIXES = ("/static/",)
 READ_METHODS = frozenset({"GET", "HEAD"})
 
 
-def store_figures(rt: Runtime) -> cas.TenantUsage | None:
+def store_figures(app: QuartTrio) -> cas.TenantUsage | None:
     """Every tenant's usage summed: the store's size and open uploads."""
-    if rt.store is None:
+    rt: Runtime | None = app.extensions.get(EXTENSION)
+    if rt is None:
         return None
     usages = list(rt.store.all_usage().values())
     fields = cas.TenantUsage.__struct_fields__
@@ -126,39 +124,31 @@ def create_app(
         conversion_preference="msgspec",
         openapi_provider_class=CompleteOpenAPIProvider,
     )
-    rt = Runtime(config, store, worker=worker)
-    rt.plugins = plugins if plugins is not None else load_plugins(config)
+    plugins = plugins if plugins is not None else load_plugins(config)
     if worker is not None:
         # Each of a worker's log lines says which worker it is (tasks and
         # worker threads started from here on inherit this context).
         logs.bind(worker=worker)
     # Workers sum their metrics through shared files (see metrics.py).
     shared = None if worker is None else use_shared_files(config.data_dir)
-    rt.metrics = Metrics(functools.partial(store_figures, rt), shared_dir=shared, worker=worker)
-    rt.ingest = Ingest(rt)
-    rt.jobs = JobRunner(rt)
-    rt.outbox = OutboxService(rt)
-    rt.auth = Authenticator(config)
-    rt.rate_limits = RateLimiter(config)
-    app.extensions["ingestd"] = rt
+    app_metrics = Metrics(functools.partial(store_figures, app), shared_dir=shared, worker=worker)
+    auth = Authenticator(config)
+    rate_limits = RateLimiter(config)
     background = trio.CancelScope()
+    background_done = trio.Event()
 
     @app.before_serving
     async def _open() -> None:
-        await rt.run(rt.open)
-        app.nursery.start_soon(_background)
+        core = await trio.to_thread.run_sync(
+            functools.partial(build_core, config, plugins, app_metrics, store=store, worker=worker)
+        )
+        app.extensions[EXTENSION] = Runtime.over(core, auth, rate_limits)
+        app.nursery.start_soon(_background, core)
 
-    background_done = trio.Event()
-
-    async def _background() -> None:
+    async def _background(core: Core) -> None:
         try:
             with background:
-                # One process of those sharing the data directory runs these.
-                with await become_leader(rt.store):
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(rt.maintain)
-                        nursery.start_soon(rt.jobs.run)
-                        nursery.start_soon(rt.outbox.run)
+                await core.run_duties()
         finally:
             background_done.set()
 
@@ -167,7 +157,9 @@ def create_app(
         background.cancel()
         # The store must outlive every task that uses it.
         await background_done.wait()
-        await rt.run(rt.close)
+        rt: Runtime | None = app.extensions.pop(EXTENSION, None)
+        if rt is not None:
+            await trio.to_thread.run_sync(rt.core.close)
 
     tus_prefix = config.tus.prefix
 
@@ -185,6 +177,7 @@ def create_app(
     @app.before_request
     async def _authorize() -> None:
         """Every request: its Host (without auth), its token, scope and rate."""
+        rt = runtime()
         try:
             rt.auth.check_host(request.headers.get("Host"))
             scope = required_scope(request.method, request.path, tus_prefix)
@@ -206,13 +199,14 @@ def create_app(
     @app.get("/healthz")
     async def healthz() -> Health:
         """Liveness: answers once the store is open."""
-        return Health(status="ok" if runtime().store else "starting", formatVersion=FORMAT_VERSION)
+        ready = EXTENSION in app.extensions
+        return Health(status="ok" if ready else "starting", formatVersion=FORMAT_VERSION)
 
     @app.get("/metrics")
     async def metrics() -> Response:
         """Prometheus metrics. With auth on, per `auth.metrics`: open to clients
         on this host ("loopback"), to anyone ("open"), or to admin tokens."""
-        mode = config.auth.metrics
+        rt, mode = runtime(), config.auth.metrics
         if config.auth_required and mode != "open":
             # The peer's address from the server (not a header a client could send).
             peer = (request.scope.get("client") or ("",))[0]
@@ -225,7 +219,7 @@ def create_app(
 
     app.asgi_app = logs.RequestLog(
         PerClientLimit(app.asgi_app, config.limits.max_requests_per_client),
-        rt.metrics,
+        app_metrics,
         functools.partial(api_of, tus_prefix=tus_prefix),
     )
     app.register_blueprint(seed_api.bp)

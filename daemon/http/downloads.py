@@ -14,8 +14,8 @@ import trio
 from ingestd import cas
 from quart import Response, request
 
-from ..core.runtime import Runtime
 from .errors import ApiError
+from .runtime import Runtime
 
 READ_BYTES = 1 << 20
 # ASCII digits only (`\d` would take any script's), at most 19 of them.

@@ -1,10 +1,12 @@
-"""RFC 9457 problem responses, and the mapping from errors to HTTP statuses."""
+"""RFC 9457 problem responses, and the one table from errors to HTTP statuses."""
 
 from __future__ import annotations
 
 import errno
 import json
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import lmdb
 import msgspec
@@ -15,32 +17,60 @@ from quart_schema import RequestSchemaValidationError
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 
+from ..core import errors
 from .errors import ApiError
 
 log = logging.getLogger("ingestd")
 
 PROBLEM_JSON = "application/problem+json"
 
-# Status for each store error a client can cause.
-CLIENT_STATUS: dict[type[cas.ClientError], int] = {
-    cas.UnknownSession: 404,
-    cas.UnknownFile: 404,
-    cas.UnknownJob: 404,
-    cas.InvalidLayout: 400,
-    cas.ChunkOutOfRange: 400,
-    cas.WrongChunkSize: 400,
-    cas.ChunkConflict: 409,
-    cas.OffsetMismatch: 409,
-    cas.InvalidLength: 400,
-    cas.InvalidConcat: 400,
-    cas.SessionNotOpen: 409,
-    cas.IncompleteUpload: 409,
-    cas.ChecksumMismatch: 422,
-    cas.TooLarge: 413,
-    cas.QuotaExceeded: 507,
-    cas.TooManyOpenUploads: 429,
-}
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+_CLOSE = {"Connection": "close"}
+
+# The HTTP answer to each refusal of the store (`ingestd.cas`) and of the
+# upload core (`core.errors`): the entry of the most specific class wins.
+ANSWERS: dict[type[cas.StoreError], Answer] = {
+    # The client's.
+    cas.ClientError: Answer(400),
+    cas.UnknownSession: Answer(404),
+    cas.UnknownFile: Answer(404),
+    cas.UnknownJob: Answer(404),
+    cas.InvalidLayout: Answer(400),
+    cas.ChunkOutOfRange: Answer(400),
+    cas.WrongChunkSize: Answer(400),
+    cas.ChunkConflict: Answer(409),
+    cas.OffsetMismatch: Answer(409),
+    cas.InvalidLength: Answer(400),
+    cas.InvalidConcat: Answer(400),
+    cas.SessionNotOpen: Answer(409),
+    cas.IncompleteUpload: Answer(409),
+    cas.ChecksumMismatch: Answer(422),
+    cas.TooLarge: Answer(413),
+    cas.QuotaExceeded: Answer(507),
+    cas.TooManyOpenUploads: Answer(429),
+    errors.FileTooLarge: Answer(413),
+    errors.InvalidMetadata: Answer(400),
+    errors.MetadataTooLarge: Answer(413),
+    errors.PolicyRefusal: Answer(403),  # the plugin's own status, see `refusal`
+    errors.UploadLocked: Answer(409),
+    errors.BodyTimeout: Answer(408, _CLOSE),
+    # After these the rest of a stream body is not read: the connection closes.
+    errors.LengthExceeded: Answer(413, _CLOSE),
+    errors.StreamOverQuota: Answer(507, _CLOSE),
+    errors.StreamChecksumMismatch: Answer(460),  # tus's Checksum Mismatch
+    # Not the client's.
+    cas.StorageError: Answer(500),
+    cas.DamagedFile: Answer(409),  # known damage (fsck found it), never wrong bytes
+    cas.ObjectVanished: Answer(503, {"Retry-After": "1"}),
+    errors.NoRoomInReserve: Answer(507, {"Retry-After": "60"}),
+    errors.PolicyUnavailable: Answer(503),
+}
 
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
@@ -58,19 +88,23 @@ def storage_full(exc: BaseException) -> bool:
     return False
 
 
-def full_problem() -> Response:
-    response = problem(
+def storage_full_error() -> ApiError:
+    return ApiError(
         507,
         "storage_full",
         "the server's storage is full; what was acknowledged before is kept: "
         "send the rest again once space is freed",
+        headers={"Retry-After": "60"},
     )
-    response.headers["Retry-After"] = "60"
-    return response
 
 
-def client_status(exc: cas.ClientError) -> int:
-    return next((s for t, s in CLIENT_STATUS.items() if isinstance(exc, t)), 400)
+def refusal(exc: cas.StoreError) -> ApiError:
+    """The HTTP refusal for an error of the store or the upload core."""
+    if isinstance(exc, cas.StorageError) and storage_full(exc):
+        return storage_full_error()
+    found = next(ANSWERS[c] for c in type(exc).__mro__ if c in ANSWERS)
+    status = exc.status if isinstance(exc, errors.PolicyRefusal) else found.status
+    return ApiError(status, exc.code, exc.detail, headers=found.headers, **exc.extra)
 
 
 class Problem(msgspec.Struct):
@@ -152,28 +186,17 @@ def register(app: Quart) -> None:
     async def _api_error(exc: ApiError) -> Response:
         return api_error_response(exc)
 
-    @app.errorhandler(cas.ClientError)
-    async def _client_error(exc: cas.ClientError) -> Response:
-        return problem(client_status(exc), exc.code, exc.detail, **exc.extra)
-
-    @app.errorhandler(cas.StorageError)
-    async def _storage_error(exc: cas.StorageError) -> Response:
-        if storage_full(exc):
-            return full_problem()
-        if isinstance(exc, cas.DamagedFile):
-            # Known damage (fsck found it): said as such, never wrong bytes.
-            return problem(409, exc.code, exc.detail, **exc.extra)
-        if isinstance(exc, cas.ObjectVanished):
-            response = problem(503, exc.code, exc.detail)
-            response.headers["Retry-After"] = "1"
-            return response
-        log.error("storage error: %s", exc.detail)
-        return problem(500, exc.code, exc.detail)
+    @app.errorhandler(cas.StoreError)
+    async def _store_error(exc: cas.StoreError) -> Response:
+        error = refusal(exc)
+        if error.status == 500:  # the store failed, for no reason the table knows
+            log.error("storage error: %s", exc.detail)
+        return api_error_response(error)
 
     @app.errorhandler(OSError)
     async def _os_error(exc: OSError) -> Response:
         if storage_full(exc):
-            return full_problem()
+            return api_error_response(storage_full_error())
         log.exception("unexpected OS error")
         return problem(500, "internal_error", "the server failed; see its log")
 

@@ -17,16 +17,18 @@ from quart import Blueprint, request
 from quart_schema import DataSource, document_request, document_response, validate_request
 
 from ..core.ingest import NewUpload
-from ..core.runtime import runtime
 from .auth import caller
 from .errors import ApiError
 from .fields import parse_count
 from .filetypes import file_type
 from .multipart import FormStream
 from .problems import Problem
+from .runtime import runtime
 from .shapes import Sha256Hex
 
 bp = Blueprint("seed", __name__, url_prefix="/api/upload")
+# The API's name in metrics, logs and the upload policy.
+API = "seed"
 
 
 class InitRequest(msgspec.Struct):
@@ -86,7 +88,7 @@ async def init(data: InitRequest) -> InitResponse:
     """Start an upload; the answer says which chunk size to cut the file into."""
     opened = await runtime().ingest.open_upload(
         NewUpload(
-            api="seed",
+            api=API,
             tenant=caller().tenant,
             filename=data.filename,
             size=data.totalSize,
@@ -157,13 +159,15 @@ async def chunk() -> ChunkResponse:
         )
     if buffered is not None:
         ack = await rt.ingest.receive_chunk(
-            caller().tenant, upload_id, index, _one(buffered), content_length=len(buffered)
+            API, caller().tenant, upload_id, index, _one(buffered), content_length=len(buffered)
         )
     else:
         # Streamed from the socket to the chunk's writer as it arrives; the
         # closing boundary is read after, as the rest of the body.
         try:
-            ack = await rt.ingest.receive_chunk(caller().tenant, upload_id, index, form.file_data())
+            ack = await rt.ingest.receive_chunk(
+                API, caller().tenant, upload_id, index, form.file_data()
+            )
         except cas.WrongChunkSize:
             await form.finish()  # a part over the size limit is a 413 first
             raise
@@ -208,7 +212,7 @@ async def complete(upload_id: str) -> CompleteResponse:
     rt = runtime()
     session = await rt.run(rt.store.session, upload_id, caller().tenant)
     kind = file_type(session.filename)
-    done = await rt.ingest.complete_now(caller().tenant, upload_id, {"fileType": kind})
+    done = await rt.ingest.complete_now(API, caller().tenant, upload_id, {"fileType": kind})
     file = done.file
     return CompleteResponse(
         success=True,

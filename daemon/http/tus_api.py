@@ -25,16 +25,16 @@ from ingestd import cas
 from quart import Blueprint, Response, request
 from quart_trio import QuartTrio
 
-from ..core import ingest
 from ..core.config import Config
-from ..core.ingest import NewUpload, StreamSpec, UploadLocked
-from ..core.runtime import Runtime, runtime
+from ..core.errors import StreamCut
+from ..core.ingest import NewUpload, StreamSpec
 from . import tus_protocol as core
 from .auth import caller
 from .bodies import StreamingBody, stream_bodies_under
 from .downloads import content_disposition, serve_content
 from .errors import ApiError
-from .problems import api_error_response, client_status
+from .problems import api_error_response, refusal
+from .runtime import Runtime, runtime
 
 bp = Blueprint("tus", __name__)
 
@@ -66,28 +66,16 @@ def settings() -> TusSettings:
 # -- errors and common headers ------------------------------------------------
 
 
-def from_store_error(exc: cas.ClientError) -> ApiError:
-    """The tus answer to a store (or upload core) refusal."""
-    if isinstance(exc, UploadLocked):
-        return ApiError(409, exc.code, exc.detail)
-    if isinstance(exc, cas.UnknownSession):
-        return ApiError(404, "unknown_upload", exc.detail)
+def from_store_error(exc: cas.StoreError) -> ApiError:
+    """The tus answer to a refusal of the store or the upload core: the
+    shared table's (`problems.refusal`), but 410 for an upload that is gone."""
     if isinstance(exc, cas.SessionNotOpen):
         state = exc.extra.get("state")
         if state == "expired":
             return ApiError(410, "upload_expired", exc.detail)
         if state == "cancelled":
             return ApiError(410, "upload_terminated", exc.detail)
-        return ApiError(409, "upload_not_open", exc.detail, state=str(state))
-    if isinstance(exc, cas.OffsetMismatch):
-        return ApiError(409, "offset_mismatch", exc.detail, **exc.extra)
-    if isinstance(exc, cas.InvalidLength | cas.InvalidConcat):
-        return ApiError(400, exc.code, exc.detail, **exc.extra)
-    if isinstance(exc, cas.TooLarge):
-        return ApiError(413, "too_large", exc.detail, **exc.extra)
-    if isinstance(exc, cas.UnknownFile):
-        return ApiError(404, "unknown_file", exc.detail)
-    return ApiError(client_status(exc), exc.code, exc.detail, **exc.extra)
+    return refusal(exc)
 
 
 @bp.errorhandler(cas.ClientError)
@@ -204,16 +192,13 @@ async def create_upload() -> Response:
     )
     upload_id = opened.session.id
     location = {"Location": tus.prefix + upload_id}
+    state = opened.stream
     if creation.with_upload:
         try:
             with rt.ingest.writing(upload_id):
-                offset = await receive_body(
-                    rt,
-                    upload_id,
-                    0,
-                    creation.length if creation.length is not None else rt.ingest.max_stream_size,
-                    creation.checksum,
-                )
+                length = creation.length
+                limit = length if length is not None else rt.ingest.max_stream_size
+                state = await receive_body(rt, upload_id, state, limit, creation.checksum)
         except ApiError as exc:
             exc.headers.update(location)  # the upload exists: say where
             raise
@@ -221,20 +206,24 @@ async def create_upload() -> Response:
             error = from_store_error(exc)
             error.headers.update(location)
             raise error from None
-    view = load_view(rt, upload_id)[0]
-    answer = {**location, "Tus-Resumable": core.TUS_VERSION, **core.state_headers(view)}
+    answer = {**location, "Tus-Resumable": core.TUS_VERSION, **core.state_headers(view_of(state))}
     if creation.with_upload:
-        answer["Upload-Offset"] = str(offset)
+        answer["Upload-Offset"] = str(state.offset)
     return empty(201, answer)
 
 
 # -- HEAD, PATCH, DELETE ------------------------------------------------------
 
 
-def load_view(rt: Runtime, upload_id: str) -> tuple[core.UploadView, cas.StreamState]:
-    state = rt.ingest.stream_state(caller().tenant, upload_id)
+def read_state(rt: Runtime, upload_id: str) -> cas.StreamState:
+    """The upload's records, read once per request (an LMDB read: fine on the event loop)."""
+    return rt.ingest.stream_state(caller().tenant, upload_id)
+
+
+def view_of(state: cas.StreamState) -> core.UploadView:
+    """What the protocol rules need of an upload's records."""
     session, stream = state.session, state.stream
-    view = core.UploadView(
+    return core.UploadView(
         id=session.id,
         kind=stream.kind,
         state=str(session.state),
@@ -249,12 +238,11 @@ def load_view(rt: Runtime, upload_id: str) -> tuple[core.UploadView, cas.StreamS
         job_id=session.job_id,
         reason=session.reason,
     )
-    return view, state
 
 
 async def head_upload(upload_id: str) -> Response:
     rt, tus = runtime(), settings()
-    view, _ = load_view(rt, upload_id)
+    view = view_of(read_state(rt, upload_id))
     core.check_available(view, rt.store.clock())
     return empty(200, core.upload_headers(view, tus.prefix))
 
@@ -262,10 +250,10 @@ async def head_upload(upload_id: str) -> Response:
 async def patch_upload(upload_id: str) -> Response:
     rt = runtime()
     with rt.ingest.writing(upload_id):
-        view, _ = load_view(rt, upload_id)
+        state = read_state(rt, upload_id)
         headers = request.headers
         plan = core.plan_patch(
-            view,
+            view_of(state),
             content_type=headers.get("Content-Type"),
             upload_offset=headers.get("Upload-Offset"),
             upload_length=headers.get("Upload-Length"),
@@ -274,18 +262,16 @@ async def patch_upload(upload_id: str) -> Response:
             now=rt.store.clock(),
             max_size=rt.ingest.max_stream_size,
         )
-        offset = plan.offset
         if plan.declare_length is not None:
-            await rt.ingest.declare_length(caller().tenant, upload_id, plan.declare_length)
+            state = await rt.ingest.declare_length(caller().tenant, upload_id, plan.declare_length)
         if plan.noop:
             async for data in request.body:
                 if data:
                     raise ApiError(413, "length_exceeded", f"upload {upload_id} has all its bytes")
         else:
-            offset = await receive_body(rt, upload_id, plan.offset, plan.limit, plan.checksum)
-        view, _ = load_view(rt, upload_id)
-    answer = {"Tus-Resumable": core.TUS_VERSION, "Upload-Offset": str(offset)}
-    answer.update(core.state_headers(view))
+            state = await receive_body(rt, upload_id, state, plan.limit, plan.checksum)
+    answer = {"Tus-Resumable": core.TUS_VERSION, "Upload-Offset": str(state.offset)}
+    answer.update(core.state_headers(view_of(state)))
     return empty(204, answer)
 
 
@@ -295,8 +281,7 @@ async def terminate(upload_id: str) -> Response:
     write lock: terminating an upload whose PATCH is still running makes that
     PATCH fail (410) at its next write."""
     rt = runtime()
-    view, _ = load_view(rt, upload_id)
-    core.check_available(view, rt.store.clock())
+    core.check_available(view_of(read_state(rt, upload_id)), rt.store.clock())
     await rt.ingest.terminate(caller().tenant, upload_id)
     return empty(204, {"Tus-Resumable": core.TUS_VERSION})
 
@@ -312,7 +297,8 @@ async def download(upload_id: str) -> Response:
     complete partial upload, serve the bytes attached to it.
     """
     rt = runtime()
-    view, state = load_view(rt, upload_id)
+    state = read_state(rt, upload_id)
+    view = view_of(state)
     core.check_available(view, rt.store.clock())
     session = state.session
     headers = {
@@ -351,52 +337,22 @@ async def download(upload_id: str) -> Response:
 
 
 async def receive_body(
-    rt: Runtime, upload_id: str, offset: int, limit: int, checksum: core.Checksum | None
-) -> int:
-    """Store the request body at `offset` (at most `limit` bytes); the new offset.
-
-    Raises 460 on a checksum mismatch (nothing kept) and 413 past `limit`
-    (the bytes up to it kept, unless a checksum was asked for).
-    """
-    receipt = await rt.ingest.receive_stream(
-        caller().tenant, upload_id, offset, request.body, limit=limit, checksum=checksum
-    )
-    if receipt.stalled or receipt.overflow:
+    rt: Runtime,
+    upload_id: str,
+    state: cas.StreamState,
+    limit: int,
+    checksum: core.Checksum | None,
+) -> cas.StreamState:
+    """Store the request body at the upload's offset (at most `limit` bytes);
+    the upload after it. The core's refusals (`core.errors`) say what was
+    kept; their answers are the shared table's (`problems`)."""
+    try:
+        receipt = await rt.ingest.receive_stream(
+            caller().tenant, upload_id, state, request.body, limit=limit, checksum=checksum
+        )
+    except StreamCut:
         # The rest of the body is not wanted: close rather than drain it.
         if isinstance(request.body, StreamingBody):
             request.body.abandon()
-    kept = "none" if checksum else "those received"
-    if receipt.stalled:
-        raise ApiError(
-            408,
-            "body_timeout",
-            f"no bytes arrived for {ingest.BODY_IDLE_TIMEOUT:g} seconds; {kept} kept",
-            headers={"Connection": "close"},
-            offset=receipt.offset,
-        )
-    if receipt.over_quota:
-        raise ApiError(
-            507,
-            "quota_exceeded",
-            "the body goes past what the tenant's quota leaves for an upload of unknown "
-            f"length; {'none' if checksum else 'the bytes up to it'} kept",
-            headers={"Connection": "close"},
-            offset=receipt.offset,
-        )
-    if receipt.overflow:
-        raise ApiError(
-            413,
-            "length_exceeded",
-            f"the body goes past the upload's length (or the largest upload); "
-            f"{'none' if checksum else 'the bytes up to it'} kept",
-            headers={"Connection": "close"},
-            offset=receipt.offset,
-        )
-    if receipt.checksum_failed:
-        raise ApiError(
-            460,
-            "checksum_mismatch",
-            f"the body's {checksum.algorithm} is not the one in Upload-Checksum; nothing was kept",
-            offset=receipt.offset,
-        )
-    return receipt.offset
+        raise
+    return receipt.state

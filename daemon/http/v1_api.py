@@ -26,15 +26,17 @@ from quart_schema import (
 )
 
 from ..core.ingest import NewUpload
-from ..core.runtime import Runtime, runtime
 from .auth import caller, create_token
 from .downloads import content_disposition, serve_content
 from .errors import ApiError
 from .fields import parse_count
 from .problems import Problem
+from .runtime import Runtime, runtime
 from .shapes import HashHex, Sha256Hex
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
+# The API's name in metrics, logs and the upload policy.
+API = "v1"
 
 MAX_WAIT = 60.0
 
@@ -222,11 +224,11 @@ async def usage() -> Usage:
     rt = runtime()
     tenant = caller().tenant
     used = await rt.run(rt.store.usage, tenant)
-    max_bytes, max_open, max_file = rt.tenant_limits(tenant)
+    own = rt.core.limits.of(tenant)
     return Usage(
         tenant=tenant,
         **msgspec.structs.asdict(used),
-        limits=TenantLimits(max_bytes, max_open, max_file),
+        limits=TenantLimits(own.max_bytes, own.max_open_uploads, own.max_file_size),
     )
 
 
@@ -323,7 +325,7 @@ async def create_upload(data: CreateUpload) -> tuple[UploadCreated, int, dict[st
     """Create an upload. With `chunks`, only the indices in `missing` need sending."""
     opened = await runtime().ingest.open_upload(
         NewUpload(
-            api="v1",
+            api=API,
             tenant=caller().tenant,
             filename=data.filename,
             size=data.size,
@@ -413,6 +415,7 @@ async def put_chunk(upload_id: str, index: str) -> ChunkStored:
     bytes is harmless.
     """
     ack = await runtime().ingest.receive_chunk(
+        API,
         caller().tenant,
         upload_id,
         parse_count(index, "the chunk index"),
@@ -433,7 +436,7 @@ async def complete_upload(upload_id: str) -> tuple[CompletionAccepted, int, dict
     record and processing happen in the job. Completing again returns the
     same job.
     """
-    session, job = await runtime().ingest.complete(caller().tenant, upload_id)
+    session, job = await runtime().ingest.complete(API, caller().tenant, upload_id)
     body = CompletionAccepted(job_id=job.id, upload_id=session.id, state=str(job.state))
     return body, 202, {"Location": f"/v1/jobs/{job.id}"}
 
@@ -444,7 +447,7 @@ async def cancel_upload(upload_id: str) -> tuple[str, int]:
     """Cancel an upload; its chunks are released. An upload whose completion has
     begun but recorded no file yet is cancelled too (its job ends failed); one
     whose file is recorded cannot be (409): delete the file."""
-    await runtime().ingest.cancel(caller().tenant, upload_id)
+    await runtime().ingest.cancel(API, caller().tenant, upload_id)
     return "", 204
 
 
