@@ -10,6 +10,7 @@ import pytest
 import structlog
 import trio
 from ingestd.daemon.core import logs
+from ingestd.daemon.http import request_log
 
 
 @pytest.fixture
@@ -56,7 +57,7 @@ def test_format_defaults_to_console_on_a_terminal_and_json_elsewhere():
     ],
 )
 def test_request_ids_are_kept_only_when_sane(given, kept):
-    assert logs.sane_request_id(given) == (given if kept else None)
+    assert request_log.sane_request_id(given) == (given if kept else None)
 
 
 def test_stdlib_and_structlog_lines_come_out_as_one_json_format(restore_logging):
@@ -173,7 +174,9 @@ async def test_request_log_wraps_any_asgi_app(restore_logging):
         await send({"type": "http.response.body", "body": body[:5]})
 
     metrics = Metrics()
-    wrapped = logs.RequestLog(app, metrics, lambda path: "v1" if path.startswith("/v1/") else None)
+    wrapped = request_log.RequestLog(
+        app, metrics, lambda path: "v1" if path.startswith("/v1/") else None
+    )
     incoming = [
         {"type": "http.request", "body": b"abc", "more_body": True},
         {"type": "http.request", "body": b"defgh"},

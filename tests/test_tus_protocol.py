@@ -7,6 +7,7 @@ import email.utils
 import hashlib
 
 import pytest
+from ingestd.daemon.http import tus_cors
 from ingestd.daemon.http import tus_protocol as tus
 from ingestd.daemon.http.errors import ApiError
 from ingestd.daemon.http.tus_protocol import UploadView
@@ -362,18 +363,18 @@ def test_plan_patch_on_a_complete_upload():
 
 
 def test_cors():
-    assert tus.cors_headers(None, ["*"]) == {}
-    assert tus.cors_headers("https://a", []) == {}
-    anyone = tus.cors_headers("https://a", ["*"])
+    assert tus_cors.cors_headers(None, ["*"]) == {}
+    assert tus_cors.cors_headers("https://a", []) == {}
+    anyone = tus_cors.cors_headers("https://a", ["*"])
     assert anyone["Access-Control-Allow-Origin"] == "*"
     exposed = anyone["Access-Control-Expose-Headers"].split(", ")
     for name in ("Location", "Upload-Offset", "Upload-Length", "Upload-Metadata"):
         assert name in exposed
     assert {"Upload-Defer-Length", "Upload-Concat", "Upload-Expires", "Tus-Version"} <= set(exposed)
-    listed = tus.cors_headers("https://a", ["https://a", "https://b"])
+    listed = tus_cors.cors_headers("https://a", ["https://a", "https://b"])
     assert listed["Access-Control-Allow-Origin"] == "https://a" and listed["Vary"] == "Origin"
-    assert tus.cors_headers("https://c", ["https://a"]) == {}
-    preflight = tus.preflight_headers("https://a", ["*"])
+    assert tus_cors.cors_headers("https://c", ["https://a"]) == {}
+    preflight = tus_cors.preflight_headers("https://a", ["*"])
     assert set(preflight["Access-Control-Allow-Methods"].split(", ")) >= {
         "POST",
         "PATCH",
@@ -384,4 +385,4 @@ def test_cors():
     assert {"Tus-Resumable", "Upload-Offset", "Upload-Checksum", "X-HTTP-Method-Override"} <= set(
         allowed
     )
-    assert tus.preflight_headers("https://c", ["https://a"]) == {}
+    assert tus_cors.preflight_headers("https://c", ["https://a"]) == {}

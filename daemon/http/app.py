@@ -25,6 +25,7 @@ from .client_limit import PerClientLimit
 from .errors import ApiError
 from .jsonbody import StrictJSONRequest
 from .openapi import CompleteOpenAPIProvider
+from .request_log import RequestLog
 from .runtime import EXTENSION, Runtime, runtime
 
 log = logging.getLogger("ingestd")
@@ -217,7 +218,7 @@ def create_app(
                 principal.require("admin")
         return Response(rt.metrics.render(), content_type=CONTENT_TYPE_LATEST)
 
-    app.asgi_app = logs.RequestLog(
+    app.asgi_app = RequestLog(
         PerClientLimit(app.asgi_app, config.limits.max_requests_per_client),
         app_metrics,
         functools.partial(api_of, tus_prefix=tus_prefix),

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 Scope = dict[str, Any]
+# An ASGI application (the app, or another wrapper of it).
+ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
 
 
 class PerClientLimit:
-    def __init__(self, app: Any, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
         self.limit = limit
         self.in_flight: Counter[str] = Counter()

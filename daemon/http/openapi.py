@@ -378,6 +378,7 @@ class CompleteOpenAPIProvider(OpenAPIProvider):
     # The modules whose structs appear in requests and answers.
     MODULES = [
         "ingestd.daemon.http.v1_api",
+        "ingestd.daemon.http.v1_models",
         "ingestd.daemon.http.seed_api",
         "ingestd.daemon.http.problems",
         "ingestd.daemon.http.app",

@@ -28,6 +28,7 @@ from quart_trio import QuartTrio
 from ..core.config import Config
 from ..core.errors import StreamCut
 from ..core.ingest import NewUpload, StreamSpec
+from . import tus_cors
 from . import tus_protocol as core
 from .auth import caller
 from .bodies import StreamingBody, stream_bodies_under
@@ -87,7 +88,7 @@ async def _store_refusal(exc: cas.ClientError) -> Response:
 async def _protocol_headers(response: Response) -> Response:
     """Every answer says its tus version; cross-origin ones carry CORS headers."""
     response.headers.setdefault("Tus-Resumable", core.TUS_VERSION)
-    cors = core.cors_headers(request.headers.get("Origin"), settings().cors_origins)
+    cors = tus_cors.cors_headers(request.headers.get("Origin"), settings().cors_origins)
     for name, value in cors.items():
         response.headers.setdefault(name, value)
     return response
@@ -153,7 +154,7 @@ def options_response() -> Response:
     tus = settings()
     headers = core.options_headers(runtime().ingest.max_stream_size)
     if request.headers.get("Access-Control-Request-Method"):
-        headers.update(core.preflight_headers(request.headers.get("Origin"), tus.cors_origins))
+        headers.update(tus_cors.preflight_headers(request.headers.get("Origin"), tus.cors_origins))
     return empty(204, headers)
 
 
