@@ -22,8 +22,23 @@ from .outbox import OutboxService
 from .threads import Threads
 
 
-def open_store(config: Config, limits: Limits, *, worker: str | None = None) -> cas.Store:
-    """The store `config` describes (blocks: opens the index)."""
+def open_index(config: Config, *, readonly: bool = False) -> cas.Index:
+    """The index alone, for the commands that read or change only records."""
+    return cas.Index(config.data_dir / "index.lmdb", durable=True, readonly=readonly)
+
+
+def open_chunks(config: Config, *, readonly: bool = False) -> cas.ChunkStore:
+    """The chunk store alone (fsck of a live daemon's directory reads it)."""
+    return cas.LocalChunkStore(config.data_dir, readonly=readonly)
+
+
+def open_store(
+    config: Config, limits: Limits | None = None, *, worker: str | None = None
+) -> cas.Store:
+    """The store `config` describes (blocks: opens the index). `worker`: a
+    name of its own among the processes sharing the directory (its temp
+    files are kept apart)."""
+    limits = limits or Limits(config)
     s = config.storage
     return cas.Store(
         config.data_dir,

@@ -18,6 +18,7 @@ from ingestd import cas
 
 from ..client._output import human_size, print_table
 from ..core.config import ConfigError, load_config
+from ..core.services import open_chunks, open_index, open_store
 from ..http.auth import SCOPES, check_tenant_name, create_token, parse_duration
 from .instance import DataDirBusy, claim
 
@@ -34,7 +35,7 @@ def _config(args: argparse.Namespace):
 
 
 def _index(args: argparse.Namespace) -> cas.Index:
-    return cas.Index(Path(_config(args).data_dir) / "index.lmdb", durable=True)
+    return open_index(_config(args))
 
 
 def _when(ts: float | None) -> str:
@@ -153,8 +154,9 @@ def _store_summary(index: cas.Index, data_dir: Path) -> dict[str, object]:
 
 
 def stats(args: argparse.Namespace) -> int:
-    data_dir = Path(_config(args).data_dir)
-    index = cas.Index(data_dir / "index.lmdb", durable=True)
+    config = _config(args)
+    data_dir = Path(config.data_dir)
+    index = open_index(config)
     try:
         ledger = cas.TenantLedger(index)
         with index.reader() as txn:
@@ -200,7 +202,7 @@ def gc(args: argparse.Namespace) -> int:
     grace = config.storage.gc_grace if args.grace is None else args.grace
     # Its own temp directory: a Store clears the one it is given, and a daemon
     # may be using the others.
-    with cas.Store(config.data_dir, worker="gc-command") as store:
+    with open_store(config, worker="gc-command") as store:
         expired = [] if args.dry_run else store.expire_sessions()
         chunks = store.collect_garbage(grace, dry_run=args.dry_run)
         orphans = store.sweep_orphans(grace, dry_run=args.dry_run)
@@ -226,7 +228,8 @@ def gc(args: argparse.Namespace) -> int:
 
 def fsck(args: argparse.Namespace) -> int:
     """Exit 0: no problems (leftovers aside); 1: problems (repaired, with --repair)."""
-    data_dir = Path(_config(args).data_dir)
+    config = _config(args)
+    data_dir = Path(config.data_dir)
     if not (data_dir / "index.lmdb").is_dir():
         raise CommandError(f"{data_dir} holds no ingestd data (no index.lmdb)")
     try:
@@ -237,8 +240,8 @@ def fsck(args: argparse.Namespace) -> int:
         held = None  # a live daemon's directory: read only, re-checking what moved
     try:
         if held is None:
-            index = cas.Index(data_dir / "index.lmdb", readonly=True)
-            chunks = cas.LocalChunkStore(data_dir, readonly=True)
+            index = open_index(config, readonly=True)
+            chunks = open_chunks(config, readonly=True)
             try:
                 report = cas.fsck.check(
                     index, chunks, root=data_dir, verify=not args.quick, live=True
@@ -246,7 +249,7 @@ def fsck(args: argparse.Namespace) -> int:
             finally:
                 index.close()
             return _fsck_result(args, report, None, None)
-        with cas.Store(data_dir, worker="fsck-command") as store:
+        with open_store(config, worker="fsck-command") as store:
             report = cas.fsck.check(store.index, store.chunks, root=data_dir, verify=not args.quick)
             if not args.repair:
                 return _fsck_result(args, report, None, None)

@@ -10,6 +10,7 @@ from pathlib import Path
 from ingestd import cas
 
 from ..core.config import Config
+from ..core.services import open_index
 
 VERSION = "0.1.0"
 
@@ -32,7 +33,7 @@ def warnings(config: Config, plugin_names: list[str]) -> list[str]:
     """What an operator should know before the first request."""
     found = []
     if config.auth_required:
-        index = cas.Index(config.data_dir / "index.lmdb")
+        index = open_index(config)
         try:
             if not cas.Tokens(index, time.time).all():
                 found.append(
