@@ -8,5 +8,48 @@ teammate's install needs none of it::
         result = client.upload("train.jsonl")
 """
 
-from ._client import *  # noqa: F403 - the public names are _client's __all__
-from ._client import __all__  # noqa: F401
+from ._client import Client
+from ._collect import collect
+from ._exceptions import (
+    CertificateError,
+    ConnectionFailed,
+    ContractError,
+    DestinationExists,
+    DownloadError,
+    IngestdError,
+    ProblemError,
+    Rejected,
+    UploadError,
+)
+from ._models import (
+    FileInfo,
+    JobInfo,
+    Planned,
+    Status,
+    UploadResult,
+    UploadStatus,
+    findings_in_words,
+    verdict_in_words,
+)
+
+__all__ = [
+    "Client",
+    "ConnectionFailed",
+    "CertificateError",
+    "ContractError",
+    "DestinationExists",
+    "DownloadError",
+    "FileInfo",
+    "IngestdError",
+    "JobInfo",
+    "Planned",
+    "ProblemError",
+    "Rejected",
+    "Status",
+    "UploadError",
+    "UploadResult",
+    "UploadStatus",
+    "collect",
+    "findings_in_words",
+    "verdict_in_words",
+]

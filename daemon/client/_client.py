@@ -14,26 +14,22 @@ An upload is idempotent: a file whose name and content the tenant already has
 accepted is answered with that file, and nothing is sent (`new=True` makes a
 new record anyway). Requests are retried with tenacity (backoff, and as long
 as `Retry-After` says). See docs/client.md.
+
+This module is `Client` and the requests it makes; the steps of one upload
+are in `_upload`, a download's local file in `_download`, the retry policy in
+`_retry`, the state and hash-cache files in `_state`, the errors in
+`_exceptions`.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
-import email.utils
-import fnmatch
-import hashlib
-import json
 import os
 import ssl
-import stat
-import tempfile
 import threading
-import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, NoReturn, Protocol
+from typing import Any
 from urllib.parse import quote
 
 import blake3
@@ -41,8 +37,20 @@ import httpx
 import msgspec
 import tenacity
 
+from . import _download
 from . import _login as user_config
-from ._chunking import MODES, Chunk, ChunkedFile, ChunkingParams, FileChangedError, chunk_file
+from ._chunking import MODES, Chunk, ChunkedFile, ChunkingParams
+from ._collect import collect
+from ._download import DOWNLOAD_BLOCK, DownloadProgress
+from ._exceptions import (
+    ConnectionFailed,
+    ContractError,
+    DownloadError,
+    ProblemError,
+    UploadError,
+    _describe,
+    _refuse_certificate,
+)
 from ._models import (
     FileInfo,
     JobInfo,
@@ -50,330 +58,19 @@ from ._models import (
     Status,
     UploadResult,
     UploadStatus,
-    findings_in_words,
+    _FileList,
     verdict_in_words,
 )
+from ._retry import _Again, _check, _RetryPolicy
+from ._state import HashCache, UploadState
+from ._upload import UploadProgress, _Upload
 
-__all__ = [
-    "Client",
-    "ConnectionFailed",
-    "CertificateError",
-    "ContractError",
-    "DestinationExists",
-    "DownloadError",
-    "FileInfo",
-    "IngestdError",
-    "JobInfo",
-    "Planned",
-    "ProblemError",
-    "Rejected",
-    "Status",
-    "UploadError",
-    "UploadResult",
-    "UploadStatus",
-    "collect",
-    "findings_in_words",
-    "verdict_in_words",
-]
+__all__ = ["Client"]
 
-DEFAULT_URL = user_config.DEFAULT_URL
 JOB_WAIT = 30.0  # seconds the server may hold a job request open (it caps at 60)
 PAGE_SIZE = 1000
-DOWNLOAD_BLOCK = 1 << 20
-STATE_MAX_AGE = 30 * 24 * 3600.0  # forget state files older than this (sessions expire before)
-_RETRY_STATUS = frozenset({429, 500, 502, 503, 504, 507})
 _JOB_DONE = ("succeeded", "failed")
 _JOB_RUNNING = ("queued", "running")
-
-
-# -- errors ----------------------------------------------------------------
-
-
-class IngestdError(Exception):
-    """Base of the errors this client raises."""
-
-
-class ProblemError(IngestdError):
-    """The server answered with an error (an `application/problem+json` body if it had one)."""
-
-    def __init__(
-        self, status: int, code: str, detail: str, request: str = "", body: Any = None
-    ) -> None:
-        self.status = status
-        self.code = code
-        self.detail = detail
-        self.request = request
-        self.body = body
-        where = f"{request}: " if request else ""
-        super().__init__(f"{where}HTTP {status} {code}: {detail}")
-
-
-class ConnectionFailed(IngestdError):
-    """The server could not be reached (connection refused or reset, timeout)."""
-
-
-class CertificateError(IngestdError):
-    """The server's TLS certificate is not trusted (pass `verify=` a CA bundle,
-    or `--cacert`). Not retried: waiting does not change it."""
-
-
-class UploadError(IngestdError):
-    """An upload did not finish. If `resumable`, running it again sends only what is missing."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        path: str | os.PathLike[str],
-        upload_id: str | None = None,
-        resumable: bool = False,
-        code: str | None = None,
-    ) -> None:
-        self.path = str(path)
-        self.upload_id = upload_id
-        self.resumable = resumable
-        self.code = code
-        if resumable and upload_id:
-            message += (
-                f"; upload {upload_id} is resumable: run the same command again to send"
-                " only the missing chunks"
-            )
-        elif resumable:
-            message += "; nothing was sent yet: run the same command again to retry"
-        super().__init__(message)
-
-
-class Rejected(UploadError):
-    """The file arrived, and the server's plugins rejected it. `result` says
-    what they found (`result.reason`, `result.findings`)."""
-
-    def __init__(self, result: UploadResult) -> None:
-        self.result = result
-        super().__init__(
-            f"{result.path or result.filename} {result.summary}",
-            path=result.path or result.filename,
-            upload_id=result.upload_id,
-            code="rejected",
-        )
-
-
-class DownloadError(IngestdError):
-    """A download's bytes do not match the file's BLAKE3 (or its size), or its
-    destination cannot be written."""
-
-
-class DestinationExists(DownloadError):
-    """A download would overwrite an existing file (pass `force=True`)."""
-
-
-class ContractError(IngestdError):
-    """The server answered something the `/v1` contract does not allow."""
-
-
-# -- results and progress --------------------------------------------------
-
-
-class UploadProgress(Protocol):
-    """Told how an upload advances: `kind` is one of
-
-    - "hashed": `nbytes` more of the file were read and hashed;
-    - "skipped": one chunk of `nbytes` need not be sent (the server has it);
-    - "sent": one chunk of `nbytes` was sent and acknowledged;
-    - "processing": every byte is on the server; its plugins are at work (`nbytes` 0).
-
-    "sent" is reported from worker threads; the others from the calling thread.
-    """
-
-    def __call__(self, kind: str, nbytes: int) -> None: ...
-
-
-class DownloadProgress(Protocol):
-    """Told how a download advances: "total" (the file's size, first), "kept"
-    (`nbytes` of an earlier run's partial download, hashed again), then
-    "received" (`nbytes` more)."""
-
-    def __call__(self, kind: str, nbytes: int) -> None: ...
-
-
-class _FileList(msgspec.Struct):
-    files: list[FileInfo]
-    next: str | None = None
-
-
-# -- which files an upload of paths means ----------------------------------
-
-
-def collect(
-    paths: list[str | os.PathLike[str]] | tuple[str | os.PathLike[str], ...],
-    include: list[str] | tuple[str, ...] = (),
-    exclude: list[str] | tuple[str, ...] = (),
-) -> list[tuple[Path, str]]:
-    """(local path, name on the server) of each file to upload. A file is
-    itself, under its own name; a directory is every regular file below it
-    (recursively, symbolic links to directories not followed), named by its
-    path from the directory's parent: `data/` gives `data/train.jsonl`,
-    `data/eval/a.csv`. `include` and `exclude` are globs (`*.jsonl`,
-    `eval/*`) matched against a file's path inside the directory and against
-    its name; with `include`, only matching files are taken; `exclude` wins.
-    They filter what directories hold, not files named on their own.
-    Raises FileNotFoundError for a path that does not exist."""
-    found: list[tuple[Path, str]] = []
-    for given in paths:
-        path = Path(given)
-        if path.is_dir():
-            base = path.resolve().name or "root"
-            below: list[tuple[Path, str]] = []
-            for root, _dirs, names in os.walk(path):
-                for name in names:
-                    local = Path(root) / name
-                    rel = local.relative_to(path).as_posix()
-                    if not local.is_file():
-                        continue  # sockets, fifos, broken links
-                    if include and not _matches(rel, include):
-                        continue
-                    if _matches(rel, exclude):
-                        continue
-                    below.append((local, f"{base}/{rel}"))
-            found += sorted(below, key=lambda item: item[1])
-        elif path.exists():
-            found.append((path, path.name))
-        else:
-            raise FileNotFoundError(f"{path}: no such file or directory")
-    return found
-
-
-def _matches(rel: str, patterns: list[str] | tuple[str, ...]) -> bool:
-    name = rel.rsplit("/", 1)[-1]
-    return any(fnmatch.fnmatchcase(rel, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
-# -- resumable-upload state ------------------------------------------------
-
-
-class UploadState:
-    """One small JSON file per unfinished upload, keyed by the file's fingerprint.
-
-    A file per upload (rather than one shared file) lets several `ingestd
-    upload` processes run at once without locking. Each is written atomically
-    before the first chunk is sent, so even a SIGKILL leaves it usable.
-    """
-
-    def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
-        if directory is None:
-            directory = os.environ.get("INGESTD_STATE_DIR") or _default_state_dir()
-        self.directory = Path(directory)
-        self._pruned = False
-
-    @staticmethod
-    def key(fingerprint: dict[str, Any]) -> str:
-        text = json.dumps(fingerprint, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-    def path(self, key: str) -> Path:
-        return self.directory / f"upload-{key}.json"
-
-    def load(self, key: str) -> dict[str, Any] | None:
-        try:
-            record = json.loads(self.path(key).read_text())
-        except (OSError, ValueError):
-            return None  # absent or damaged: start a new upload
-        return record if isinstance(record, dict) else None
-
-    def save(self, key: str, record: dict[str, Any]) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        if not self._pruned:
-            _prune(self.directory, "upload-*.json")
-            self._pruned = True
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".upload-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(record, f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path(key))
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-
-    def remove(self, key: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.path(key).unlink()
-
-
-class HashCache:
-    """Chunk lists of files already hashed, so that uploading an unchanged file
-    again does not read it again (as restic and rsync do).
-
-    Keyed by path, size, mtime, ctime, inode and chunking parameters: any
-    write to the file changes its ctime, which no one can set back.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self._pruned = False
-
-    @staticmethod
-    def fingerprint(path: Path, st: os.stat_result, mode: str, params: ChunkingParams) -> str:
-        facts = [str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-        facts += [st.st_dev, mode, params.as_dict()]
-        return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:32]
-
-    def _path(self, key: str) -> Path:
-        return self.directory / f"hashes-{key}.json"
-
-    def load(self, key: str) -> ChunkedFile | None:
-        try:
-            record = json.loads(self._path(key).read_text())
-            chunks = [Chunk(*c) for c in record["chunks"]]
-            return ChunkedFile(size=record["size"], chunks=chunks, blake3=record["blake3"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None  # absent or damaged: hash the file
-
-    def save(self, key: str, plan: ChunkedFile) -> None:
-        chunks = [list(c) for c in plan.chunks]
-        record = {"size": plan.size, "blake3": plan.blake3, "chunks": chunks}
-        with contextlib.suppress(OSError):  # a cache: failing to write it costs only time
-            self.directory.mkdir(parents=True, exist_ok=True)
-            if not self._pruned:
-                _prune(self.directory, "hashes-*.json")
-                self._pruned = True
-            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".hashes-", suffix=".tmp")
-            with os.fdopen(fd, "w") as f:
-                json.dump(record, f, separators=(",", ":"))
-            os.replace(tmp, self._path(key))
-
-
-def _prune(directory: Path, pattern: str) -> None:
-    """Remove entries older than STATE_MAX_AGE: those of files that changed or
-    were never uploaded again would stay forever. Once per client, not per
-    file: a directory upload would stat every entry for each of its files."""
-    cutoff = time.time() - STATE_MAX_AGE
-    for entry in directory.glob(pattern):
-        with contextlib.suppress(OSError):
-            if entry.stat().st_mtime < cutoff:
-                entry.unlink()
-
-
-def _default_state_dir() -> str:
-    import platformdirs
-
-    return platformdirs.user_cache_dir("ingestd")
-
-
-def _layout_digest(chunks: list[Chunk]) -> str:
-    """Names a chunk layout, so that a resumed upload is known to have the same one."""
-    h = blake3.blake3()
-    for c in chunks:
-        h.update(c.size.to_bytes(8, "big") + bytes.fromhex(c.hash))
-    return h.hexdigest()
-
-
-# -- the client ------------------------------------------------------------
-
-
-class _Stopped(Exception):
-    """Another worker failed; this one gives up its retries."""
 
 
 class Client:
@@ -641,54 +338,7 @@ class Client:
         overwritten unless `force` (DestinationExists). An interrupted
         download leaves `.NAME.<hash>.part` beside `dest`; the next download
         of the same file resumes from it with a `Range` request."""
-        facts = self.file(file_id)
-        dest = Path.cwd() if dest is None else Path(dest)
-        if dest.is_dir():
-            dest = dest / _safe_name(facts.filename, file_id)
-        if not dest.parent.is_dir():
-            raise DownloadError(f"{dest.parent}: no such directory")
-        if (dest.exists() or dest.is_symlink()) and not force:
-            raise DestinationExists(f"{dest} exists (use --force, or force=True, to overwrite it)")
-        part = dest.parent / f".{dest.name}.{facts.blake3[:16]}.part"
-        try:
-            # 0o666 before the umask, as any program's new file (mkstemp would give 0600).
-            fd = os.open(part, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
-        except OSError as exc:
-            raise DownloadError(f"{part}: {exc.strerror}") from exc
-        with os.fdopen(fd, "r+b") as out:
-            if not stat.S_ISREG(os.fstat(out.fileno()).st_mode):
-                raise DownloadError(f"{part} is not a regular file")
-            hasher = blake3.blake3()
-            kept = 0
-            while block := out.read(DOWNLOAD_BLOCK):  # what an interrupted run wrote
-                hasher.update(block)
-                kept += len(block)
-            if kept > facts.size:
-                out.seek(0)
-                out.truncate()
-                hasher, kept = blake3.blake3(), 0
-            try:
-                digest, size = self._fetch(file_id, facts, out, hasher, kept, progress)
-            except BaseException:
-                # Keep what can be resumed; an empty part is only clutter.
-                if os.fstat(out.fileno()).st_size == 0:
-                    with contextlib.suppress(OSError):
-                        os.unlink(part)
-                raise
-            if digest != facts.blake3 or size != facts.size:
-                out.close()
-                with contextlib.suppress(OSError):
-                    os.unlink(part)
-                raise DownloadError(
-                    f"file {file_id}: received {size} bytes with BLAKE3 {digest}, "
-                    f"expected {facts.size} bytes with BLAKE3 {facts.blake3}"
-                    + (f" ({kept} of them kept from an earlier run)" if kept else "")
-                    + "; the partial download was removed: run it again"
-                )
-            out.flush()
-            os.fsync(out.fileno())
-        _place(part, dest, force)
-        return dest
+        return _download.download(self, file_id, dest, force=force, progress=progress)
 
     def _fetch(
         self,
@@ -742,56 +392,6 @@ class Client:
 
     # -- upload ----------------------------------------------------------------
 
-    def _hash(
-        self, path: Path, notify: UploadProgress
-    ) -> tuple[os.stat_result, ChunkingParams, ChunkedFile]:
-        """The file's chunks and BLAKE3 (from the hash cache when unchanged)."""
-        before = os.stat(path)
-        if not stat.S_ISREG(before.st_mode):
-            raise UploadError(f"{path} is not a regular file", path=path)
-        try:
-            info = self._server_info()
-        except (ConnectionFailed, ProblemError) as exc:
-            _raise_for_upload(exc, path, None)
-        params = ChunkingParams.from_info(info)
-        if before.st_size > info["max_file_size"]:
-            raise UploadError(
-                f"{path} is {before.st_size} bytes, over the server's limit of "
-                f"{info['max_file_size']}",
-                path=path,
-            )
-        cache_key = HashCache.fingerprint(path, before, self.chunking, params)
-        plan = self.hashes.load(cache_key)
-        if plan is not None:
-            notify("hashed", plan.size)
-            return before, params, plan
-        try:
-            plan = chunk_file(path, params, self.chunking, on_bytes=lambda n: notify("hashed", n))
-        except FileChangedError as exc:
-            raise UploadError(f"{exc}; try again", path=path) from exc
-        after = os.stat(path)
-        if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (
-            before.st_size,
-            before.st_mtime_ns,
-            before.st_ctime_ns,
-        ):
-            raise UploadError(f"{path} changed while it was being hashed; try again", path=path)
-        self.hashes.save(cache_key, plan)
-        return before, params, plan
-
-    def _fingerprint(
-        self, path: Path, name: str, before: os.stat_result, params: ChunkingParams
-    ) -> dict[str, Any]:
-        return {
-            "url": self.url,
-            "path": str(path.resolve()),
-            "filename": name,
-            "size": before.st_size,
-            "mtime_ns": before.st_mtime_ns,
-            "chunking": self.chunking,
-            "params": params.as_dict(),
-        }
-
     def plan(
         self,
         path: str | os.PathLike[str],
@@ -805,46 +405,9 @@ class Client:
         already has, but creates and sends nothing. `bytes_to_send` is an upper
         bound for a new upload: chunks it shares with other files of the
         tenant are found only when the upload is made."""
-        path = Path(path)
-        name = filename or path.name
-        notify = progress or _no_progress
-        before, params, plan = self._hash(path, notify)
-        facts = {
-            "path": str(path),
-            "filename": name,
-            "size": plan.size,
-            "chunks": len(plan.chunks),
-            "blake3": plan.blake3 or "",
-        }
-        if not new and plan.blake3 and (found := self.find(name, plan.blake3, metadata)):
-            return Planned(
-                **facts,
-                action="already uploaded",
-                bytes_on_server=plan.size,
-                bytes_to_send=0,
-                file_id=found.id,
-            )
-        record = self.state.load(UploadState.key(self._fingerprint(path, name, before, params)))
-        if record and record.get("layout") == _layout_digest(plan.chunks):
-            with contextlib.suppress(ProblemError):
-                status = self.upload_status(str(record.get("upload_id")))
-                if status.state == "open" and status.total_chunks == len(plan.chunks):
-                    return Planned(
-                        **facts,
-                        action="resumable",
-                        bytes_on_server=status.received_bytes,
-                        bytes_to_send=plan.size - status.received_bytes,
-                    )
-        if plan.blake3:
-            for other in self.iter_files(blake3=plan.blake3, limit=1):
-                return Planned(
-                    **facts,
-                    action="content on server",
-                    bytes_on_server=plan.size,
-                    bytes_to_send=0,
-                    file_id=None if other.filename != name else other.id,
-                )
-        return Planned(**facts, action="new", bytes_on_server=0, bytes_to_send=plan.size)
+        return _Upload(
+            self, path, filename=filename, metadata=metadata, progress=progress, new=new
+        ).dry_run()
 
     def upload_dir(
         self,
@@ -888,155 +451,9 @@ class Client:
         and `detail` say why), ChunkingError when the server's chunk sizes
         cannot be used in this chunking mode.
         """
-        started = time.monotonic()
-        path = Path(path)
-        name = filename or path.name
-        notify = progress or _no_progress
-        before, params, plan = self._hash(path, notify)
-        base = {"path": str(path), "bytes_total": plan.size, "chunks_total": len(plan.chunks)}
-
-        if not new and plan.blake3:
-            try:
-                found = self.find(name, plan.blake3, metadata)
-                job = self.job(found.job_id) if found and found.job_id else None
-            except (ConnectionFailed, ProblemError) as exc:
-                _raise_for_upload(exc, path, None)
-            if found is not None:
-                notify("skipped", plan.size)
-                return self._result(
-                    found,
-                    job,
-                    **base,
-                    upload_id=found.upload_id,
-                    bytes_sent=0,
-                    bytes_on_server=plan.size,
-                    chunks_sent=0,
-                    chunks_skipped=len(plan.chunks),
-                    seconds=round(time.monotonic() - started, 3),
-                    resumed=False,
-                    already_uploaded=True,
-                )
-
-        fingerprint = self._fingerprint(path, name, before, params)
-        key = UploadState.key(fingerprint)
-        layout = _layout_digest(plan.chunks)
-        upload_id: str | None = None
-        try:
-            upload_id, missing, job_id = self._resume(key, layout, plan)
-            resumed = upload_id is not None
-            if upload_id is None:
-                upload_id, missing = self._create(name, plan, params, metadata)
-                self.state.save(
-                    key,
-                    {
-                        **fingerprint,
-                        "upload_id": upload_id,
-                        "layout": layout,
-                        "created": time.time(),
-                    },
-                )
-            missing_set = set(missing)
-            on_server = 0
-            for index, chunk in enumerate(plan.chunks):
-                if index not in missing_set:
-                    on_server += chunk.size
-                    notify("skipped", chunk.size)
-            chunks_sent, bytes_sent = 0, 0
-            if job_id is None:
-                chunks_sent, bytes_sent = self._send_chunks(
-                    path, upload_id, plan.chunks, sorted(missing_set), notify
-                )
-                job_id = self._complete(upload_id)
-            notify("processing", 0)
-            job = self._wait_job(job_id)
-            file_id = job.file_id
-            facts = self.file(file_id) if file_id else None
-        except (ConnectionFailed, ProblemError) as exc:
-            if isinstance(exc, ProblemError) and exc.code == "chunk_hash_mismatch":
-                self.state.remove(key)
-                raise UploadError(
-                    f"{path} changed since it was hashed ({exc.detail}); try again",
-                    path=path,
-                    upload_id=upload_id,
-                    code=exc.code,
-                ) from exc
-            _raise_for_upload(exc, path, upload_id)
-
-        self.state.remove(key)  # the upload is over either way; a new run starts afresh
-        if facts is None:
-            if job.state == "failed":
-                raise UploadError(
-                    f"the server could not process {path}: {job.error or 'no reason given'}",
-                    path=path,
-                    upload_id=upload_id,
-                )
-            raise ContractError(f"job {job_id} succeeded without a file_id: {job}")
-        if plan.blake3 is not None and facts.blake3 != plan.blake3:
-            raise UploadError(
-                f"the server's file {facts.id} has BLAKE3 {facts.blake3}, "
-                f"but {path} has {plan.blake3}",
-                path=path,
-                upload_id=upload_id,
-            )
-        result = self._result(
-            facts,
-            job,
-            **base,
-            upload_id=upload_id,
-            bytes_sent=bytes_sent,
-            bytes_on_server=on_server,
-            chunks_sent=chunks_sent,
-            chunks_skipped=len(plan.chunks) - len(missing_set),
-            seconds=round(time.monotonic() - started, 3),
-            resumed=resumed,
-        )
-        if result.state == "rejected" and check:
-            raise Rejected(result)
-        return result
-
-    def _result(self, facts: FileInfo, job: JobInfo | None, **fields: Any) -> UploadResult:
-        results = job.results if job else {}
-        state = facts.state
-        if state == "processing" and job is not None and job.verdict:
-            state = job.verdict
-        reason = facts.reason or (job.error if job and state == "rejected" else None)
-        return UploadResult(
-            file_id=facts.id,
-            filename=facts.filename,
-            blake3=facts.blake3,
-            job_id=job.id if job else facts.job_id,
-            state=state,
-            verdict=job.verdict if job else None,
-            reason=reason,
-            summary=verdict_in_words(state, reason, results, facts.described),
-            findings=results,
-            **fields,
-        )
-
-    def _resume(
-        self, key: str, layout: str, plan: ChunkedFile
-    ) -> tuple[str | None, list[int], str | None]:
-        """(upload id, missing indices, job id) of an earlier upload of this very
-        file that can be continued, or (None, [], None)."""
-        record = self.state.load(key)
-        if not record or record.get("layout") != layout or not record.get("upload_id"):
-            return None, [], None
-        upload_id = str(record["upload_id"])
-        try:
-            status = self.upload_status(upload_id)
-        except ProblemError as exc:
-            if exc.status != 404:
-                raise
-            status = None  # expired and purged, or never durable
-        if status is not None:
-            same = status.total_chunks == len(plan.chunks) and status.size == plan.size
-            if status.state == "open" and same:
-                return upload_id, [int(i) for i in status.missing], None
-            # Completion was accepted before the last run ended: follow its job.
-            if status.job_id and status.state in ("completing", "completed", "rejected"):
-                return upload_id, [], str(status.job_id)
-        self.state.remove(key)
-        return None, [], None
+        return _Upload(
+            self, path, filename=filename, metadata=metadata, progress=progress, new=new
+        ).run(check)
 
     def _create(
         self,
@@ -1072,61 +489,6 @@ class Client:
                 f"an upload of {created.get('total_chunks')}: {str(created)[:300]}"
             )
         return str(created["id"]), [int(i) for i in created.get("missing", [])]
-
-    def _send_chunks(
-        self,
-        path: Path,
-        upload_id: str,
-        chunks: list[Chunk],
-        missing: list[int],
-        notify: UploadProgress,
-    ) -> tuple[int, int]:
-        """PUT the `missing` chunks with `parallel` workers; (chunks, bytes) sent."""
-        if not missing:
-            return 0, 0
-        stop = threading.Event()
-        lock = threading.Lock()
-        todo = iter(missing)
-        failures: list[BaseException] = []
-        sent = [0, 0]
-
-        def work(fd: int) -> None:
-            while True:
-                with lock:
-                    index = None if stop.is_set() else next(todo, None)
-                if index is None:
-                    return
-                chunk = chunks[index]
-                try:
-                    self._put_chunk(path, upload_id, index, chunk, fd, stop)
-                except _Stopped:
-                    return
-                except BaseException as exc:
-                    with lock:
-                        failures.append(exc)
-                    stop.set()
-                    return
-                with lock:
-                    sent[0] += 1
-                    sent[1] += chunk.size
-                notify("sent", chunk.size)
-
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            workers = min(self.parallel, len(missing))
-            with ThreadPoolExecutor(workers, thread_name_prefix="chunk-put") as pool:
-                futures = [pool.submit(work, fd) for _ in range(workers)]
-                try:
-                    for future in futures:
-                        future.result()
-                except BaseException:
-                    stop.set()  # e.g. Ctrl-C: let in-flight chunks finish, start no more
-                    raise
-        finally:
-            os.close(fd)
-        if failures:
-            raise failures[0]
-        return sent[0], sent[1]
 
     def _put_chunk(
         self,
@@ -1182,186 +544,9 @@ class Client:
 # -- helpers ---------------------------------------------------------------
 
 
-def _no_progress(kind: str, nbytes: int) -> None:
-    pass
-
-
-# Refusals that waiting does not change: retrying would only repeat them.
-_LASTING_CODES = frozenset({"quota_exceeded", "too_many_open_uploads"})
-# The longest Retry-After honoured, in seconds, and how many times one request
-# waits out a rate limit (429 with Retry-After) before giving up.
-MAX_RETRY_AFTER = 120.0
-MAX_RATE_WAITS = 20
-
-
-def _lasting(r: httpx.Response) -> bool:
-    if "json" not in r.headers.get("Content-Type", ""):
-        return False
-    try:
-        return r.json().get("code") in _LASTING_CODES
-    except (ValueError, AttributeError):
-        return False
-
-
-class _Again(Exception):
-    """One attempt failed in a way that may pass: an error answer worth
-    retrying (`response`) or a transport error (`error`)."""
-
-    def __init__(
-        self, response: httpx.Response | None = None, error: BaseException | None = None
-    ) -> None:
-        super().__init__(response.status_code if response is not None else error)
-        self.response = response
-        self.error = error
-        # 429 with Retry-After: the server says when; these waits are counted apart.
-        self.rate_limited = (
-            response is not None
-            and response.status_code == 429
-            and "Retry-After" in response.headers
-        )
-
-    def final(self, request: str) -> IngestdError:
-        """What the caller gets once the retries are spent."""
-        if self.response is not None:
-            return _problem(self.response)
-        return ConnectionFailed(f"{request}: {_describe(self.error or Exception())}")
-
-
-def _refuse_certificate(exc: httpx.TransportError, request: str) -> None:
-    """Raise CertificateError when `exc` is a TLS certificate refusal."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLCertVerificationError):
-            raise CertificateError(
-                f"{request}: the server's certificate is not trusted ({seen.verify_message}); "
-                "pass its CA certificate with --cacert (or Client(verify=PATH))"
-            ) from exc
-        seen = seen.__cause__ or seen.__context__
-    if "CERTIFICATE_VERIFY_FAILED" in str(exc):
-        raise CertificateError(
-            f"{request}: the server's certificate is not trusted ({exc}); "
-            "pass its CA certificate with --cacert (or Client(verify=PATH))"
-        ) from exc
-
-
-def _check(r: httpx.Response) -> None:
-    """Raise _Again for an answer worth retrying, ProblemError for another error."""
-    if r.status_code < 400:
-        return
-    if r.status_code in _RETRY_STATUS and not _lasting(r):
-        raise _Again(response=r)
-    raise _problem(r)
-
-
-class _RetryPolicy:
-    """Counts one request's attempts for tenacity: ordinary failures get one
-    retry per `backoff` delay; rate limits (429 with Retry-After) are waited
-    out up to MAX_RATE_WAITS times, as long as the server says."""
-
-    def __init__(self, backoff: tuple[float, ...], stop: threading.Event | None) -> None:
-        self.backoff = backoff
-        self.event = stop
-        self.failures = 0
-        self.rate_waits = 0
-
-    def retrying(self) -> tenacity.Retrying:
-        return tenacity.Retrying(
-            retry=self._retry,
-            wait=self._wait,
-            stop=self._stop,
-            sleep=lambda seconds: _pause(seconds, self.event),
-            reraise=True,
-        )
-
-    def _retry(self, state: tenacity.RetryCallState) -> bool:
-        again = state.outcome.exception() if state.outcome else None
-        if not isinstance(again, _Again):
-            return False
-        if again.rate_limited:
-            self.rate_waits += 1
-        else:
-            self.failures += 1
-        return True
-
-    def _stop(self, state: tenacity.RetryCallState) -> bool:
-        return self.failures > len(self.backoff) or self.rate_waits > MAX_RATE_WAITS
-
-    def _wait(self, state: tenacity.RetryCallState) -> float:
-        again = state.outcome.exception() if state.outcome else None
-        if isinstance(again, _Again) and again.rate_limited:
-            default = 1.0
-        else:
-            default = (
-                self.backoff[min(self.failures, len(self.backoff)) - 1] if self.backoff else 0.0
-            )
-        if isinstance(again, _Again) and again.response is not None:
-            return retry_after(again.response, default)
-        return default
-
-
-def retry_after(r: httpx.Response, default: float) -> float:
-    """Seconds to wait before retrying: the answer's Retry-After (seconds or an
-    HTTP date) when it gives one, else `default`."""
-    value = r.headers.get("Retry-After")
-    if not value:
-        return default
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return default
-        seconds = when.timestamp() - time.time()
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
-
-
-def _pause(delay: float, stop: threading.Event | None) -> None:
-    if stop is None:
-        time.sleep(delay)
-    elif stop.wait(delay):
-        raise _Stopped()
-
-
 def _seg(value: str) -> str:
     """A path segment: ids come from users too, so never let them add path parts."""
     return quote(str(value), safe="")
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
-def _problem(r: httpx.Response) -> ProblemError:
-    code, detail, body = f"http_{r.status_code}", r.reason_phrase or "error", None
-    try:
-        body = r.json()
-    except ValueError:
-        if r.text:
-            detail = r.text[:300]
-    if isinstance(body, dict):
-        code = str(body.get("code") or code)
-        detail = str(body.get("detail") or body.get("title") or detail)
-    return ProblemError(
-        r.status_code, code, detail, f"{r.request.method} {r.request.url.path}", body
-    )
-
-
-def _raise_for_upload(
-    exc: ConnectionFailed | ProblemError, path: Path, upload_id: str | None
-) -> NoReturn:
-    """Raise a failure that may pass (unreachable server, 5xx, 429) as a
-    resumable UploadError; any other problem as it is."""
-    if isinstance(exc, ProblemError) and exc.status not in _RETRY_STATUS:
-        raise exc
-    code = exc.code if isinstance(exc, ProblemError) else None
-    raise UploadError(
-        f"upload of {path} failed: {exc}",
-        path=path,
-        upload_id=upload_id,
-        resumable=True,
-        code=code,
-    ) from exc
 
 
 def _etag_hash(value: str | None) -> str | None:
@@ -1371,30 +556,3 @@ def _etag_hash(value: str | None) -> str | None:
     if value.startswith("W/"):
         value = value[2:]
     return value.strip('"') or None
-
-
-def _place(part: Path, dest: Path, force: bool) -> None:
-    """Move a verified download into place; without `force`, never over a file
-    that appeared meanwhile (a hard link fails if `dest` exists)."""
-    if force:
-        os.replace(part, dest)
-        return
-    try:
-        os.link(part, dest)
-    except FileExistsError:
-        raise DestinationExists(
-            f"{dest} exists (use --force, or force=True, to overwrite it)"
-        ) from None
-    except OSError:  # a filesystem without hard links
-        if dest.exists():
-            raise DestinationExists(f"{dest} exists") from None
-        os.rename(part, dest)
-        return
-    os.unlink(part)
-
-
-def _safe_name(filename: str, fallback: str) -> str:
-    name = os.path.basename(filename.replace("\\", "/")).strip()
-    if name in ("", ".", "..") or name.startswith("."):
-        name = name.lstrip(".") or fallback
-    return name

@@ -77,6 +77,13 @@ class JobInfo(msgspec.Struct, kw_only=True):
     reused_from: str | None = None
 
 
+class _FileList(msgspec.Struct):
+    """`GET /v1/files`: one page, and the cursor of the next."""
+
+    files: list[FileInfo]
+    next: str | None = None
+
+
 @dataclass
 class Status:
     """What `Client.status(id)` found for an upload id or a file id."""

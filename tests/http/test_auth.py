@@ -409,7 +409,7 @@ def test_the_client_reads_retry_after_in_seconds_or_as_a_date():
     import time
 
     import httpx
-    from ingestd.daemon.client._client import MAX_RETRY_AFTER, retry_after
+    from ingestd.daemon.client._retry import MAX_RETRY_AFTER, retry_after
 
     def answer(value: str | None) -> httpx.Response:
         return httpx.Response(429, headers={} if value is None else {"Retry-After": value})

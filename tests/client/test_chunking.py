@@ -208,7 +208,7 @@ def test_memory_does_not_grow_with_the_file(tmp_path: Path):
 
 
 def test_hash_cache_is_invalidated_by_any_write(tmp_path):
-    from ingestd.daemon.client._client import HashCache
+    from ingestd.daemon.client._state import HashCache
 
     path = tmp_path / "data.bin"
     path.write_bytes(os.urandom(300_000))
