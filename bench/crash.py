@@ -13,7 +13,7 @@ of what was sent.
     .venv/bin/python bench/crash.py --trials 100
 
 Prints a table and writes bench/results/crash.json. `run_trials` is also the
-body of tests/test_crash_trials.py (a few trials).
+body of tests/e2e/test_crash_trials.py (a few trials).
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from pathlib import Path
 
 import blake3
 import httpx
+from _common import make_tmp_dir, print_table, use_tests_harness, write_json
 
-BENCH_DIR = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH_DIR.parent / "tests"))
-from e2e_support import Daemon, tus_patch  # noqa: E402 - the tests' own daemon harness
+use_tests_harness()
+from support.e2e import Daemon, tus_patch  # noqa: E402 - the tests' own daemon harness
 
 CHUNK = 256 << 10
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -360,8 +360,6 @@ def main() -> int:
     parser.add_argument("--tmp", default=None, help="parent of the work directory")
     parser.add_argument("--json", default=None, help="where the results go")
     args = parser.parse_args()
-
-    from _common import make_tmp_dir, print_table, write_json
 
     work = make_tmp_dir(args.tmp, "ingestd-crash-")
     started = time.monotonic()

@@ -1,5 +1,5 @@
 """A long schemathesis run against a fresh daemon (the same checks as
-tests/test_fuzz.py, with many more examples per operation).
+tests/e2e/test_fuzz.py, with many more examples per operation).
 
 Prints the run's figures (requests generated, failures, errors, seconds)
 and writes them to bench/results/fuzz.json.
@@ -14,10 +14,17 @@ import re
 import sys
 import time
 
-from _common import REPO_ROOT, log, make_tmp_dir, print_table, start_ingestd, write_json
+from _common import (
+    log,
+    make_tmp_dir,
+    print_table,
+    start_ingestd,
+    use_tests_harness,
+    write_json,
+)
 
-sys.path.insert(0, str(REPO_ROOT / "tests"))
-from test_fuzz import run_schemathesis  # noqa: E402 - the test's own command and checks
+use_tests_harness()
+from support.fuzz import run_schemathesis  # noqa: E402 - the tests' own command and checks
 
 
 def figures(output: str) -> dict[str, int]:

@@ -23,12 +23,11 @@ import time
 import ingestd.cas.index as cas_index
 from _common import (
     MIB,
-    machine_info,
+    finish,
     make_tmp_dir,
     percentile,
     print_table,
     settle,
-    write_json,
 )
 from ingestd.cas import Store
 
@@ -240,21 +239,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"group commit speedup, durability=fsync: {speedups['fsync']:.2f}x")
     print(f"group commit speedup, durability=none (reference): {speedups['none']:.2f}x")
 
-    out = write_json(
+    return finish(
         args.json,
         "group_commit",
+        {"chunks": args.chunks, "threads": args.threads, "chunk_kib": args.chunk_kib},
         {
-            "benchmark": "group_commit",
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "machine": machine_info(),
-            "params": {"chunks": args.chunks, "threads": args.threads, "chunk_kib": args.chunk_kib},
             "runs": runs,
             "speedup_fsync": speedups["fsync"],
             "speedup_none": speedups["none"],
         },
     )
-    print(f"\nresults written to {out}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -24,122 +24,28 @@ import os
 import resource
 import shutil
 import sys
-import threading
 import time
 from pathlib import Path
 
 import httpx
+from _clients import SEED_REQUEST_TIMEOUT, ChunkSender
 from _common import (
     MIB,
     ServerProcess,
     disk_write_limit,
+    finish,
     log,
-    machine_info,
     make_source,
     make_tmp_dir,
     percentile,
     print_table,
-    proc_cpu_seconds,
-    proc_status_kib,
     settle,
     sha256_file,
     start_ingestd,
-    write_json,
 )
+from _procs import proc_cpu_seconds, proc_status_kib
 
 RSS_TARGET_MIB = 250
-REQUEST_TIMEOUT = 120.0
-MAX_ATTEMPTS = 3  # per chunk; a chunk failing this often aborts the run
-
-
-# -- the upload ---------------------------------------------------------------
-
-
-class ChunkSender:
-    """N threads, each with its own httpx.Client, sending chunks from a shared queue."""
-
-    def __init__(
-        self, base_url: str, path: Path, upload_id: str, chunk_size: int, size: int, parallel: int
-    ):
-        self.base_url = base_url
-        self.path = path
-        self.upload_id = upload_id
-        self.chunk_size = chunk_size
-        self.size = size
-        self.total = -(-size // chunk_size)
-        self.parallel = parallel
-        self._next = 0
-        self._lock = threading.Lock()
-        self.latencies: list[float] = []
-        self.retries = 0
-        self.errors: list[str] = []
-
-    def _take(self) -> int | None:
-        with self._lock:
-            if self.errors or self._next >= self.total:
-                return None
-            i = self._next
-            self._next += 1
-            return i
-
-    def _worker(self, fd: int) -> None:
-        latencies = []
-        try:
-            with httpx.Client(base_url=self.base_url, timeout=REQUEST_TIMEOUT) as client:
-                while (index := self._take()) is not None:
-                    offset = index * self.chunk_size
-                    data = os.pread(fd, min(self.chunk_size, self.size - offset), offset)
-                    fields = {
-                        "uploadId": self.upload_id,
-                        "chunkIndex": str(index),
-                        "totalChunks": str(self.total),
-                    }
-                    for attempt in range(1, MAX_ATTEMPTS + 1):
-                        t0 = time.perf_counter()
-                        try:
-                            r = client.post(
-                                "/api/upload/chunk",
-                                data=fields,
-                                files={"chunk": ("chunk", data, "application/octet-stream")},
-                            )
-                        except httpx.HTTPError as exc:
-                            problem = f"chunk {index}: {type(exc).__name__}: {exc}"
-                        else:
-                            if r.status_code == 200:
-                                latencies.append(time.perf_counter() - t0)
-                                break
-                            problem = f"chunk {index}: HTTP {r.status_code}: {r.text[:300]}"
-                        if attempt == MAX_ATTEMPTS:
-                            raise RuntimeError(problem)
-                        with self._lock:
-                            self.retries += 1
-                        log(f"retrying {problem}")
-                        time.sleep(0.2 * attempt)
-        except Exception as exc:  # noqa: BLE001 - reported by run()
-            with self._lock:
-                self.errors.append(str(exc))
-        finally:
-            with self._lock:
-                self.latencies.extend(latencies)
-
-    def run(self) -> float:
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            threads = [
-                threading.Thread(target=self._worker, args=(fd,), name=f"sender-{i}")
-                for i in range(self.parallel)
-            ]
-            t0 = time.perf_counter()
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            elapsed = time.perf_counter() - t0
-        finally:
-            os.close(fd)
-        if self.errors:
-            raise RuntimeError("upload failed: " + "; ".join(self.errors[:5]))
-        return elapsed
 
 
 def run_one(size: int, parallel: int, tmp_parent: str | None) -> dict[str, object]:
@@ -163,7 +69,7 @@ def run_one(size: int, parallel: int, tmp_parent: str | None) -> dict[str, objec
         rss_start = proc_status_kib(daemon.pid, "VmRSS")
         log(f"[{size // MIB} MiB] daemon pid {daemon.pid} on port {daemon.port}, uploading")
 
-        with httpx.Client(base_url=daemon.base_url, timeout=REQUEST_TIMEOUT) as client:
+        with httpx.Client(base_url=daemon.base_url, timeout=SEED_REQUEST_TIMEOUT) as client:
             t_start = time.perf_counter()
             cpu0 = proc_cpu_seconds(daemon.pid)
             self0 = _self_cpu()
@@ -373,27 +279,23 @@ def main(argv: list[str] | None = None) -> int:
             f"({' vs '.join(f'{p:.1f}' for p in peaks)} MiB)"
         )
 
-    out = write_json(
+    return finish(
         args.json,
         "seed_upload",
         {
-            "benchmark": "seed_upload",
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "machine": machine_info(),
-            "params": {
-                "size_mib": args.size_mib,
-                "parallel": args.parallel,
-                "small_divisor": args.small_divisor,
-                "durability": "fsync",
-                "rss_target_mib": RSS_TARGET_MIB,
-            },
+            "size_mib": args.size_mib,
+            "parallel": args.parallel,
+            "small_divisor": args.small_divisor,
+            "durability": "fsync",
+            "rss_target_mib": RSS_TARGET_MIB,
+        },
+        {
             "runs": runs,
             "peak_rss_flat": flat,
             "all_sha256_ok": all(r["sha256_ok"] for r in runs),
         },
+        all(r["sha256_ok"] for r in runs),
     )
-    print(f"\nresults written to {out}")
-    return 0 if all(r["sha256_ok"] for r in runs) else 1
 
 
 if __name__ == "__main__":

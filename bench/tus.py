@@ -4,7 +4,7 @@ One run; each server is started fresh on 127.0.0.1 with a new data dir;
 ingestd runs with INGESTD_STORAGE_DURABILITY=fsync (everything else default:
 1 MiB chunks, materialised copies, the built-in plugins). The peer is
 @tus/server 2.x with @tus/file-store (bench/tus_peer_server.mjs, installed into
-bench/.peer/ by bench/upload.py's helper when missing); it fsyncs each stored
+bench/.peer/ by bench/_peers.py when missing); it fsyncs each stored
 file and its directory before it answers the last PATCH. Cases, on a random
 --size-mib file:
 
@@ -54,30 +54,25 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _clients import SourceFile
 from _common import (
     BENCH_DIR,
     MIB,
+    BenchError,
+    ServerProcess,
     disk_write_limit,
-    machine_info,
+    finish,
+    log,
     make_source,
     make_tmp_dir,
     print_table,
+    run_main,
     settle,
     sha256_file,
-    write_json,
-)
-from upload import (
-    PEER_DIR,
-    BenchError,
-    ServerProcess,
-    SourceFile,
-    ensure_peer,
-    log,
-    measured,
     start_ingestd,
-    start_peer,
-    upload_timeout,
 )
+from _measure import measured, upload_timeout
+from _peers import PEER_DIR, ensure_peer, start_peer
 
 TUS = {"Tus-Resumable": "1.0.0"}
 OCTETS = "application/offset+octet-stream"
@@ -500,32 +495,20 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args)
     summary = summarize(args, result)
     ok = all(c["ok"] for c in result["cases"].values())
-    out = write_json(
+    return finish(
         args.json,
         "tus",
         {
-            "benchmark": "tus",
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "machine": machine_info(),
-            "params": {
-                "size_mib": args.size_mib,
-                "parallel": args.parallel,
-                "disk_runs": args.disk_runs,
-                "durability": "fsync",
-                "peer": not args.skip_peer,
-            },
-            **result,
-            **summary,
-            "all_ok": ok,
+            "size_mib": args.size_mib,
+            "parallel": args.parallel,
+            "disk_runs": args.disk_runs,
+            "durability": "fsync",
+            "peer": not args.skip_peer,
         },
+        {**result, **summary, "all_ok": ok},
+        ok,
     )
-    print(f"\nresults written to {out}")
-    return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as exc:
-        log(f"tus benchmark failed: {exc}")
-        sys.exit(1)
+    run_main(main, "tus")
