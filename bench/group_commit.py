@@ -5,7 +5,7 @@ Each configuration gets a fresh store in its own temp dir: one session of
 `store.put_chunk(session.id, index, data)` for distinct random chunks. We
 report chunks/s, MiB/s, commits issued by the index writer during the puts,
 and operations per commit. Directory fsyncs done by the writer are counted by
-wrapping `ingestd.cas.index.fsync_dir` in this process (the store is not
+wrapping `ingestd.cas.localstore.fsync_dir` in this process (the store is not
 modified).
 
 Usage: .venv/bin/python bench/group_commit.py [--chunks 2000] [--threads 16] [--chunk-kib 64]
@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 
-import ingestd.cas.index as cas_index
+import ingestd.cas.localstore as cas_localstore
 from _common import (
     MIB,
     finish,
@@ -46,7 +46,7 @@ class DirFsyncCounter:
     def __init__(self) -> None:
         self.calls = 0
         self.seconds = 0.0
-        self._orig = cas_index.fsync_dir
+        self._orig = cas_localstore.fsync_dir
 
     def __enter__(self) -> DirFsyncCounter:
         def counted(path: str | os.PathLike[str]) -> None:
@@ -58,11 +58,11 @@ class DirFsyncCounter:
                 self.calls += 1
                 self.seconds += time.perf_counter() - t0
 
-        cas_index.fsync_dir = counted
+        cas_localstore.fsync_dir = counted
         return self
 
     def __exit__(self, *exc: object) -> None:
-        cas_index.fsync_dir = self._orig
+        cas_localstore.fsync_dir = self._orig
 
 
 def run_config(
