@@ -41,4 +41,4 @@ lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) build *.egg-info tests/tus_js/node_modules
+	rm -rf $(VENV) build *.egg-info tests/e2e/tus_js/node_modules

@@ -3,10 +3,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from e2e_support import Cli, Daemon
 from ingestd.cas import Index, LocalChunkStore, Store, fsck
 from ingestd.daemon.core.config import load_config
 from ingestd.daemon.http.app import create_app
+from support.e2e import Cli, Daemon
 
 
 class Clock:

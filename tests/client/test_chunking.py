@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import tracemalloc
@@ -11,6 +10,7 @@ from pathlib import Path
 import blake3
 import pytest
 from ingestd.daemon.client._chunking import Chunk, ChunkingError, ChunkingParams, chunk_file
+from support.jsonl import insert_lines, jsonl_bytes
 
 pytestmark = pytest.mark.unit
 
@@ -18,33 +18,6 @@ KiB = 1 << 10
 MiB = 1 << 20
 # The server's defaults (GET /v1/info).
 PARAMS = ChunkingParams(fixed_size=1 * MiB, min_size=256 * KiB, avg_size=1 * MiB, max_size=4 * MiB)
-
-
-def jsonl_bytes(size: int, seed: int) -> bytes:
-    """Deterministic JSON lines, like a training set, whole lines up to `size` bytes."""
-    rng = random.Random(seed)
-    words = [
-        "".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(2, 10)))
-        for _ in range(2000)
-    ]
-    out = bytearray()
-    i = 0
-    while len(out) < size:
-        record = {
-            "id": i,
-            "text": " ".join(rng.choices(words, k=rng.randint(5, 40))),
-            "label": rng.choice(["pos", "neg", "neutral"]),
-            "score": round(rng.random(), 4),
-        }
-        out += json.dumps(record).encode() + b"\n"
-        i += 1
-    return bytes(out[: out.rindex(b"\n", 0, size) + 1])
-
-
-def insert_lines(data: bytes, at: int, extra: bytes) -> bytes:
-    """`extra` inserted at the first line boundary after byte `at`."""
-    cut = data.index(b"\n", at) + 1
-    return data[:cut] + extra + data[cut:]
 
 
 def check_layout(chunks: list[Chunk], data: bytes, params: ChunkingParams) -> None:

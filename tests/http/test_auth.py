@@ -11,7 +11,7 @@ import os
 
 import pytest
 from ingestd.daemon.http.app import create_app
-from ingestd.daemon.http.auth import create_token
+from support.auth import Secured, bearer
 
 pytestmark = pytest.mark.api
 
@@ -19,35 +19,9 @@ TUS = {"Tus-Resumable": "1.0.0"}
 REMOTE = {"client": ("192.0.2.7", 5555)}
 
 
-class Secured:
-    """An app with auth on and tokens of two tenants."""
-
-    def __init__(self, test_app) -> None:
-        self.test_app = test_app
-        self.client = test_app.test_client()
-        self.rt = test_app.app.extensions["ingestd"]
-        self.tokens: dict[str, str] = {}
-
-    def token(self, name: str, tenant: str, scope: str = "write", **kw) -> dict[str, str]:
-        token, _ = create_token(self.rt.store.tokens, tenant=tenant, scope=scope, name=name, **kw)
-        self.tokens[name] = token
-        return bearer(token)
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
 async def secured_app(make_config, **env: str):
     app = create_app(make_config(INGESTD_AUTH_REQUIRED="true", **env))
     return app
-
-
-@pytest.fixture
-async def secured(make_config):
-    app = create_app(make_config(INGESTD_AUTH_REQUIRED="true"))
-    async with app.test_app() as test_app:
-        yield Secured(test_app)
 
 
 async def problem(response, status: int, code: str) -> dict:

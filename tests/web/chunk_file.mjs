@@ -1,6 +1,6 @@
 // Cuts files with the web page's chunker and hashes the chunks with its
 // vendored BLAKE3, as the page's worker does; prints one JSON line per file:
-// [[offset, length, blake3 hex], ...]. Driven by tests/test_web_chunker.py.
+// [[offset, length, blake3 hex], ...]. Driven by tests/client/test_web_chunker.py.
 //
 // Usage: node chunk_file.mjs MIN AVG MAX FILE...
 
