@@ -4,7 +4,7 @@ Everything above this interface (sessions, files, completion, readers, GC)
 deals in hashes only; where and how bytes are kept is the implementation's
 business, durability included. Implementations: `LocalChunkStore` (the data
 directory's ``objects/`` tree) and `MemoryChunkStore` (tests). Each must pass
-the conformance suite in ``tests/test_chunkstore_conformance.py``.
+the conformance suite in ``tests/cas/test_chunkstore_conformance.py``.
 
 The contract:
 

@@ -4,7 +4,7 @@ The Quart handlers in `tus_api` give these functions header values and the
 upload's state, and get back decisions (what to create, where a PATCH writes,
 how much it may write) or an `ApiError` with the status the protocol dictates.
 Nothing here reads a request, touches the store or knows the clock, so the
-rules are unit-tested on their own (tests/test_tus_protocol.py).
+rules are unit-tested on their own (tests/http/test_tus_protocol.py).
 
 Decisions made where the specification leaves room:
 
