@@ -49,7 +49,7 @@ from .errors import (
 )
 from .files import Files
 from .index import Index
-from .intake import ChunkIntake
+from .intake import ChunkIntake, ChunkRun
 from .localstore import LocalChunkStore, clear_temp
 from .locks import HeldLock, LockDir
 from .materialize import UNREADABLE_CHARS, safe_filename
@@ -114,6 +114,7 @@ __all__ = [
     "ChunkHandle",
     "ChunkHashMismatch",
     "ChunkIntake",
+    "ChunkRun",
     "ChunkOutOfRange",
     "ChunkStore",
     "ChunkWriter",

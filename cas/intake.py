@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from .chunkstore import ChunkStore, ChunkWriter, PutResult
 from .errors import ChunkHashMismatch, WrongChunkSize
 
-__all__ = ["ChunkIntake"]
+__all__ = ["ChunkIntake", "ChunkRun"]
 
 
 class ChunkIntake:
@@ -27,13 +27,14 @@ class ChunkIntake:
         index: int,
         declared: str | None,
         length: int,
-        attach: Callable[[PutResult], object],
+        attach: Callable[[PutResult], object] | None = None,
         *,
         claimed_hash: str | None = None,
     ) -> None:
         """`declared`: the upload's BLAKE3 for the chunk, if it has a layout;
         `claimed_hash`: what the client says it sends (checked like a declared
-        hash, and against it); `attach`: records the committed object."""
+        hash, and against it); `attach`: records the committed object (a
+        `ChunkRun`'s intakes have none: the run attaches them together)."""
         if claimed_hash and declared and claimed_hash != declared:
             raise ChunkHashMismatch(
                 f"the client says chunk {index} hashes to {claimed_hash}; "
@@ -72,13 +73,19 @@ class ChunkIntake:
     def finish(self, pieces: Iterable[bytes | bytearray | memoryview] = ()) -> object:
         """Write the last `pieces`, check the length, commit (the hash checked)
         and attach: durable when this returns (what `attach` returns)."""
+        assert self._attach is not None, "a run's chunks are attached by the run"
+        return self._attach(self.commit(pieces))
+
+    def commit(self, pieces: Iterable[bytes | bytearray | memoryview] = ()) -> PutResult:
+        """Write the last `pieces`, check the length and commit (the hash
+        checked): the object is named but not attached, nor durable yet."""
         self.write(pieces)
         if self.received != self.length:
             raise self._wrong_size(self.received)
         if self._writer is None:  # a chunk of no bytes
             self._writer = self._chunks.writer(self._expected)
         self.put = self._writer.commit()
-        return self._attach(self.put)
+        return self.put
 
     def abort(self) -> None:
         """Forget what was written (harmless after `finish`)."""
@@ -96,3 +103,109 @@ class ChunkIntake:
             expected=self.length,
             actual=actual,
         )
+
+
+class ChunkRun:
+    """Chunks `first`, `first + 1`, … of a session from one body, back to back
+    in the order declared: each chunk's bytes go to its own `ChunkIntake`,
+    committed (the hash checked) as soon as they are whole; `finish` makes
+    them all durable and attaches them in one index write.
+
+    A run that fails part-way (a chunk that fails its hash, a body cut short
+    or too long) still `keep`s every whole chunk before the failure: the
+    error's ``kept_chunks`` extra lists them."""
+
+    def __init__(
+        self,
+        intakes: list[ChunkIntake],
+        attach: Callable[[list[tuple[int, PutResult]]], tuple[list[object], Exception | None]],
+    ) -> None:
+        """`attach` records committed chunks, in order, durably, up to the
+        first it refuses: (their acks, that refusal or None)."""
+        self._intakes = intakes
+        self._attach = attach
+        self._current = 0
+        self._committed: list[tuple[int, PutResult]] = []
+        # The acks of the chunks attached so far, in order.
+        self.acks: list[object] = []
+        self.length = sum(intake.length for intake in intakes)
+        self.received = 0
+
+    @property
+    def first(self) -> int:
+        return self._intakes[0].index
+
+    def check_length(self, announced: int) -> None:
+        """Refuse a body whose announced length is not the run's."""
+        if announced != self.length:
+            raise WrongChunkSize(
+                f"chunks {self.first}..{self._intakes[-1].index} are {self.length} bytes "
+                f"together; the body announces {announced}",
+                expected=self.length,
+                actual=announced,
+            )
+
+    def write(self, pieces: Iterable[bytes | bytearray | memoryview]) -> None:
+        """The next bytes of the body, split at chunk boundaries; each chunk
+        made whole is committed (a mismatching hash raises here)."""
+        for piece in pieces:
+            view = memoryview(piece)
+            while view:
+                if self._current == len(self._intakes):
+                    self.received += len(view)
+                    raise WrongChunkSize(
+                        f"the body goes past the {self.length} bytes of chunks "
+                        f"{self.first}..{self._intakes[-1].index}",
+                        expected=self.length,
+                    )
+                intake = self._intakes[self._current]
+                take = min(len(view), intake.length - intake.received)
+                intake.write([view[:take]])
+                self.received += take
+                view = view[take:]
+                if intake.received == intake.length:
+                    self._commit_current()
+        # Chunks of no bytes complete without any byte arriving.
+        while self._current < len(self._intakes) and self._intakes[self._current].length == 0:
+            self._commit_current()
+
+    def _commit_current(self) -> None:
+        intake = self._intakes[self._current]
+        self._committed.append((intake.index, intake.commit()))
+        self._current += 1
+
+    def finish(self, pieces: Iterable[bytes | bytearray | memoryview] = ()) -> list[object]:
+        """Write the last `pieces` and attach every chunk, durably: the acks,
+        in order. A body short of the run's length is refused (`keep` the
+        whole chunks)."""
+        self.write(pieces)
+        if self._current < len(self._intakes):
+            raise WrongChunkSize(
+                f"the body ended after {self.received} of the {self.length} bytes of chunks "
+                f"{self.first}..{self._intakes[-1].index}",
+                expected=self.length,
+                actual=self.received,
+            )
+        return self.keep()
+
+    def keep(self) -> list[object]:
+        """Attach, durably, the chunks committed so far (after a failure: the
+        whole ones); all the acks so far. A chunk the session refuses (its
+        index holds other bytes) raises, those before it kept."""
+        committed, self._committed = self._committed, []
+        if committed:
+            acks, refusal = self._attach(committed)
+            self.acks.extend(acks)
+            if refusal is not None:
+                raise refusal
+        return self.acks
+
+    def abort(self) -> None:
+        """Forget the chunk being written (harmless after `finish`)."""
+        for intake in self._intakes[self._current :]:
+            intake.abort()
+
+    @property
+    def written(self) -> int:
+        """Bytes the run added to the chunk store."""
+        return sum(intake.written for intake in self._intakes)

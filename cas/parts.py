@@ -17,7 +17,8 @@ from collections.abc import Iterator
 import lmdb
 
 from . import records
-from .errors import ChunkConflict
+from .chunkstore import is_hash
+from .errors import ChunkConflict, InvalidLayout
 from .index import Index
 from .records import Session
 from .refs import ChunkRefs
@@ -147,3 +148,21 @@ class Parts:
         for suffix, _ in found:
             txn.delete(prefix + suffix, db=self._index.db[name])
         return [records.unpack_entry(raw)[0] for _, raw in found]
+
+
+def check_layout(size: int, chunks: list[tuple[str, int]], min_size: int, max_size: int) -> None:
+    """Refuse a declared chunk list that does not fit an upload of `size` bytes."""
+    total = 0
+    for i, (digest, length) in enumerate(chunks):
+        if not is_hash(digest):
+            raise InvalidLayout(f"chunk {i}: {digest!r} is not a lowercase BLAKE3 hex digest")
+        last = i == len(chunks) - 1
+        if not (1 if last else min_size) <= length <= max_size:
+            raise InvalidLayout(
+                f"chunk {i} is {length} bytes; chunks must be {min_size}..{max_size} bytes "
+                f"(the last one 1..{max_size})",
+                index=i,
+            )
+        total += length
+    if total != size:
+        raise InvalidLayout(f"the chunk sizes add up to {total}, not the upload size {size}")

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import lmdb
 
-from .chunkstore import ChunkStore, PutResult, is_hash
+from .chunkstore import ChunkStore, PutResult
 from .completion import Completer, Completion
 from .errors import (
     ChunkOutOfRange,
+    ClientError,
     DamagedFile,
-    InvalidLayout,
     SessionNotOpen,
     StorageError,
     TooLarge,
@@ -34,11 +34,11 @@ from .errors import (
 from .files import Files
 from .gc import GarbageCollector
 from .index import DEFAULT_MAP_SIZE, Index
-from .intake import ChunkIntake
+from .intake import ChunkIntake, ChunkRun
 from .localstore import LocalChunkStore
 from .locks import LockDir
 from .materialize import remove_copy
-from .parts import Parts
+from .parts import Parts, check_layout
 from .queues import Jobs, Outbox
 from .reader import ManifestReader
 from .records import (
@@ -197,7 +197,7 @@ class Store:
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
         if chunks is not None:
-            _check_layout(size, chunks, min_chunk_size, max_chunk_size or size or 1)
+            check_layout(size, chunks, min_chunk_size, max_chunk_size or size or 1)
         session = self.sessions.new(
             tenant=tenant,
             filename=filename,
@@ -301,6 +301,24 @@ class Store:
             claimed_hash=claimed_hash,
         )
 
+    def receive_chunks(
+        self, session_id: str, first: int, count: int, tenant: str = DEFAULT_TENANT
+    ) -> ChunkRun:
+        """Chunks `first` .. `first + count - 1` of a session, ready for their
+        bytes back to back (see `ChunkRun`); `finish` stores and attaches
+        them, durably, its answer a `ChunkAck` each. Refuses at once a run
+        that does not fit the upload."""
+        if count < 1:
+            raise ChunkOutOfRange(f"a run of {count} chunks is empty")
+        with self.index.reader() as txn:
+            session = self.sessions.get(txn, session_id, tenant)
+            expected = [self._expected(txn, session, i) for i in range(first, first + count)]
+        intakes = [
+            ChunkIntake(self.chunks, first + i, declared, length)
+            for i, (declared, length) in enumerate(expected)
+        ]
+        return ChunkRun(intakes, lambda puts: self._attach_chunks(session_id, puts, tenant))
+
     def put_chunk(
         self,
         session_id: str,
@@ -315,18 +333,36 @@ class Store:
         finally:
             intake.abort()
 
-    def _attach_chunk(self, session_id: str, index: int, put: PutResult, tenant: str) -> ChunkAck:
-        """Record a committed object as chunk `index`, durably. Its length and
-        hash were checked on the way in (`ChunkIntake`); the write transaction
-        checks again what may have changed since: the session's state."""
+    def _attach_chunks(
+        self, session_id: str, puts: list[tuple[int, PutResult]], tenant: str
+    ) -> tuple[list[ChunkAck], ClientError | None]:
+        """Record committed objects as chunks of one session, in order, in one
+        durable index write; stops at the first the session refuses (a
+        conflicting chunk), keeping those before it: (acks, that refusal).
+        Lengths and hashes were checked on the way in (`ChunkIntake`); this
+        checks what may have changed since: the session's state."""
 
-        def op(txn: lmdb.Transaction) -> ChunkAck:
+        def op(txn: lmdb.Transaction) -> tuple[list[ChunkAck], ClientError | None]:
             session = self.sessions.get(txn, session_id, tenant)
-            self._expected(txn, session, index)
-            session, stored = self.parts.attach(txn, session, index, put.hash, put.size)
-            return ChunkAck(index, put.hash, put.size, stored, session.received_chunks)
+            attached, refusal = [], None
+            for index, put in puts:
+                self._expected(txn, session, index)
+                try:
+                    session, stored = self.parts.attach(txn, session, index, put.hash, put.size)
+                except ClientError as exc:
+                    refusal = exc
+                    break
+                attached.append((index, put, stored))
+            received = session.received_chunks
+            return [ChunkAck(i, p.hash, p.size, new, received) for i, p, new in attached], refusal
 
-        return self.index.write(op, [put])
+        return self.index.write(op, [put for _, put in puts])
+
+    def _attach_chunk(self, session_id: str, index: int, put: PutResult, tenant: str) -> ChunkAck:
+        acks, refusal = self._attach_chunks(session_id, [(index, put)], tenant)
+        if refusal is not None:
+            raise refusal
+        return acks[0]
 
     # -- completion -------------------------------------------------------
 
@@ -551,20 +587,3 @@ def _not_a_stream(session: Session, instead: str) -> None:
     on how it ends (`cas.streams`)."""
     if session.stream:
         raise SessionNotOpen(f"upload {session.id} is a tus upload; {instead}", state=session.state)
-
-
-def _check_layout(size: int, chunks: list[tuple[str, int]], min_size: int, max_size: int) -> None:
-    total = 0
-    for i, (digest, length) in enumerate(chunks):
-        if not is_hash(digest):
-            raise InvalidLayout(f"chunk {i}: {digest!r} is not a lowercase BLAKE3 hex digest")
-        last = i == len(chunks) - 1
-        if not (1 if last else min_size) <= length <= max_size:
-            raise InvalidLayout(
-                f"chunk {i} is {length} bytes; chunks must be {min_size}..{max_size} bytes "
-                f"(the last one 1..{max_size})",
-                index=i,
-            )
-        total += length
-    if total != size:
-        raise InvalidLayout(f"the chunk sizes add up to {total}, not the upload size {size}")

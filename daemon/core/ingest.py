@@ -269,33 +269,84 @@ class Ingest:
         intake = self.store.receive_chunk(upload_id, index, tenant, claimed_hash=claimed_hash)
         if content_length is not None:
             intake.check_length(content_length)
-        limits = self.body_limits
-        deadline = limits.body_timeout + intake.length / limits.min_body_rate
-        received = 0
         try:
-            # Pieces as the body gave them (not joined: no copy), written a
-            # thread hop per FLUSH_BYTES; the last ones with the commit.
-            pending: list[bytes] = []
-            pending_bytes = 0
-            async for data in _within(body, deadline, index):
-                received += len(data)
-                pending.append(data)
-                if received > intake.length:
-                    break  # too long: `finish` refuses it; the rest is not read
-                pending_bytes += len(data)
-                if pending_bytes >= FLUSH_BYTES and received < intake.length:
-                    await self.threads.run(intake.write, pending)
-                    pending, pending_bytes = [], 0
-            ack = await self.threads.run(intake.finish, pending)
+            ack = await self._feed(api, intake, body, f"chunk {index}")
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self.threads.run(intake.abort)
             raise
-        finally:
-            self.metrics.received_bytes.labels(api).inc(received)
-            self.metrics.stored_bytes.labels(api).inc(intake.written)
         self._count_chunk(ack.stored)
         return ack
+
+    async def receive_chunks(
+        self,
+        api: str,
+        tenant: str,
+        upload_id: str,
+        first: int,
+        count: int,
+        body: AsyncIterable[bytes],
+        *,
+        content_length: int | None = None,
+    ) -> list[cas.ChunkAck]:
+        """Store `body` as chunks `first` .. `first + count - 1`, back to back,
+        durably, and attach them together; their acks.
+
+        Each chunk is hashed as it arrives and checked against the declared
+        hash and length. A failure part-way (a chunk that fails its hash, a
+        body cut short, too long or too slow) keeps every whole chunk before
+        it: the refusal's ``kept_chunks`` lists them."""
+        logs.note(upload_id=upload_id)
+        run = self.store.receive_chunks(upload_id, first, count, tenant)
+        if content_length is not None:
+            run.check_length(content_length)
+        try:
+            acks = await self._feed(api, run, body, f"chunks {first}..{first + count - 1}")
+        except BaseException as exc:
+            with trio.CancelScope(shield=True):
+                await self.threads.run(run.abort)
+                try:
+                    await self.threads.run(run.keep)
+                except cas.StoreError:
+                    pass  # e.g. the upload was cancelled meanwhile: the first refusal stands
+            if isinstance(exc, cas.StoreError):
+                exc.extra["kept_chunks"] = [ack.index for ack in run.acks]
+            raise
+        finally:
+            for ack in run.acks:
+                self._count_chunk(ack.stored)
+        return acks
+
+    async def _feed(
+        self,
+        api: str,
+        target: cas.ChunkIntake | cas.ChunkRun,
+        body: AsyncIterable[bytes],
+        what: str,
+    ) -> Any:
+        """Write `body` into a chunk's (or a run's) intake and `finish` it:
+        the pieces as the body gave them (not joined: no copy), a thread hop
+        per FLUSH_BYTES, the last ones with the commit."""
+        limits = self.body_limits
+        length = target.length
+        deadline = limits.body_timeout + length / limits.min_body_rate
+        received = 0
+        try:
+            pending: list[bytes] = []
+            pending_bytes = 0
+            async for data in _within(body, deadline, what):
+                received += len(data)
+                pending.append(data)
+                if received > length:
+                    break  # too long: `finish` refuses it; the rest is not read
+                pending_bytes += len(data)
+                if pending_bytes >= FLUSH_BYTES and received < length:
+                    await self.threads.run(target.write, pending)
+                    pending, pending_bytes = [], 0
+            return await self.threads.run(target.finish, pending)
+        finally:
+            self.metrics.received_bytes.labels(api).inc(received)
+            self.metrics.stored_bytes.labels(api).inc(target.written)
 
     # -- streams ---------------------------------------------------------------
 
@@ -507,7 +558,7 @@ def clean_filename(name: str) -> str:
     return _UNSAFE_NAME.sub("_", unicodedata.normalize("NFC", name))
 
 
-async def _within(body: AsyncIterable[bytes], seconds: float, index: int) -> AsyncIterator[bytes]:
+async def _within(body: AsyncIterable[bytes], seconds: float, what: str) -> AsyncIterator[bytes]:
     """`body`, or `BodyTimeout` once it has taken longer than `seconds` in all."""
     pieces = body.__aiter__()
     deadline = trio.current_time() + seconds
@@ -519,7 +570,7 @@ async def _within(body: AsyncIterable[bytes], seconds: float, index: int) -> Asy
                 return
         if late.cancelled_caught:
             raise BodyTimeout(
-                f"chunk {index} did not arrive within {seconds:.0f} s; nothing of it was kept"
+                f"{what} did not arrive within {seconds:.0f} s; only whole chunks are kept"
             )
         yield data
 

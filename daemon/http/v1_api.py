@@ -34,6 +34,8 @@ from .runtime import Runtime, runtime
 from .v1_models import (
     ChunkHeaders,
     Chunking,
+    ChunkRunQuery,
+    ChunkRunStored,
     ChunkStored,
     ChunkSummary,
     CompletionAccepted,
@@ -258,6 +260,43 @@ async def put_chunk(upload_id: str, index: str) -> ChunkStored:
         claimed_hash=declared_blake3(request.headers.get("Content-Digest")),
     )
     return ChunkStored(ack.index, ack.hash, ack.size, ack.stored, ack.received_chunks)
+
+
+@bp.put("/uploads/<upload_id>/chunks")
+@document_querystring(ChunkRunQuery)
+@document_response(ChunkRunStored)
+@document_response(Problem, 400)
+@document_response(Problem, 409)
+@document_response(Problem, 422)
+async def put_chunks(upload_id: str) -> ChunkRunStored:
+    """Store `count` chunks from index `from`, sent back to back in one body.
+
+    Each chunk is hashed as it arrives and checked against the length and
+    hash the upload declared; all are durable and attached before the
+    answer. A run that fails part-way (a chunk that fails its hash, a body
+    cut short) keeps every whole chunk before the failure; the problem's
+    `kept_chunks` lists them. Re-sending a run is harmless.
+    """
+    args = request.args
+    first = parse_count(_required_arg(args.get("from"), "from"), "the query parameter 'from'")
+    count = parse_count(args.get("count", "1"), "the query parameter 'count'")
+    acks = await runtime().ingest.receive_chunks(
+        API,
+        caller().tenant,
+        upload_id,
+        first,
+        count,
+        request.body,
+        content_length=request.content_length,
+    )
+    stored = [ChunkStored(a.index, a.hash, a.size, a.stored, a.received_chunks) for a in acks]
+    return ChunkRunStored(stored, acks[-1].received_chunks)
+
+
+def _required_arg(value: str | None, name: str) -> str:
+    if value is None:
+        raise ApiError(400, "invalid_field", f"the query parameter {name!r} is required")
+    return value
 
 
 @bp.post("/uploads/<upload_id>/complete")

@@ -71,6 +71,20 @@ class ChunkStored(msgspec.Struct):
     received_chunks: int
 
 
+class ChunkRunQuery(msgspec.Struct):
+    """Which chunks a body carries: `count` of them from index `from`."""
+
+    from_: int = msgspec.field(name="from")
+    count: int = 1
+
+
+class ChunkRunStored(msgspec.Struct):
+    """The chunks of one run body, each stored durably, in order."""
+
+    chunks: list[ChunkStored]
+    received_chunks: int
+
+
 class CompletionAccepted(msgspec.Struct):
     job_id: str
     upload_id: str

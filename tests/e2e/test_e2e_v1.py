@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import random
+import socket
 import threading
+import time
 from pathlib import Path
 
 import blake3
@@ -106,3 +108,42 @@ def test_early_errors_leave_the_connection_usable(daemon: Daemon):
             r = client.put(f"/v1/uploads/{upload_id}/chunks/0", content=body, headers=bad_digest)
             assert r.status_code == 422 and r.json()["code"] == "chunk_hash_mismatch"
             assert client.get("/healthz").status_code == 200
+
+
+def test_a_run_cut_off_mid_body_keeps_its_whole_chunks_through_sigkill(daemon: Daemon):
+    # One request carrying chunks 0..5 back to back; the connection drops in
+    # the middle of chunk 3. Chunks 0..2 are whole: they are kept, durably.
+    data = random.Random(5).randbytes(6 << 20)
+    spans = [(i << 20, 1 << 20) for i in range(6)]
+    chunks = [{"hash": blake3.blake3(data[o : o + n]).hexdigest(), "size": n} for o, n in spans]
+    base = daemon.base_url
+    upload_id = httpx.post(
+        f"{base}/v1/uploads",
+        json={"filename": "run.bin", "size": len(data), "chunks": chunks},
+        timeout=10,
+    ).json()["id"]
+    host, port = daemon.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            f"PUT /v1/uploads/{upload_id}/chunks?from=0&count=6 HTTP/1.1\r\n"
+            f"Host: {host}\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+        )
+        sock.sendall(data[: (3 << 20) + 12345])
+        time.sleep(0.5)
+    missing: list[int] = []
+    for _ in range(100):  # the server notices the cut and keeps the whole chunks
+        missing = httpx.get(f"{base}/v1/uploads/{upload_id}", timeout=10).json()["missing"]
+        if missing == [3, 4, 5]:
+            break
+        time.sleep(0.1)
+    assert missing == [3, 4, 5]
+    daemon.kill()
+    daemon.start()
+    assert httpx.get(f"{base}/v1/uploads/{upload_id}", timeout=10).json()["missing"] == [3, 4, 5]
+    r = httpx.put(f"{base}/v1/uploads/{upload_id}/chunks?from=3&count=3", content=data[3 << 20 :])
+    assert r.status_code == 200, r.text
+    assert [c["hash"] for c in r.json()["chunks"]] == [c["hash"] for c in chunks[3:]]
+    accepted = httpx.post(f"{base}/v1/uploads/{upload_id}/complete", timeout=10).json()
+    job = httpx.get(f"{base}/v1/jobs/{accepted['job_id']}?wait=30", timeout=40).json()
+    content = httpx.get(f"{base}/v1/files/{job['file_id']}/content", timeout=30).content
+    assert hashlib.sha256(content).digest() == hashlib.sha256(data).digest()

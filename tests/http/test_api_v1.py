@@ -8,6 +8,7 @@ import os
 
 import blake3
 import pytest
+import trio
 
 pytestmark = pytest.mark.api
 
@@ -234,3 +235,139 @@ async def test_openapi_documents_v1(client):
     spec = await (await client.get("/openapi.json")).get_json()
     for path in ("/v1/uploads", "/v1/uploads/{upload_id}/chunks/{index}", "/v1/jobs/{job_id}"):
         assert path in spec["paths"], path
+
+
+# -- many chunks in one request: PUT /v1/uploads/{id}/chunks?from=I&count=N --
+
+SIZES = [1000, 1500, 700, 2048, 300]
+
+
+async def put_run(client, upload_id: str, first: int, count: int, body: bytes, **headers):
+    return await client.put(
+        f"/v1/uploads/{upload_id}/chunks?from={first}&count={count}", data=body, headers=headers
+    )
+
+
+async def status(client, upload_id: str) -> dict:
+    return await (await client.get(f"/v1/uploads/{upload_id}")).get_json()
+
+
+async def test_a_run_stores_every_chunk_and_the_file_is_whole(client):
+    data = os.urandom(sum(SIZES))
+    pieces = cut(data, SIZES)
+    created = await create(client, "run.bin", data, pieces, sha256=hashlib.sha256(data).hexdigest())
+    r = await put_run(client, created["id"], 0, 3, b"".join(pieces[:3]))
+    assert r.status_code == 200, await r.get_data()
+    stored = await r.get_json()
+    assert [(c["index"], c["hash"], c["size"]) for c in stored["chunks"]] == [
+        (i, b3(pieces[i]), SIZES[i]) for i in range(3)
+    ]
+    assert all(c["stored"] for c in stored["chunks"]) and stored["received_chunks"] == 3
+    r = await put_run(client, created["id"], 3, 2, b"".join(pieces[3:]))
+    assert (await r.get_json())["received_chunks"] == 5
+    job = await finish(client, created["id"])
+    assert job["state"] == "succeeded", job
+    got = await (await client.get(f"/v1/files/{job['file_id']}/content")).get_data()
+    assert hashlib.sha256(got).hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+async def test_a_run_of_fixed_size_chunks_without_a_chunk_list(client):
+    data = os.urandom(1024 * 3 + 17)
+    created = await create(client, "fixed.bin", data)
+    r = await put_run(client, created["id"], 0, 4, data)
+    assert r.status_code == 200, await r.get_data()
+    assert [c["size"] for c in (await r.get_json())["chunks"]] == [1024, 1024, 1024, 17]
+    job = await finish(client, created["id"])
+    got = await (await client.get(f"/v1/files/{job['file_id']}/content")).get_data()
+    assert b3(got) == b3(data)
+
+
+async def test_bad_boundaries_are_refused_and_nothing_is_kept(client):
+    data = os.urandom(sum(SIZES))
+    pieces = cut(data, SIZES)
+    upload_id = (await create(client, "b.bin", data, pieces))["id"]
+    two = b"".join(pieces[:2])
+    url = f"/v1/uploads/{upload_id}/chunks"
+    await problem(await client.put(url, data=two), 400, "invalid_field")  # no `from`
+    await problem(await client.put(f"{url}?from=x&count=2", data=two), 400, "invalid_field")
+    await problem(await client.put(f"{url}?from=0&count=-1", data=two), 400, "invalid_field")
+    await problem(await put_run(client, upload_id, 0, 0, b""), 400, "chunk_index_out_of_range")
+    await problem(await put_run(client, upload_id, 4, 2, two), 400, "chunk_index_out_of_range")
+    await problem(await put_run(client, upload_id, 9, 1, two), 400, "chunk_index_out_of_range")
+    # A Content-Length that is not the run's length: refused before any byte is read.
+    for wrong in (len(two) - 1, len(two) + 1):
+        r = await put_run(client, upload_id, 0, 2, two, **{"Content-Length": str(wrong)})
+        body = await problem(r, 400, "wrong_chunk_size")
+        assert body["expected"] == len(two) and body["actual"] == wrong
+    await problem(await put_run(client, "0" * 32, 0, 1, pieces[0]), 404, "unknown_upload")
+    now = await status(client, upload_id)
+    assert now["received_chunks"] == 0 and now["missing"] == [0, 1, 2, 3, 4]
+
+
+async def test_a_body_short_or_long_of_its_run_keeps_its_whole_chunks(client):
+    # Without a Content-Length (as with chunked transfer coding) the body's end decides.
+    data = os.urandom(sum(SIZES))
+    pieces = cut(data, SIZES)
+    upload_id = (await create(client, "s.bin", data, pieces))["id"]
+    short = b"".join(pieces[:2])[:-1]
+    body = await problem(await put_run(client, upload_id, 0, 2, short), 400, "wrong_chunk_size")
+    assert body["kept_chunks"] == [0] and body["actual"] == len(short)
+    assert (await status(client, upload_id))["missing"] == [1, 2, 3, 4]
+    long = b"".join(pieces[1:3]) + b"x"
+    body = await problem(await put_run(client, upload_id, 1, 2, long), 400, "wrong_chunk_size")
+    assert body["kept_chunks"] == [1, 2]
+    assert (await status(client, upload_id))["missing"] == [3, 4]
+
+
+async def test_a_chunk_that_fails_its_hash_keeps_the_whole_ones_before_it(client):
+    data = os.urandom(sum(SIZES))
+    pieces = cut(data, SIZES)
+    upload_id = (await create(client, "h.bin", data, pieces))["id"]
+    bad = bytearray(b"".join(pieces))
+    bad[SIZES[0] + SIZES[1] + 5] ^= 0xFF  # inside chunk 2
+    body = await problem(
+        await put_run(client, upload_id, 0, 5, bytes(bad)), 422, "chunk_hash_mismatch"
+    )
+    assert body["kept_chunks"] == [0, 1]
+    assert body["expected"] == b3(pieces[2])
+    assert (await status(client, upload_id))["missing"] == [2, 3, 4]
+    r = await put_run(client, upload_id, 2, 3, b"".join(pieces[2:]))
+    assert [c["stored"] for c in (await r.get_json())["chunks"]] == [True, True, True]
+    job = await finish(client, upload_id)
+    got = await (await client.get(f"/v1/files/{job['file_id']}/content")).get_data()
+    assert b3(got) == b3(data)
+
+
+async def test_other_bytes_for_a_held_index_keep_the_chunks_before_it(client):
+    data = os.urandom(1024 * 4)
+    upload_id = (await create(client, "c.bin", data))["id"]
+    other = os.urandom(1024)
+    r = await client.put(f"/v1/uploads/{upload_id}/chunks/2", data=other)
+    assert r.status_code == 200
+    body = await problem(await put_run(client, upload_id, 0, 4, data), 409, "chunk_conflict")
+    assert body["kept_chunks"] == [0, 1]
+    assert (await status(client, upload_id))["missing"] == [3]
+
+
+async def test_the_same_run_twice_in_parallel(client):
+    data = os.urandom(sum(SIZES))
+    pieces = cut(data, SIZES)
+    upload_id = (await create(client, "p.bin", data, pieces))["id"]
+    answers: list[dict] = []
+
+    async def send() -> None:
+        r = await put_run(client, upload_id, 0, 5, data)
+        assert r.status_code == 200, await r.get_data()
+        answers.append(await r.get_json())
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(send)
+    assert len(answers) == 3
+    for i in range(5):
+        # Each chunk attached once: exactly one answer says it stored it.
+        assert sum(a["chunks"][i]["stored"] for a in answers) == 1
+    job = await finish(client, upload_id)
+    assert job["state"] == "succeeded"
+    got = await (await client.get(f"/v1/files/{job['file_id']}/content")).get_data()
+    assert b3(got) == b3(data)
