@@ -108,12 +108,15 @@ class ChunkIntake:
 class ChunkRun:
     """Chunks `first`, `first + 1`, … of a session from one body, back to back
     in the order declared: each chunk's bytes go to its own `ChunkIntake`,
-    committed (the hash checked) as soon as they are whole; `finish` makes
-    them all durable and attaches them in one index write.
+    committed (the hash checked) as soon as they are whole, and attached,
+    durably, a batch of `KEEP_BYTES` at a time (one index write each, so a
+    crash mid-body keeps most of it) and the rest at `finish`.
 
     A run that fails part-way (a chunk that fails its hash, a body cut short
     or too long) still `keep`s every whole chunk before the failure: the
     error's ``kept_chunks`` extra lists them."""
+
+    KEEP_BYTES = 8 << 20
 
     def __init__(
         self,
@@ -126,6 +129,7 @@ class ChunkRun:
         self._attach = attach
         self._current = 0
         self._committed: list[tuple[int, PutResult]] = []
+        self._committed_bytes = 0
         # The acks of the chunks attached so far, in order.
         self.acks: list[object] = []
         self.length = sum(intake.length for intake in intakes)
@@ -172,7 +176,10 @@ class ChunkRun:
     def _commit_current(self) -> None:
         intake = self._intakes[self._current]
         self._committed.append((intake.index, intake.commit()))
+        self._committed_bytes += intake.length
         self._current += 1
+        if self._committed_bytes >= self.KEEP_BYTES:
+            self.keep()
 
     def finish(self, pieces: Iterable[bytes | bytearray | memoryview] = ()) -> list[object]:
         """Write the last `pieces` and attach every chunk, durably: the acks,
@@ -193,6 +200,7 @@ class ChunkRun:
         whole ones); all the acks so far. A chunk the session refuses (its
         index holds other bytes) raises, those before it kept."""
         committed, self._committed = self._committed, []
+        self._committed_bytes = 0
         if committed:
             acks, refusal = self._attach(committed)
             self.acks.extend(acks)

@@ -23,7 +23,6 @@ are in `_upload`, a download's local file in `_download`, the retry policy in
 
 from __future__ import annotations
 
-import base64
 import os
 import ssl
 import threading
@@ -490,33 +489,31 @@ class Client:
             )
         return str(created["id"]), [int(i) for i in created.get("missing", [])]
 
-    def _put_chunk(
+    def _put_run(
         self,
         path: Path,
         upload_id: str,
-        index: int,
-        chunk: Chunk,
+        run: list[tuple[int, Chunk]],
         fd: int,
         stop: threading.Event,
     ) -> None:
-        data = os.pread(fd, chunk.size, chunk.offset)
-        if len(data) != chunk.size:
-            raise UploadError(f"{path} shrank while being uploaded; try again", path=path)
-        digest = base64.b64encode(bytes.fromhex(chunk.hash)).decode()
+        """PUT consecutive chunks in one request body (`?from=I&count=N`),
+        read from the file as the request is sent."""
+        first = run[0][0]
+        length = sum(chunk.size for _, chunk in run)
+        body = _FileSpan(path, fd, run[0][1].offset, length)
         r = self._request(
             "PUT",
-            f"/v1/uploads/{_seg(upload_id)}/chunks/{index}",
+            f"/v1/uploads/{_seg(upload_id)}/chunks?from={first}&count={len(run)}",
             stop=stop,
-            content=data,
-            headers={
-                "Content-Type": "application/octet-stream",
-                "Content-Digest": f"blake3=:{digest}:",
-            },
+            content=body,
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(length)},
         )
-        ack = self._json(r)
-        if ack.get("index") != index or ack.get("hash") != chunk.hash:
+        acks = self._json(r).get("chunks")
+        sent = [(i, chunk.hash) for i, chunk in run]
+        if not isinstance(acks, list) or [(a.get("index"), a.get("hash")) for a in acks] != sent:
             raise ContractError(
-                f"PUT chunk {index} ({chunk.hash}): the server acknowledged {str(ack)[:300]}"
+                f"PUT chunks {first}..{run[-1][0]}: the server acknowledged {str(acks)[:300]}"
             )
 
     def _complete(self, upload_id: str) -> str:
@@ -556,3 +553,24 @@ def _etag_hash(value: str | None) -> str | None:
     if value.startswith("W/"):
         value = value[2:]
     return value.strip('"') or None
+
+
+class _FileSpan:
+    """A request body read from `fd` at `offset`, a block at a time; iterable
+    again for a retry (httpx re-reads a body that is not a generator)."""
+
+    BLOCK = 1 << 20
+
+    def __init__(self, path: Path, fd: int, offset: int, length: int) -> None:
+        self._path, self._fd, self._offset, self._length = path, fd, offset, length
+
+    def __iter__(self) -> Iterator[bytes]:
+        offset, end = self._offset, self._offset + self._length
+        while offset < end:
+            data = os.pread(self._fd, min(self.BLOCK, end - offset), offset)
+            if not data:
+                raise UploadError(
+                    f"{self._path} shrank while being uploaded; try again", path=self._path
+                )
+            offset += len(data)
+            yield data

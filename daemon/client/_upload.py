@@ -5,7 +5,7 @@ resume an earlier unfinished upload of it or create one (its state file saved
 before the first chunk is sent), send the missing chunks `parallel` at a time,
 complete it, wait for the server's plugins and check what they made of it.
 
-The requests themselves are the client's (`Client._create`, `_put_chunk`,
+The requests themselves are the client's (`Client._create`, `_put_run`,
 `_complete`, `_wait_job`, ...).
 """
 
@@ -30,6 +30,13 @@ from ._state import HashCache, UploadState
 
 if TYPE_CHECKING:
     from ._client import Client
+
+
+# Runs of missing chunks go in one request each: at most RUN_BYTES (a failed
+# request re-sends that much), spread over the parallel requests when the
+# file is small, but not below MIN_RUN_BYTES.
+RUN_BYTES = 32 << 20
+MIN_RUN_BYTES = 4 << 20
 
 
 class UploadProgress(Protocol):
@@ -345,25 +352,25 @@ class _Upload:
     def _send_chunks(
         self, upload_id: str, chunks: list[Chunk], missing: list[int]
     ) -> tuple[int, int]:
-        """PUT the `missing` chunks with `parallel` workers; (chunks, bytes) sent."""
+        """PUT the `missing` chunks, runs of consecutive ones in one request
+        each (`_runs`), `parallel` requests at a time; (chunks, bytes) sent."""
         if not missing:
             return 0, 0
         path, notify = self.path, self.notify
         stop = threading.Event()
         lock = threading.Lock()
-        todo = iter(missing)
+        todo = iter(_runs(chunks, missing, self.client.parallel))
         failures: list[BaseException] = []
         sent = [0, 0]
 
         def work(fd: int) -> None:
             while True:
                 with lock:
-                    index = None if stop.is_set() else next(todo, None)
-                if index is None:
+                    run = None if stop.is_set() else next(todo, None)
+                if run is None:
                     return
-                chunk = chunks[index]
                 try:
-                    self.client._put_chunk(path, upload_id, index, chunk, fd, stop)
+                    self.client._put_run(path, upload_id, run, fd, stop)
                 except _Stopped:
                     return
                 except BaseException as exc:
@@ -371,10 +378,11 @@ class _Upload:
                         failures.append(exc)
                     stop.set()
                     return
-                with lock:
-                    sent[0] += 1
-                    sent[1] += chunk.size
-                notify("sent", chunk.size)
+                for _, chunk in run:
+                    with lock:
+                        sent[0] += 1
+                        sent[1] += chunk.size
+                    notify("sent", chunk.size)
 
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -385,13 +393,34 @@ class _Upload:
                     for future in futures:
                         future.result()
                 except BaseException:
-                    stop.set()  # e.g. Ctrl-C: let in-flight chunks finish, start no more
+                    stop.set()  # e.g. Ctrl-C: let in-flight requests finish, start no more
                     raise
         finally:
             os.close(fd)
         if failures:
             raise failures[0]
         return sent[0], sent[1]
+
+
+def _runs(chunks: list[Chunk], missing: list[int], parallel: int) -> list[list[tuple[int, Chunk]]]:
+    """The missing chunks as runs of consecutive indexes, each at most
+    `RUN_BYTES` (less when that leaves a worker idle: the bytes spread over
+    `parallel` requests, but no run under `MIN_RUN_BYTES`)."""
+    total = sum(chunks[i].size for i in missing)
+    target = max(MIN_RUN_BYTES, min(RUN_BYTES, -(-total // parallel)))
+    runs: list[list[tuple[int, Chunk]]] = []
+    run: list[tuple[int, Chunk]] = []
+    run_bytes = 0
+    for index in sorted(missing):
+        chunk = chunks[index]
+        if run and (run[-1][0] != index - 1 or run_bytes + chunk.size > target):
+            runs.append(run)
+            run, run_bytes = [], 0
+        run.append((index, chunk))
+        run_bytes += chunk.size
+    if run:
+        runs.append(run)
+    return runs
 
 
 # -- helpers ---------------------------------------------------------------
