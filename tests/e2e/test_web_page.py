@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -53,6 +54,17 @@ def shots(tmp_path: Path) -> Path:
     return out
 
 
+def run_indexes(url: str) -> list[int]:
+    """The chunks a chunk PUT carries: `chunks/I`, or `chunks?from=I&count=N`."""
+    parts = urlsplit(url)
+    if parts.path.endswith("/chunks"):
+        query = parse_qs(parts.query)
+        first, count = int(query["from"][0]), int(query.get("count", ["1"])[0])
+        return list(range(first, first + count))
+    head, _, last = parts.path.rpartition("/")
+    return [int(last)] if head.endswith("/chunks") else []
+
+
 class Page:
     """A page on the daemon, with the chunk PUTs and their answers counted."""
 
@@ -71,13 +83,15 @@ class Page:
         # a test waits for a chooser, it can come too late for the keypress.
         self.page.on("filechooser", lambda chooser: None)
 
+    # `puts` and `acked`: the chunk indexes the page sent, and those answered
+    # 200 (a run request `chunks?from=I&count=N` counts its N chunks).
     def _request(self, r) -> None:
-        if r.method == "PUT" and "/chunks/" in r.url:
-            self.puts.append(r.url)
+        if r.method == "PUT":
+            self.puts.extend(run_indexes(r.url))
 
     def _response(self, r) -> None:
-        if r.request.method == "PUT" and "/chunks/" in r.url and r.status == 200:
-            self.acked.append(r.url)
+        if r.request.method == "PUT" and r.status == 200:
+            self.acked.extend(run_indexes(r.url))
 
     def open(self, path: str = "/") -> Page:
         self.page.goto(self.base + path)
@@ -243,7 +257,8 @@ def test_reload_resumes_and_pause_resume_cancel(browser, daemon: Daemon, tmp_pat
     throttle(p, 4)  # ten seconds of sending: time to cancel midway
     p.choose(third)
     upload = p.page.locator(".upload").nth(1)
-    upload.locator(".cell.done").first.wait_for(timeout=TIMEOUT_MS)
+    # Chunks go in runs of several MiB: cancel while the first runs are on their way.
+    upload.locator(".cell.sending").first.wait_for(timeout=TIMEOUT_MS)
     upload_id = upload.get_attribute("data-upload-id")
     upload.locator(".cancel").click()
     p.page.wait_for_selector(".upload[data-state=cancelled]")
@@ -259,14 +274,15 @@ def test_a_failing_chunk_is_shown_red_and_retried(browser, daemon: Daemon, tmp_p
     failures = {"n": 0}
 
     def fail_chunk_2(route):
-        # Four failures: the page's three automatic retries are used up.
-        if failures["n"] < 4:
+        # Four failures of the run carrying chunk 2: the page's three
+        # automatic retries are used up.
+        if 2 in run_indexes(route.request.url) and failures["n"] < 4:
             failures["n"] += 1
             route.abort("connectionreset")
         else:
             route.continue_()
 
-    p.page.route("**/v1/uploads/*/chunks/2", fail_chunk_2)
+    p.page.route("**/v1/uploads/*/chunks?*", fail_chunk_2)
     p.choose(path)
     p.page.wait_for_selector(".upload .retry:not([hidden])", timeout=TIMEOUT_MS)
     cells = p.page.locator(".upload .grid .cell").evaluate_all("cs => cs.map(c => c.className)")

@@ -8,6 +8,8 @@ const TOKEN_KEY = "ingestd.token";
 const PARALLEL_KEY = "ingestd.parallel";
 const RESUME_KEY = "ingestd.resume.v1";
 const RETRIES = [500, 1000, 2000]; // ms before each automatic retry of a chunk
+const RUN_BYTES = 32 << 20; // the most one PUT carries (consecutive chunks)
+const MIN_RUN_BYTES = 4 << 20;
 const JOB_WAIT = 30; // seconds a job request may wait on the server
 
 const $ = (id) => document.getElementById(id);
@@ -377,10 +379,23 @@ class Upload {
       this.wake = () => {
         if (this.cancelled) return resolve();
         if (!this.paused) {
+          const target = this.runBytes();
+          let run = [];
+          let runBytes = 0;
           for (const chunk of this.chunks) {
             if (this.inflight.size >= this.parallel()) break;
-            if (chunk.state === "waiting" && !chunk.retryAt) this.send(chunk);
+            const ready = chunk.state === "waiting" && !chunk.retryAt;
+            if (run.length && (!ready || runBytes + chunk.size > target)) {
+              this.send(run);
+              run = [];
+              runBytes = 0;
+            }
+            if (ready && this.inflight.size < this.parallel()) {
+              run.push(chunk);
+              runBytes += chunk.size;
+            }
           }
+          if (run.length && this.inflight.size < this.parallel()) this.send(run);
         }
         const busy = this.chunks.some(
           (c) => c.state === "sending" || (c.state === "waiting" && !this.paused) || c.retryAt,
@@ -394,39 +409,65 @@ class Upload {
     }).finally(() => clearInterval(this.ticker));
   }
 
-  async send(chunk) {
+  // Consecutive waiting chunks go in one request (`?from=I&count=N`): at most
+  // RUN_BYTES, spread over the parallel requests when little is left.
+  runBytes() {
+    const waiting = this.chunks.reduce((n, c) => n + (c.state === "waiting" ? c.size : 0), 0);
+    return Math.max(MIN_RUN_BYTES, Math.min(RUN_BYTES, Math.ceil(waiting / this.parallel())));
+  }
+
+  async send(run) {
     const control = new AbortController();
-    this.inflight.set(chunk.index, control);
-    this.cellState(chunk, "sending");
-    try {
-      // A Blob body: Chromium streams it from the file, several times faster
-      // than an ArrayBuffer body (which it copies through its IPC in pieces).
-      const bytes = this.file.slice(chunk.offset, chunk.offset + chunk.size);
-      const digest = btoa(String.fromCharCode(...chunk.hash.match(/../g).map((h) => parseInt(h, 16))));
-      const ack = await api(`/v1/uploads/${this.uploadId}/chunks/${chunk.index}`, {
-        method: "PUT",
-        body: bytes,
-        headers: { "Content-Type": "application/octet-stream", "Content-Digest": `blake3=:${digest}:` },
-        signal: control.signal,
-      });
-      if (ack.hash !== chunk.hash) throw new Error(`the server stored ${ack.hash} for chunk ${chunk.index}`);
+    const first = run[0];
+    const last = run[run.length - 1];
+    this.inflight.set(first.index, control);
+    for (const chunk of run) this.cellState(chunk, "sending");
+    const done = (chunk) => {
       this.cellState(chunk, "done");
       this.sentBytes += chunk.size;
       this.doneBytes += chunk.size;
+    };
+    try {
+      // A Blob body: Chromium streams it from the file, several times faster
+      // than an ArrayBuffer body (which it copies through its IPC in pieces).
+      const bytes = this.file.slice(first.offset, last.offset + last.size);
+      const ack = await api(`/v1/uploads/${this.uploadId}/chunks?from=${first.index}&count=${run.length}`, {
+        method: "PUT",
+        body: bytes,
+        headers: { "Content-Type": "application/octet-stream" },
+        signal: control.signal,
+      });
+      run.forEach((chunk, i) => {
+        const stored = ack.chunks[i];
+        if (!stored || stored.index !== chunk.index || stored.hash !== chunk.hash) {
+          throw new Error(`the server stored ${stored?.hash} for chunk ${chunk.index}`);
+        }
+      });
+      run.forEach(done);
     } catch (err) {
+      // The whole chunks a failed run kept need not be sent again.
+      const kept = new Set(err.body?.kept_chunks || []);
+      const rest = run.filter((chunk) => !kept.has(chunk.index));
+      run.filter((chunk) => kept.has(chunk.index)).forEach(done);
       if (control.signal.aborted) {
-        this.cellState(chunk, "waiting"); // paused or cancelled: sent again on resume
+        for (const chunk of rest) this.cellState(chunk, "waiting"); // paused or cancelled: sent again on resume
       } else {
-        this.cellState(chunk, "failed");
-        chunk.error = err.message;
-        const delay = err.retryAfter ? err.retryAfter * 1000 : RETRIES[chunk.tries];
+        const delay = err.retryAfter ? err.retryAfter * 1000 : RETRIES[first.tries];
         const lasting = err.status && err.status < 500 && err.status !== 429 && err.status !== 408;
+        for (const chunk of rest) {
+          this.cellState(chunk, "failed");
+          chunk.error = err.message;
+        }
         if (delay !== undefined && !lasting) {
-          chunk.tries += 1;
-          chunk.retryAt = true;
+          for (const chunk of rest) {
+            chunk.tries += 1;
+            chunk.retryAt = true;
+          }
           setTimeout(() => {
-            chunk.retryAt = false;
-            if (chunk.state === "failed") this.cellState(chunk, "waiting");
+            for (const chunk of rest) {
+              chunk.retryAt = false;
+              if (chunk.state === "failed") this.cellState(chunk, "waiting");
+            }
             this.wake?.();
           }, delay);
         } else {
@@ -434,7 +475,7 @@ class Upload {
         }
       }
     } finally {
-      this.inflight.delete(chunk.index);
+      this.inflight.delete(first.index);
       this.wake?.();
     }
   }
