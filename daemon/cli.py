@@ -8,12 +8,14 @@ import logging
 import os
 import sys
 
+# Only what every command needs: each command imports its own modules when it runs.
 from .client import _commands as client_commands
-from .core.config import ConfigError, load_config
-from .serve import datadir_commands
+from .serve import datadir_cli
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from .core.config import ConfigError, load_config
+
     try:
         config = load_config(
             args.config,
@@ -88,6 +90,14 @@ def _version() -> str:
         return "unknown"
 
 
+class _VersionAction(argparse.Action):
+    """`--version`, looked up only when asked (importlib.metadata is slow to import)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(f"{parser.prog} {_version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ingestd",
@@ -96,9 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument(
+        "--version", action=_VersionAction, nargs=0, help="show program's version number and exit"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    datadir_commands.add_commands(sub)
+    datadir_cli.add_commands(sub)
     serve = sub.add_parser("serve", help="run the daemon in the foreground")
     serve.add_argument("--config", metavar="PATH", help="config file (TOML)")
     serve.add_argument("--host", help="address to bind (overrides server.host)")
@@ -130,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (client_commands.UsageError, datadir_commands.CommandError) as exc:
+    except (client_commands.UsageError, datadir_cli.CommandError) as exc:
         print(f"ingestd: {exc}", file=sys.stderr)
         return client_commands.USAGE
     except KeyboardInterrupt:

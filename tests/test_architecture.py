@@ -127,3 +127,24 @@ def test_the_contracts_hold_and_each_refuses_a_bad_import(copy_of_the_packages: 
             path.write_text(original)
         broken = [row for row in out.splitlines() if row.endswith("BROKEN")]
         assert any(row.startswith(name) for row in broken), (name, out)
+
+
+def test_the_cli_imports_what_a_command_needs_only_when_it_runs():
+    # Start-up is measured in bench/ (≤ 0.15 s); this keeps its cause true:
+    # building the parser (every command, --help, --version) imports none of
+    # the heavy modules, and a client command does not load the daemon's.
+    heavy = ["httpx", "trio", "lmdb", "quart", "hypercorn", "ingestd.cas", "importlib.metadata"]
+    probe = (
+        "import sys\n"
+        "from ingestd.daemon import cli\n"
+        "cli.build_parser()\n"
+        f"print([m for m in {heavy!r} if m in sys.modules])\n"
+        "from ingestd.daemon.client._commands import _import_for_the_cli\n"
+        "_import_for_the_cli('ingestd.daemon.client._transfer_commands')\n"
+        "print([m for m in ['trio', 'anyio', 'lmdb', 'quart', 'ingestd.cas', 'rich'] "
+        "if m in sys.modules], 'httpx' in sys.modules, 'trio' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert out == ["[]", "[] True False"], out

@@ -103,6 +103,11 @@ class Client:
             verify = connection.cacert
         if isinstance(verify, str):
             verify = ssl.create_default_context(cafile=verify)
+        elif verify is True and self.url.startswith("http://"):
+            # No TLS is spoken to a plain http:// URL (the client follows no
+            # redirects): spare loading the CA bundle, ~35 ms of every command.
+            # A context that trusts nothing fails closed if TLS is ever tried.
+            verify = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         self.parallel = parallel
         self.chunking = chunking
         self.timeout = timeout

@@ -13,23 +13,18 @@ from typing import Any
 
 from ._client import Client
 from ._exceptions import ConnectionFailed, ProblemError, Rejected
-
-OK, FAILED, USAGE, REJECTED, AUTH, UNREACHABLE, INTERRUPTED = 0, 1, 2, 3, 4, 5, 130
-EXIT_CODES = """\
-exit status:
-  0    done
-  1    failed (the server refused a request, a download did not verify, ...)
-  2    usage: bad arguments, a missing local file
-  3    rejected: the file arrived and a plugin rejected it (the reason is printed)
-  4    authentication: no token, a token not valid, or not allowed to do this
-  5    the server could not be reached
-  130  interrupted (Ctrl-C); run the same upload again to resume it
-With several files, the most serious: 130, 4, 5, 1, then 3."""
-_SEVERITY = [INTERRUPTED, AUTH, UNREACHABLE, FAILED, REJECTED, OK]
-
-
-class UsageError(Exception):
-    """Bad arguments or configuration: exit status 2."""
+from ._exit import (  # noqa: F401  (re-exported for the commands)
+    _SEVERITY,
+    AUTH,
+    EXIT_CODES,
+    FAILED,
+    INTERRUPTED,
+    OK,
+    REJECTED,
+    UNREACHABLE,
+    USAGE,
+    UsageError,
+)
 
 
 def exit_code(exc: BaseException) -> int:

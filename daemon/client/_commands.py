@@ -12,18 +12,49 @@ parsers, and gives daemon/cli.py the exit statuses it shares with them.
 from __future__ import annotations
 
 import argparse
+import importlib
+import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 from . import _login as user_config
-from ._command_support import EXIT_CODES, INTERRUPTED, USAGE, UsageError
-from ._file_commands import login, logout, ls, rm, status
-from ._transfer_commands import download, upload
+from ._exit import EXIT_CODES, INTERRUPTED, USAGE, UsageError
 
 __all__ = ["EXIT_CODES", "INTERRUPTED", "USAGE", "UsageError", "add_commands"]
 
 
 # -- the parser ------------------------------------------------------------
+
+
+def _later(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    """A command that imports its module (httpx and the client) only when it runs."""
+
+    def run(args: argparse.Namespace) -> int:
+        return getattr(_import_for_the_cli(f"{__package__}.{module}"), name)(args)
+
+    return run
+
+
+# Optional imports of httpx and httpcore that a command never uses and that
+# cost most of the CLI's start-up where they are installed (the daemon's own
+# dependencies): httpx's command line (click, rich, pygments) and httpcore's
+# async back-ends (trio, anyio). Hidden only in the CLI's process, which runs
+# one synchronous command; library users of `Client` get httpx unchanged.
+_UNUSED_BY_THE_CLI = ("httpx._main", "trio", "anyio")
+
+
+def _import_for_the_cli(module: str) -> object:
+    hidden = [name for name in _UNUSED_BY_THE_CLI if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]  # makes `import name` fail
+    try:
+        importlib.import_module("httpcore")  # its back-ends are chosen at import
+        return importlib.import_module(module)
+    finally:
+        for name in hidden:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]
 
 
 def _positive(text: str) -> int:
@@ -124,7 +155,7 @@ def _add_upload(sub: argparse._SubParsersAction, formatter: type[argparse.HelpFo
         help="one JSON object per file (JSON lines): file, upload and job ids, state, "
         "verdict, findings, bytes sent and already on the server; no progress",
     )
-    up.set_defaults(func=upload)
+    up.set_defaults(func=_later("_transfer_commands", "upload"))
 
 
 def _add_status(sub: argparse._SubParsersAction, formatter: type[argparse.HelpFormatter]) -> None:
@@ -137,7 +168,7 @@ def _add_status(sub: argparse._SubParsersAction, formatter: type[argparse.HelpFo
     st.add_argument("id", metavar="UPLOAD_OR_FILE_ID")
     _server_options(st)
     st.add_argument("--json", action="store_true", help="one JSON object")
-    st.set_defaults(func=status)
+    st.set_defaults(func=_later("_file_commands", "status"))
 
 
 def _add_download(sub: argparse._SubParsersAction, formatter: type[argparse.HelpFormatter]) -> None:
@@ -163,7 +194,7 @@ def _add_download(sub: argparse._SubParsersAction, formatter: type[argparse.Help
     dl.add_argument("-f", "--force", action="store_true", help="overwrite an existing file")
     dl.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _server_options(dl)
-    dl.set_defaults(func=download)
+    dl.set_defaults(func=_later("_transfer_commands", "download"))
 
 
 def _add_file_commands(sub: argparse._SubParsersAction) -> None:
@@ -175,12 +206,12 @@ def _add_file_commands(sub: argparse._SubParsersAction) -> None:
     )
     _server_options(lister)
     lister.add_argument("--json", action="store_true", help="one JSON object per file")
-    lister.set_defaults(func=ls)
+    lister.set_defaults(func=_later("_file_commands", "ls"))
 
     remove = sub.add_parser("rm", help="delete files (their ids are printed once deleted)")
     remove.add_argument("file_ids", nargs="+", metavar="FILE_ID")
     _server_options(remove)
-    remove.set_defaults(func=rm)
+    remove.set_defaults(func=_later("_file_commands", "rm"))
 
     log_in = sub.add_parser(
         "login",
@@ -192,7 +223,7 @@ def _add_file_commands(sub: argparse._SubParsersAction) -> None:
     log_in.add_argument("url", metavar="URL")
     log_in.add_argument("--token", help="bearer token (asked for on a terminal if not given)")
     log_in.add_argument("--cacert", metavar="PATH", help="CA certificate (PEM) to trust")
-    log_in.set_defaults(func=login)
+    log_in.set_defaults(func=_later("_file_commands", "login"))
 
     log_out = sub.add_parser("logout", help="forget what `ingestd login` saved")
-    log_out.set_defaults(func=logout)
+    log_out.set_defaults(func=_later("_file_commands", "logout"))

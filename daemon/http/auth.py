@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from ingestd import cas
 
 from ..core.config import Config, is_loopback
+from ..core.scopes import SCOPES
 from .errors import ApiError
 
-SCOPES = ("read", "write", "admin")
 # What each scope a token is created with allows.
 GRANTS = {
     "read": frozenset({"read"}),
