@@ -432,17 +432,33 @@ def matching_files(store: cas.Store, tenant: str, q: FilesQuery) -> list[cas.Fil
 @document_querystring(FilesQuery)
 @document_response(FileList)
 async def list_files(query_args: FilesQuery) -> FileList:
-    """Files in id order, paged; optionally only those whose name starts with
-    `prefix`, whose name is `filename`, whose content has this `blake3`, or in
-    this `state`."""
+    """Files in id order, paged (`next` is the `after` of the next page);
+    optionally only those whose name starts with `prefix`, whose name is
+    `filename`, whose content has this `blake3`, or in this `state`.
+    `results=true` adds each file's job results (its findings)."""
     rt = runtime()
     q = query_args
-    files = await rt.run(matching_files, rt.store, caller().tenant, q)
+    tenant = caller().tenant
+    files = await rt.run(matching_files, rt.store, tenant, q)
     more = len(files) > q.limit
     files = files[: q.limit]
-    return FileList(
-        [file_info(f, job_id=job_of(rt, f)) for f in files], files[-1].id if more else None
-    )
+    infos = [file_info(f, job_id=job_of(rt, f)) for f in files]
+    if q.results:
+        jobs = await rt.run(job_results, rt.store, tenant, [i.job_id for i in infos])
+        for info in infos:
+            info.results = jobs.get(info.job_id) if info.job_id else None
+    return FileList(infos, files[-1].id if more else None)
+
+
+def job_results(store: cas.Store, tenant: str, job_ids: list[str | None]) -> dict[str, dict]:
+    """The results of these jobs, by id (a job forgotten since is left out)."""
+    found = {}
+    for job_id in filter(None, job_ids):
+        try:
+            found[job_id] = store.jobs.get(job_id, tenant).results
+        except cas.UnknownJob:
+            pass
+    return found
 
 
 @bp.get("/files/<file_id>")

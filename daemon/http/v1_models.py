@@ -139,6 +139,8 @@ class FileInfo(msgspec.Struct):
     chunks: ChunkSummary | None = None
     # The job that processed it (GET /v1/jobs/{id} has every plugin's results).
     job_id: str | None = None
+    # That job's per-plugin results: in `GET /v1/files?results=true` only.
+    results: dict[str, Any] | None = None
 
 
 class FilesQuery(msgspec.Struct):
@@ -150,6 +152,9 @@ class FilesQuery(msgspec.Struct):
     filename: str | None = None
     blake3: HashHex | None = None
     state: Literal["processing", "accepted", "rejected"] | None = None
+    # Each file's job results too (what `GET /v1/jobs/{id}` gives as
+    # `results`): a listing with its findings in one request.
+    results: bool = False
 
 
 class FileList(msgspec.Struct):

@@ -267,6 +267,38 @@ def test_reload_resumes_and_pause_resume_cancel(browser, daemon: Daemon, tmp_pat
     p.close()
 
 
+def test_the_files_list_pages_and_needs_no_request_per_row(browser, daemon: Daemon, tmp_path: Path):
+    base = daemon.base_url
+    rows = b"".join(b'{"id": %d, "text": "row"}\n' % i for i in range(50))
+    with httpx.Client(base_url=base, timeout=30) as client:
+        for n in range(105):  # past one page of 100
+            data = rows if n == 0 else os.urandom(64) + b"%d" % n
+            name = "a-first.jsonl" if n == 0 else f"f{n:03d}.bin"
+            created = client.post("/v1/uploads", json={"filename": name, "size": len(data)}).json()
+            assert (
+                client.put(f"/v1/uploads/{created['id']}/chunks/0", content=data).status_code == 200
+            )
+            job = client.post(f"/v1/uploads/{created['id']}/complete").json()["job_id"]
+            assert client.get(f"/v1/jobs/{job}?wait=30").json()["state"] == "succeeded"
+    p = Page(browser, base)
+    requests: list[str] = []
+    p.page.on("request", lambda r: requests.append(r.url))
+    p.open()
+    body = p.page.locator("#files tbody tr")
+    body.nth(99).wait_for()
+    assert body.count() == 100
+    assert not [u for u in requests if "/v1/jobs/" in u], "a request per row"
+    assert len([u for u in requests if "/v1/files?" in u]) == 1
+    first = p.page.locator("#files tbody tr").filter(has_text="a-first.jsonl")
+    assert "50 rows" in first.locator("td.findings").inner_text()
+    p.page.click("#more-files")
+    body.nth(104).wait_for()
+    assert body.count() == 105 and p.page.locator("#more-files").is_hidden()
+    shown = p.page.locator("#files tbody tr").evaluate_all("rs => rs.map(r => r.dataset.fileId)")
+    assert len(set(shown)) == 105
+    p.close()
+
+
 def test_a_failing_chunk_is_shown_red_and_retried(browser, daemon: Daemon, tmp_path: Path):
     path = tmp_path / "flaky.bin"
     digest = write_random_file(path, 6 * MiB)

@@ -229,6 +229,12 @@ async def test_files_listing(client):
     rest = await (await client.get(f"/v1/files?prefix=set-&after={page['next']}")).get_json()
     assert rest["next"] is None
     assert sorted(f["id"] for f in page["files"] + rest["files"]) == sorted(ids)
+    assert all(f["results"] is None for f in page["files"])  # only when asked
+    # With each file's job results: the findings of a whole page in one request.
+    listed = await (await client.get("/v1/files?prefix=set-&results=true")).get_json()
+    for f in listed["files"]:
+        job = await (await client.get(f"/v1/jobs/{f['job_id']}")).get_json()
+        assert f["results"] == job["results"] and f["results"]
 
 
 async def test_openapi_documents_v1(client):

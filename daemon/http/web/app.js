@@ -681,21 +681,39 @@ async function showUnfinished() {
 
 // -- the files list -----------------------------------------------------------------
 
+const FILES_PAGE = 100;
+
 const files = {
+  next: null, // the `after` of the next page, when there is one
+
+  // The first page again; each file's findings come with it (`results=true`):
+  // one request for the whole list, not one per row.
   async refresh() {
-    let listing;
+    const page = await this.fetch("");
+    if (!page) return;
+    $("files").querySelector("tbody").replaceChildren(...page.files.map((f) => this.row(f)));
+    $("files-empty").hidden = page.files.length > 0;
+  },
+
+  // The next page, added below the rows shown.
+  async more() {
+    if (!this.next) return;
+    const page = await this.fetch(this.next);
+    if (page) $("files").querySelector("tbody").append(...page.files.map((f) => this.row(f)));
+  },
+
+  async fetch(after) {
+    const query = `limit=${FILES_PAGE}&results=true${after ? `&after=${encodeURIComponent(after)}` : ""}`;
+    let page;
     try {
-      listing = await api("/v1/files?limit=100");
+      page = await api(`/v1/files?${query}`);
     } catch (err) {
       if (err.status !== 401 && err.status !== 403) notice.show(`Listing files failed: ${err.message}`);
-      return;
+      return null;
     }
-    const body = $("files").querySelector("tbody");
-    body.replaceChildren(...listing.files.map((f) => this.row(f)));
-    $("files-empty").hidden = listing.files.length > 0;
-    for (const f of listing.files) {
-      if (f.job_id) this.fillFindings(f);
-    }
+    this.next = page.next;
+    $("more-files").hidden = !page.next;
+    return page;
   },
 
   row(f) {
@@ -718,7 +736,7 @@ const files = {
       "State",
     );
     state.dataset.state = f.state;
-    cell(findings(null, f.described) || "", "findings", "Findings");
+    cell(findings(f.results, f.described) || "", "findings", "Findings");
     const actions = cell("", "actions");
     if (f.state !== "rejected") {
       const dl = document.createElement("button");
@@ -741,16 +759,6 @@ const files = {
     };
     actions.append(del);
     return tr;
-  },
-
-  async fillFindings(f) {
-    try {
-      const job = await api(`/v1/jobs/${f.job_id}`);
-      const td = document.querySelector(`tr[data-file-id="${f.id}"] td.findings`);
-      if (td) td.textContent = findings(job.results, f.described);
-    } catch {
-      /* the job may have been forgotten */
-    }
   },
 };
 
@@ -834,6 +842,7 @@ function init() {
       "This browser cannot reopen files after a reload: choose the same file again and its upload resumes where it stopped.";
   }
   $("refresh").onclick = () => files.refresh();
+  $("more-files").onclick = () => files.more();
   showUnfinished();
   files.refresh();
   document.body.dataset.ready = "true"; // for tests and scripts: handlers are in place
