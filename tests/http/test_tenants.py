@@ -193,6 +193,12 @@ def id_routes(w: World):
             lambda i: c.put(f"/v1/uploads/{i}/chunks/0", data=b"x" * CHUNK, headers=b),
         ),
         (
+            "v1.put_chunks",
+            "PUT",
+            "v1_open",
+            lambda i: c.put(f"/v1/uploads/{i}/chunks?from=0&count=1", data=b"x" * CHUNK, headers=b),
+        ),
+        (
             "v1.complete_upload",
             "POST",
             "v1_open",
