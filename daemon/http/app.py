@@ -224,7 +224,7 @@ def create_app(
         functools.partial(api_of, tus_prefix=tus_prefix),
     )
     app.register_blueprint(seed_api.bp)
-    app.register_blueprint(v1_api.bp)
+    v1_api.install(app)
     app.register_blueprint(webpage.bp)
     tus_api.install(app, config)
     problems.register(app)

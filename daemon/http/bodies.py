@@ -2,7 +2,8 @@
 
 Quart buffers a request body without bound and caps it at
 `MAX_CONTENT_LENGTH` (a chunk, for the chunk APIs). Requests under a
-streaming prefix (tus's) are handled by `StreamingConnection` instead: their
+streaming prefix (tus's) or on a streaming path (`/v1` chunk runs) are
+handled by `StreamingConnection` instead: their
 body is a `StreamingBody` — no size cap (the upload's length is the cap) but
 at most HIGH_WATER bytes buffered, because the connection stops taking body
 messages from hypercorn until the handler has read them, so the socket stops
@@ -12,7 +13,7 @@ connection and body, untouched.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import trio
 from quart_trio import QuartTrio
@@ -103,11 +104,16 @@ def stream_bodies_under(app: QuartTrio, prefixes: Iterable[str]) -> None:
     """Serve requests whose path is under one of `prefixes` with `StreamingConnection`."""
     exact = tuple(p.rstrip("/") for p in prefixes)
     starts = tuple(p.rstrip("/") + "/" for p in prefixes)
+    stream_bodies_where(app, lambda path: path in exact or path.startswith(starts))
+
+
+def stream_bodies_where(app: QuartTrio, streams: Callable[[str], bool]) -> None:
+    """Serve requests whose path `streams` says so with `StreamingConnection`
+    (each call adds to those before it)."""
     default = app.asgi_http_class
 
     def connection(app: QuartTrio, scope: dict) -> TrioASGIHTTPConnection:
-        path = scope.get("path", "")
-        if path in exact or path.startswith(starts):
+        if streams(scope.get("path", "")):
             return StreamingConnection(app, scope)
         return default(app, scope)
 

@@ -23,9 +23,11 @@ from quart_schema import (
     validate_querystring,
     validate_request,
 )
+from quart_trio import QuartTrio
 
 from ..core.ingest import NewUpload
 from .auth import caller, create_token
+from .bodies import StreamingBody, stream_bodies_where
 from .downloads import content_disposition, serve_content
 from .errors import ApiError
 from .fields import parse_count
@@ -57,6 +59,20 @@ from .v1_models import (
 )
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
+
+
+def install(app: QuartTrio) -> None:
+    """The blueprint, and bounded-memory bodies for chunk runs (which may be
+    larger than any one chunk: `MAX_CONTENT_LENGTH` does not cap them)."""
+    app.register_blueprint(bp)
+    stream_bodies_where(app, is_chunk_run_path)
+
+
+def is_chunk_run_path(path: str) -> bool:
+    # /v1/uploads/{id}/chunks: a run; /v1/uploads/{id}/chunks/{index}: one chunk.
+    return path.startswith("/v1/uploads/") and path.endswith("/chunks")
+
+
 # The API's name in metrics, logs and the upload policy.
 API = "v1"
 
@@ -280,15 +296,21 @@ async def put_chunks(upload_id: str) -> ChunkRunStored:
     args = request.args
     first = parse_count(_required_arg(args.get("from"), "from"), "the query parameter 'from'")
     count = parse_count(args.get("count", "1"), "the query parameter 'count'")
-    acks = await runtime().ingest.receive_chunks(
-        API,
-        caller().tenant,
-        upload_id,
-        first,
-        count,
-        request.body,
-        content_length=request.content_length,
-    )
+    try:
+        acks = await runtime().ingest.receive_chunks(
+            API,
+            caller().tenant,
+            upload_id,
+            first,
+            count,
+            request.body,
+            content_length=request.content_length,
+        )
+    except cas.ClientError:
+        # Refused part-way: the rest of the body is not wanted; close rather than read it.
+        if isinstance(request.body, StreamingBody):
+            request.body.abandon()
+        raise
     stored = [ChunkStored(a.index, a.hash, a.size, a.stored, a.received_chunks) for a in acks]
     return ChunkRunStored(stored, acks[-1].received_chunks)
 
