@@ -176,7 +176,7 @@ def main() -> int:
         for round_ in range(args.rounds):
             data = chunks(size, round_)
             for name, layout in layouts.items():
-                run = measure(name, lambda r, c, f=layout: f(r, data, c), base, size)
+                run = measure(name, lambda r, c, f=layout, d=data: f(r, d, c), base, size)
                 runs.append({"round": round_ + 1, **run})
     finally:
         shutil.rmtree(base, ignore_errors=True)
