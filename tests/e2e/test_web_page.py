@@ -237,9 +237,10 @@ def test_reload_resumes_and_pause_resume_cancel(browser, daemon: Daemon, tmp_pat
     other = tmp_path / "other.bin"
     other_digest = write_random_file(other, 48 * MiB)
     p = Page(browser, daemon.base_url).open()
-    throttle(p, 16)
+    throttle(p, 8)
     p.choose(other)
-    p.page.wait_for_selector(".upload .cell.done", timeout=TIMEOUT_MS)
+    # Chunks go in runs of several MiB, all finishing late: pause while they are on their way.
+    p.page.wait_for_selector(".upload .cell.sending", timeout=TIMEOUT_MS)
     p.page.click(".upload .pause")
     p.page.wait_for_selector(".upload .resume:not([hidden])")
     paused_at = len(p.puts)
