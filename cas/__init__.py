@@ -9,7 +9,8 @@ Knows nothing of HTTP or plugins; usable as a library::
         done = store.complete(s.id)
 
 The modules, one concept each: `chunkstore` (the interface objects are kept
-behind) with `localstore` and `memstore`; `index` (LMDB, group commit);
+behind) with `packstore` (the default), `localstore` (the older layout) and
+`memstore`; `index` (LMDB, group commit);
 `records`; `sessions` (and their transition table); `parts` (the ledger of
 a session's chunks); `refs` (chunk reference counts); `tenants` (each
 tenant's chunk holdings and usage); `tokens`; `files`; `completion`; `gc`;
@@ -54,6 +55,7 @@ from .localstore import LocalChunkStore, clear_temp
 from .locks import HeldLock, LockDir
 from .materialize import UNREADABLE_CHARS, safe_filename
 from .memstore import MemoryChunkStore
+from .packstore import LocalPackStore
 from .queues import FINISHED_JOB
 from .reader import ManifestReader
 from .records import (
@@ -134,6 +136,7 @@ __all__ = [
     "Job",
     "JobState",
     "LocalChunkStore",
+    "LocalPackStore",
     "LockDir",
     "ManifestReader",
     "MemoryChunkStore",

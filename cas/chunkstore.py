@@ -2,8 +2,9 @@
 
 Everything above this interface (sessions, files, completion, readers, GC)
 deals in hashes only; where and how bytes are kept is the implementation's
-business, durability included. Implementations: `LocalChunkStore` (the data
-directory's ``objects/`` tree) and `MemoryChunkStore` (tests). Each must pass
+business, durability included. Implementations: `LocalPackStore` (the data
+directory's packs, the default), `LocalChunkStore` (the older ``objects/``
+tree of one file per chunk) and `MemoryChunkStore` (tests). Each must pass
 the conformance suite in ``tests/cas/test_chunkstore_conformance.py``.
 
 The contract:
@@ -13,9 +14,10 @@ The contract:
   Committing bytes that are already stored rewrites nothing. A writer that is
   aborted, or never committed, leaves nothing behind that `exists` or
   `iter_hashes` would report.
-- A committed object may not be durable yet: `sync(puts)` makes the given
-  commits durable, as one batch (the index calls it once per group commit,
-  before the commit that refers to them).
+- A committed object may not be durable yet, nor seen by other processes:
+  `sync(puts)` makes the given commits durable and recorded, as one batch
+  (the index calls it once per group commit, before the commit that refers
+  to them, whether or not the store is `durable`).
 - `open(digest)` gives a handle for ranged reads; reads past the end are short.
 """
 
@@ -95,6 +97,14 @@ class ChunkWriter(abc.ABC):
         return digest
 
 
+class Lane:
+    """Names one stream of writers (a request's chunks, one after the other)
+    for `ChunkStore.writer`; a store may keep their bytes together while the
+    lane lives."""
+
+    __slots__ = ("__weakref__",)
+
+
 class ChunkHandle(abc.ABC):
     """An open object, for reads at any offset."""
 
@@ -117,7 +127,9 @@ class ChunkStore(abc.ABC):
     durable: bool = False
 
     @abc.abstractmethod
-    def writer(self, expected_hash: str | None = None) -> ChunkWriter: ...
+    def writer(self, expected_hash: str | None = None, lane: object | None = None) -> ChunkWriter:
+        """`lane` (a `Lane`, or any object that takes weak references):
+        writers given the same lane are one stream of bytes."""
 
     @abc.abstractmethod
     def sync(self, puts: Iterable[PutResult]) -> None:
@@ -198,6 +210,11 @@ class ChunkStore(abc.ABC):
         except CorruptObject:
             return False
         return h.hexdigest() == digest
+
+    def sweep(self, grace: float, now: float) -> tuple[int, int]:
+        """Free space the store keeps beyond its objects (empty packs, say)
+        left for `grace` seconds: (containers removed, bytes). None by default."""
+        return 0, 0
 
     def close(self) -> None:  # noqa: B027 - optional for implementations
         """Release what the store holds open (nothing, by default)."""

@@ -99,6 +99,9 @@ class GarbageCollector:
                     age = self._chunks.age(digest, now)
                     if age is not None and age > grace:
                         candidates.append(digest)
+        if not dry_run:
+            # Containers the store keeps (packs) that no live object is in.
+            self._chunks.sweep(grace, now)
         if not candidates:
             return 0, 0
         if dry_run:

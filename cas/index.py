@@ -134,9 +134,7 @@ class Index:
             return
         self.db = {name: self.env.open_db(name.encode()) for name in DATABASES}
         self._check_format()
-        self.writer = GroupCommitter(
-            self.env, durable=durable, grouped=group_commit, sync_objects=sync_objects
-        )
+        self.writer = GroupCommitter(self.env, grouped=group_commit, sync_objects=sync_objects)
 
     def _check_format(self) -> None:
         with self.env.begin(write=True, db=self.db["meta"]) as txn:
@@ -211,12 +209,10 @@ class GroupCommitter:
         self,
         env: lmdb.Environment,
         *,
-        durable: bool,
         grouped: bool = True,
         sync_objects: SyncObjects | None = None,
     ) -> None:
         self._env = env
-        self._durable = durable
         self._sync_objects = sync_objects
         self._grouped = grouped
         self._queue: collections.deque[_Pending] = collections.deque()
@@ -267,7 +263,7 @@ class GroupCommitter:
 
     def _commit(self, batch: list[_Pending]) -> None:
         try:
-            if self._durable and self._sync_objects is not None:
+            if self._sync_objects is not None:
                 objects = [o for p in batch for o in p.objects]
                 if objects:
                     self._sync_objects(objects)

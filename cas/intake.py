@@ -30,11 +30,13 @@ class ChunkIntake:
         attach: Callable[[PutResult], object] | None = None,
         *,
         claimed_hash: str | None = None,
+        lane: object | None = None,
     ) -> None:
         """`declared`: the upload's BLAKE3 for the chunk, if it has a layout;
         `claimed_hash`: what the client says it sends (checked like a declared
         hash, and against it); `attach`: records the committed object (a
-        `ChunkRun`'s intakes have none: the run attaches them together)."""
+        `ChunkRun`'s intakes have none: the run attaches them together);
+        `lane`: the chunk store's writer lane (a run's chunks share one)."""
         if claimed_hash and declared and claimed_hash != declared:
             raise ChunkHashMismatch(
                 f"the client says chunk {index} hashes to {claimed_hash}; "
@@ -47,6 +49,7 @@ class ChunkIntake:
         self._chunks = chunks
         self._expected = declared or claimed_hash
         self._attach = attach
+        self._lane = lane
         self._writer: ChunkWriter | None = None
         self.received = 0
         # The object written, once committed (`written` says if it is new bytes).
@@ -60,7 +63,7 @@ class ChunkIntake:
     def write(self, pieces: Iterable[bytes | bytearray | memoryview]) -> None:
         """The next bytes of the chunk; more than its length is refused."""
         if self._writer is None:
-            self._writer = self._chunks.writer(self._expected)
+            self._writer = self._chunks.writer(self._expected, self._lane)
         for piece in pieces:
             self.received += len(piece)
             if self.received > self.length:
@@ -83,7 +86,7 @@ class ChunkIntake:
         if self.received != self.length:
             raise self._wrong_size(self.received)
         if self._writer is None:  # a chunk of no bytes
-            self._writer = self._chunks.writer(self._expected)
+            self._writer = self._chunks.writer(self._expected, self._lane)
         self.put = self._writer.commit()
         return self.put
 

@@ -75,7 +75,7 @@ class LocalChunkStore(ChunkStore):
     def _path(self, digest: str) -> Path:
         return self.objects_dir / digest[0:2] / digest[2:4] / digest
 
-    def writer(self, expected_hash: str | None = None) -> ChunkWriter:
+    def writer(self, expected_hash: str | None = None, lane: object | None = None) -> ChunkWriter:
         return _FileWriter(self, expected_hash)
 
     def sync(self, puts: Iterable[PutResult]) -> None:
@@ -104,6 +104,14 @@ class LocalChunkStore(ChunkStore):
             return now - self._path(digest).stat().st_mtime
         except FileNotFoundError:
             return None
+
+    def touch(self, digest: str) -> bool:
+        """Restart an object's age (it is about to be attached again); False if absent."""
+        try:
+            os.utime(self._path(digest))
+        except FileNotFoundError:
+            return False
+        return True
 
     def delete(self, digest: str) -> None:
         try:

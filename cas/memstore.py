@@ -21,7 +21,7 @@ class MemoryChunkStore(ChunkStore):
         # Everything is durable the moment it is committed (as durable as memory is).
         self.durable = False
 
-    def writer(self, expected_hash: str | None = None) -> ChunkWriter:
+    def writer(self, expected_hash: str | None = None, lane: object | None = None) -> ChunkWriter:
         return _MemoryWriter(self, expected_hash)
 
     def _store(self, digest: str, data: bytes) -> bool:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import lmdb
 
-from .chunkstore import ChunkStore, PutResult
+from .chunkstore import ChunkStore, Lane, PutResult
 from .completion import Completer, Completion
 from .errors import (
     ChunkOutOfRange,
@@ -35,9 +35,9 @@ from .files import Files
 from .gc import GarbageCollector
 from .index import DEFAULT_MAP_SIZE, Index
 from .intake import ChunkIntake, ChunkRun
-from .localstore import LocalChunkStore
 from .locks import LockDir
 from .materialize import remove_copy
+from .packstore import LocalPackStore
 from .parts import Parts, check_layout
 from .queues import Jobs, Outbox
 from .reader import ManifestReader
@@ -103,7 +103,7 @@ class Store:
         self.clock = clock
         # The parts read the clock through the store, so that it can be swapped.
         clock = self._now
-        self.chunks = chunks or LocalChunkStore(self.root, durable=self.durable, worker=worker)
+        self.chunks = chunks or LocalPackStore(self.root, durable=self.durable, worker=worker)
         self.index = Index(
             self.root / "index.lmdb",
             durable=self.durable,
@@ -313,8 +313,9 @@ class Store:
         with self.index.reader() as txn:
             session = self.sessions.get(txn, session_id, tenant)
             expected = [self._expected(txn, session, i) for i in range(first, first + count)]
+        lane = Lane()  # the run's chunks are one stream of bytes
         intakes = [
-            ChunkIntake(self.chunks, first + i, declared, length)
+            ChunkIntake(self.chunks, first + i, declared, length, lane=lane)
             for i, (declared, length) in enumerate(expected)
         ]
         return ChunkRun(intakes, lambda puts: self._attach_chunks(session_id, puts, tenant))

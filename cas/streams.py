@@ -152,7 +152,7 @@ class Appender:
         # Bytes of this request in the current writer (the rest is the old tail).
         self._fresh = 0
         if tail:
-            self._writer = chunks.writer()
+            self._writer = chunks.writer(lane=self)
             self._writer.write(tail)
             self._fill = len(tail)
 
@@ -164,7 +164,7 @@ class Appender:
         sealed: list[Sealed] = []
         while view:
             if self._writer is None:
-                self._writer = self._chunks.writer()
+                self._writer = self._chunks.writer(lane=self)
             piece = view[: self.chunk_size - self._fill]
             self._writer.write(piece)
             self._fill += len(piece)

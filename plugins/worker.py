@@ -26,7 +26,7 @@ from typing import Any
 
 import msgspec
 import trio
-from ingestd.cas import Files, FileState, Index, LocalChunkStore, ManifestReader
+from ingestd.cas import Files, FileState, Index, LocalPackStore, ManifestReader
 
 from .manager import PluginSettings, build_plugins
 from .processing import Processing
@@ -90,7 +90,7 @@ async def decide(request: dict[str, Any]) -> dict[str, Any]:
     plugins = build_plugins(settings)
     facts = FileFacts(**request["facts"])
     data_dir = Path(request["data_dir"])
-    chunks = LocalChunkStore(data_dir, readonly=True)
+    chunks = LocalPackStore(data_dir, readonly=True)
     entries = [(h, n) for h, n in request["entries"]]
     messages: list[dict[str, Any]] = []
     run = Processing(

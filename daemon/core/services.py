@@ -29,7 +29,7 @@ def open_index(config: Config, *, readonly: bool = False) -> cas.Index:
 
 def open_chunks(config: Config, *, readonly: bool = False) -> cas.ChunkStore:
     """The chunk store alone (fsck of a live daemon's directory reads it)."""
-    return cas.LocalChunkStore(config.data_dir, readonly=readonly)
+    return cas.LocalPackStore(config.data_dir, readonly=readonly)
 
 
 def open_store(

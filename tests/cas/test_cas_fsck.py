@@ -10,6 +10,7 @@ import msgspec
 import pytest
 from ingestd.cas import DamagedFile, FileState, SessionState, Store, fsck, records
 from ingestd.cas.records import ChunkRecord
+from support import chunks as stored
 
 pytestmark = [pytest.mark.unit, pytest.mark.damages_store]
 
@@ -28,10 +29,6 @@ def upload(store: Store, data: bytes, name: str = "f.bin") -> str:
     for i in range(0, len(data), CHUNK):
         store.put_chunk(session.id, i // CHUNK, data[i : i + CHUNK])
     return store.complete(session.id).file.id
-
-
-def object_path(store: Store, digest: str):
-    return store.root / "objects" / digest[:2] / digest[2:4] / digest
 
 
 def kinds(report: fsck.Report) -> dict[str, set[str]]:
@@ -60,11 +57,10 @@ def test_corrupt_and_missing_objects_damage_their_files_and_repair_says_so(store
     manifest = store.manifest(damaged)
     whole = upload(store, os.urandom(2 * CHUNK), "b.bin")
     corrupt, gone = manifest[0][0], manifest[2][0]
-    path = object_path(store, corrupt)
-    flipped = bytearray(path.read_bytes())
+    flipped = bytearray(store.chunks.read(corrupt))
     flipped[10] ^= 0xFF
-    path.write_bytes(bytes(flipped))
-    os.unlink(object_path(store, gone))
+    stored.corrupt(store.chunks, corrupt)
+    stored.lose(store.chunks, gone)
 
     report = check(store)
     found = kinds(report)
@@ -91,7 +87,7 @@ def test_a_missing_chunk_is_never_attached_without_its_bytes_and_comes_back_when
     data = os.urandom(2 * CHUNK)
     first = upload(store, data)
     digest, length = store.manifest(first)[1]
-    os.unlink(object_path(store, digest))
+    stored.lose(store.chunks, digest)
     fsck.repair(store, check(store))
     # A client declaring the chunk is asked for its bytes, not given a broken file.
     chunks = [(blake3.blake3(data[i : i + CHUNK]).hexdigest(), CHUNK) for i in (0, CHUNK)]
@@ -113,7 +109,7 @@ def test_missing_object_restored_from_the_materialised_copy(tmp_path):
         data = os.urandom(3 * CHUNK)
         file_id = upload(store, data)
         digest = store.manifest(file_id)[1][0]
-        os.unlink(object_path(store, digest))
+        stored.lose(store.chunks, digest)
         done = fsck.repair(store, check(store))
         assert f"restored object {digest} from the copy of file {file_id}" in done
         assert store.file(file_id).state == FileState.ACCEPTED
@@ -127,7 +123,7 @@ def test_open_upload_loses_only_its_missing_parts_and_resumes(store):
     for i in range(3):
         store.put_chunk(session.id, i, data[i * CHUNK : (i + 1) * CHUNK])
     lost = store.received(session.id)[1][0]
-    os.unlink(object_path(store, lost))
+    stored.lose(store.chunks, lost)
     assert "missing_object" in kinds(check(store))
     fsck.repair(store, check(store))
     assert store.missing(session.id) == [1]
@@ -187,7 +183,7 @@ def test_a_processing_file_found_damaged_ends_its_upload_rejected(tmp_path):
         file_id = upload(store, data)
         file = store.file(file_id)
         assert file.state == FileState.PROCESSING
-        os.unlink(object_path(store, store.manifest(file_id)[0][0]))
+        stored.lose(store.chunks, store.manifest(file_id)[0][0])
         fsck.repair(store, check(store))
         assert store.file(file_id).state == FileState.DAMAGED
         assert store.session(file.session_id).state == SessionState.REJECTED

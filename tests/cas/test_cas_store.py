@@ -24,15 +24,11 @@ from ingestd.cas import (
     WrongChunkSize,
     safe_filename,
 )
+from support import chunks as stored
 
 pytestmark = pytest.mark.unit
 
 CHUNK = 1000
-
-
-def object_path(store: Store, digest: str):
-    """Where the local chunk store keeps an object (the data directory's layout)."""
-    return store.root / "objects" / digest[:2] / digest[2:4] / digest
 
 
 def upload(store: Store, data: bytes, name: str = "f.bin", **kw):
@@ -150,9 +146,8 @@ def test_orphan_sweep_deletes_only_old_unrecorded_objects(store):
     orphan = blake3.blake3(b"b" * CHUNK).hexdigest()
     assert sorted(store.chunks.iter_hashes()) == sorted([kept.hash, orphan])
     assert store.sweep_orphans(grace=60) == (0, 0)  # too young to judge
-    old = object_path(store, orphan).stat().st_mtime - 120
     for digest in (kept.hash, orphan):
-        os.utime(object_path(store, digest), (old, old))
+        stored.make_old(store.chunks, digest, 120)
     assert store.sweep_orphans(grace=60) == (1, CHUNK)
     assert list(store.chunks.iter_hashes()) == [kept.hash]
     assert store.complete(s.id).file.size == CHUNK

@@ -21,6 +21,7 @@ from ingestd.cas.errors import ChunkHashMismatch, CorruptObject
 from ingestd.cas.localstore import LocalChunkStore
 from ingestd.cas.materialize import COPY_BLOCK, materialize
 from ingestd.cas.memstore import MemoryChunkStore
+from ingestd.cas.packstore import LocalPackStore
 
 pytestmark = pytest.mark.unit
 
@@ -33,10 +34,12 @@ def blob(seed: int, size: int) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
-@pytest.fixture(params=["local", "memory"])
+@pytest.fixture(params=["packs", "local", "memory"])
 def chunk_store(request, tmp_path):
-    if request.param == "local":
-        store: ChunkStore = LocalChunkStore(tmp_path, durable=True)
+    if request.param == "packs":
+        store: ChunkStore = LocalPackStore(tmp_path, durable=True)
+    elif request.param == "local":
+        store = LocalChunkStore(tmp_path, durable=True)
     else:
         store = MemoryChunkStore()
     yield store

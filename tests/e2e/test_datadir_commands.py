@@ -12,6 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 from ingestd.cas import Store
+from support import chunks as stored
+from support.chunks import stored_hashes
 from support.e2e import Daemon, cli_command
 
 pytestmark = pytest.mark.e2e
@@ -27,7 +29,7 @@ def run(*args: str) -> dict:
 
 
 def objects(data: Path) -> int:
-    return sum(1 for p in (data / "objects").rglob("*") if p.is_file())
+    return len(stored_hashes(data))
 
 
 def test_gc_dry_run_then_for_real_and_stats(tmp_path: Path):
@@ -42,7 +44,7 @@ def test_gc_dry_run_then_for_real_and_stats(tmp_path: Path):
         for i in range(2):
             store.put_chunk(gone.id, i, os.urandom(1000), "t")
         store.cancel(gone.id, "t")
-        store.chunks.put(os.urandom(700))  # an object no record names
+        store.chunks.sync([store.chunks.put(os.urandom(700))])  # an object no record names
     before = objects(data)
     dry = run("gc", "--dry-run", "--grace", "0", "--json", "--data-dir", str(data))
     assert dry["unreferenced_objects"] == 2 and dry["unreferenced_bytes"] == 2000
@@ -107,10 +109,7 @@ def test_fsck_live_then_repair_offline_and_damaged_downloads_refuse(tmp_path: Pa
         assert refused.returncode == 2 and "daemon runs" in refused.stderr
         with Store(data, durability="none", worker="test") as store:
             first = store.manifest(bad_id)[0][0]
-        victim = data / "objects" / first[:2] / first[2:4] / first
-        damaged = bytearray(victim.read_bytes())
-        damaged[0] ^= 1
-        victim.write_bytes(bytes(damaged))
+            stored.corrupt(store.chunks, first, at=0)
         found = json.loads(fsck_cli(data, "--json").stdout)
         assert {(p["kind"], p["subject"]) for p in found["problems"]} >= {("corrupt_object", first)}
         daemon.stop()

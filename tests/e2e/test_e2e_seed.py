@@ -8,12 +8,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from support.chunks import stored_hashes
 from support.e2e import (
     ChunkPlan,
     ChunkSender,
     Daemon,
     complete_upload,
-    count_files,
     init_upload,
     post_chunk,
     sha256_file,
@@ -88,15 +88,14 @@ def _upload(daemon: Daemon, path: Path, sha: str, *, seed: int) -> dict:
 def test_concurrent_shuffled_upload_then_dedup(daemon: Daemon, source: tuple[Path, str]):
     path, sha = source
     first = _upload(daemon, path, sha, seed=1)
-    objects = daemon.data_dir / "objects"
-    before = count_files(objects)
+    before = len(stored_hashes(daemon.data_dir))
     assert before == FILE_SIZE // MiB  # one object per (random, hence distinct) chunk
 
     second = _upload(daemon, path, sha, seed=2)
     assert second["metadata"]["uploadId"] != first["metadata"]["uploadId"]
     assert second["filepath"] != first["filepath"]
     assert second["downstreamJobId"] != first["downstreamJobId"]
-    assert count_files(objects) == before
+    assert len(stored_hashes(daemon.data_dir)) == before
     # The first file is untouched by the second upload.
     assert sha256_file(first["filepath"]) == sha
 

@@ -19,6 +19,7 @@ import pytest
 from ingestd.daemon.http.app import create_app
 from ingestd.daemon.http.auth import create_token
 from quart.datastructures import FileStorage
+from support.chunks import stored_hashes
 
 pytestmark = pytest.mark.api
 
@@ -39,7 +40,7 @@ def layout(data: bytes) -> list[dict]:
 
 
 def objects(data_dir) -> set[str]:
-    return {p.name for p in (data_dir / "objects").rglob("*") if p.is_file()}
+    return stored_hashes(data_dir)
 
 
 class World:
