@@ -3,7 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from ingestd.cas import Index, LocalChunkStore, Store, fsck
+from ingestd.cas import Index, LocalPackStore, Store, fsck
 from ingestd.daemon.core.config import load_config
 from ingestd.daemon.http.app import create_app
 from support.e2e import Cli, Daemon
@@ -67,9 +67,11 @@ async def app(request, make_config):
 def assert_consistent(data_dir: Path) -> None:
     """fsck finds no problem in the data directory (its daemon stopped)."""
     index = Index(data_dir / "index.lmdb", readonly=True)
+    chunks = LocalPackStore(data_dir, readonly=True)
     try:
-        report = fsck.check(index, LocalChunkStore(data_dir, readonly=True), root=data_dir)
+        report = fsck.check(index, chunks, root=data_dir)
     finally:
+        chunks.close()
         index.close()
     assert report.problems == []
 

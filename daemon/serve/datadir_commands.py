@@ -127,13 +127,15 @@ def token_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
-def _store_summary(index: cas.Index, data_dir: Path) -> dict[str, object]:
-    """Objects on disk, and sessions, files, jobs and outbox entries by state."""
+def _store_summary(index: cas.Index, chunks: cas.ChunkStore) -> dict[str, object]:
+    """Objects the chunk store holds, and sessions, files, jobs and outbox
+    entries by state."""
     objects = sizes = 0
-    for path in (data_dir / "objects").rglob("*"):
-        if path.is_file():
+    for digest in chunks.iter_hashes():
+        size = chunks.size(digest)
+        if size is not None:
             objects += 1
-            sizes += path.stat().st_size
+            sizes += size
     out: dict[str, object] = {"objects": objects, "object_bytes": sizes}
     with index.reader() as txn:
         for name, kind in (
@@ -152,13 +154,18 @@ def _store_summary(index: cas.Index, data_dir: Path) -> dict[str, object]:
 
 def stats(args: argparse.Namespace) -> int:
     config = _config(args)
-    data_dir = Path(config.data_dir)
     index = open_index(config)
     try:
         ledger = cas.TenantLedger(index)
         with index.reader() as txn:
             usage = dict(ledger.all(txn))
-        summary = None if args.tenant is not None else _store_summary(index, data_dir)
+        summary = None
+        if args.tenant is None:
+            chunks = open_chunks(config, readonly=True)
+            try:
+                summary = _store_summary(index, chunks)
+            finally:
+                chunks.close()
     finally:
         index.close()
     if args.tenant is not None:
