@@ -12,7 +12,7 @@ Ways, alternating in each round (A B A B ...), from one pack written first:
 
 Prints MiB/s and CPU seconds per GiB (kernel time included); medians.
 
-Usage: .venv/bin/python bench/copy.py [--size-mib 1024] [--rounds 3] [--json PATH]
+Usage: .venv/bin/python bench/copy_out.py [--size-mib 1024] [--rounds 3] [--json PATH]
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--json", help="results file (default bench/results/copy.json)")
+    ap.add_argument("--json", help="results file (default bench/results/copy_out.json)")
     ap.add_argument("--tmp-dir", help="parent of the temp dir (default: the repo's parent)")
     args = ap.parse_args()
     size = args.size_mib * MIB
@@ -137,9 +137,9 @@ def main() -> int:
         [[m["way"], m["supported"], m["mib_s"], m["cpu_s_per_gib"]] for m in medians],
     )
     return finish(
-        args.json, "copy", vars(args), {"runs": runs, "medians": medians}, started=started
+        args.json, "copy_out", vars(args), {"runs": runs, "medians": medians}, started=started
     )
 
 
 if __name__ == "__main__":
-    run_main(main, "copy")
+    run_main(main, "copy_out")
