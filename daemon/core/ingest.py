@@ -334,15 +334,23 @@ class Ingest:
         try:
             pending: list[bytes] = []
             pending_bytes = 0
-            async for data in _within(body, deadline, what):
-                received += len(data)
-                pending.append(data)
-                if received > length:
-                    break  # too long: `finish` refuses it; the rest is not read
-                pending_bytes += len(data)
-                if pending_bytes >= FLUSH_BYTES and received < length:
-                    await self.threads.run(target.write, pending)
-                    pending, pending_bytes = [], 0
+            try:
+                async for data in _within(body, deadline, what):
+                    received += len(data)
+                    pending.append(data)
+                    if received > length:
+                        break  # too long: `finish` refuses it; the rest is not read
+                    pending_bytes += len(data)
+                    if pending_bytes >= FLUSH_BYTES and received < length:
+                        await self.threads.run(target.write, pending)
+                        pending, pending_bytes = [], 0
+            except BaseException:
+                # The body broke off: what did arrive still counts (a run keeps
+                # every chunk it made whole, the last ones included).
+                if pending:
+                    with trio.CancelScope(shield=True), contextlib.suppress(cas.StoreError):
+                        await self.threads.run(target.write, pending)
+                raise
             return await self.threads.run(target.finish, pending)
         finally:
             self.metrics.received_bytes.labels(api).inc(received)
