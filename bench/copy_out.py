@@ -40,28 +40,33 @@ def make_pack(path: Path, size: int) -> None:
         os.fsync(f.fileno())
 
 
-def read_write(src: int, dst: int, size: int) -> None:
+def _hash_and_copy(src: int, size: int, copy_block) -> None:
+    """Read and hash every block, as completion does; `copy_block(view, offset)` copies it."""
     buf = bytearray(BLOCK)
     view = memoryview(buf)
     hasher = blake3.blake3()
     for offset in range(0, size, BLOCK):
         n = os.preadv(src, [view], offset)
         hasher.update(view[:n])
-        block = view[:n]
+        copy_block(view[:n], offset)
+
+
+def read_write(src: int, dst: int, size: int) -> None:
+    def write(block: memoryview, offset: int) -> None:
         while block:
             block = block[os.write(dst, block) :]
 
+    _hash_and_copy(src, size, write)
+
 
 def copy_range(src: int, dst: int, size: int) -> None:
-    buf = bytearray(BLOCK)
-    view = memoryview(buf)
-    hasher = blake3.blake3()
-    for offset in range(0, size, BLOCK):
-        n = os.preadv(src, [view], offset)
-        hasher.update(view[:n])
+    def copy(block: memoryview, offset: int) -> None:
         done = 0
-        while done < n:
-            done += os.copy_file_range(src, dst, n - done, offset + done, offset + done)
+        while done < len(block):
+            n = len(block) - done
+            done += os.copy_file_range(src, dst, n, offset + done, offset + done)
+
+    _hash_and_copy(src, size, copy)
 
 
 def reflink(src: int, dst: int, size: int) -> None:

@@ -192,27 +192,28 @@ class LocalPackStore(ChunkStore):
 
     def _commit(self, writer: _PackWriter, digest: str) -> PutResult:
         pack, start, size = writer._pack, writer._start, writer._size
+        # Looked up outside the lock: every commit of this process takes it.
+        recorded = self._recorded(digest)
+        in_legacy = not recorded and self.legacy.touch(digest)
         with self._lock:
             earlier = self._unrecorded.get(digest)
-            if earlier is None and not self._recorded(digest) and not self.legacy.exists(digest):
+            chunk = None
+            if earlier is not None:
+                earlier.written = time.time()
+            elif recorded:
+                self._touched[digest] = time.time()
+            elif not in_legacy:
                 chunk = _Chunk(digest, pack if size else None, start, size)
                 self._unrecorded[digest] = chunk
                 if pack is not None:
                     pack.size = start + size
                     pack.unrecorded += 1
-            else:
-                chunk = None
-                if earlier is not None:
-                    earlier.written = time.time()
         if chunk is None:
             writer._cut()  # the bytes were here already: take them off the pack
+            pending: tuple[object, ...] = ()
             if earlier is not None:
-                pending: tuple[object, ...] = (earlier,)
-            elif self.legacy.touch(digest):
-                pending = ()
-            else:
-                with self._lock:
-                    self._touched[digest] = time.time()
+                pending = (earlier,)
+            elif recorded:
                 pending = (_Touch(digest),)
             return PutResult(digest, size, True, pending)
         if pack is not None:
