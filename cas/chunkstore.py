@@ -26,6 +26,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import blake3
 
@@ -210,6 +211,12 @@ class ChunkStore(abc.ABC):
         except CorruptObject:
             return False
         return h.hexdigest() == digest
+
+    def extent(self, digest: str) -> tuple[Path, int, int] | None:
+        """Where an object's bytes lie in a local file: (path, offset, length),
+        so that a copy can be made by the kernel. None when the store keeps
+        them elsewhere (the default) or the object is absent."""
+        return None
 
     def sweep(self, grace: float, now: float) -> tuple[int, int]:
         """Free space the store keeps beyond its objects (empty packs, say)

@@ -99,6 +99,13 @@ class LocalChunkStore(ChunkStore):
         except FileNotFoundError:
             return None
 
+    def extent(self, digest: str) -> tuple[Path, int, int] | None:
+        path = self._path(digest)
+        try:
+            return path, 0, path.stat().st_size
+        except FileNotFoundError:
+            return None
+
     def age(self, digest: str, now: float) -> float | None:
         try:
             return now - self._path(digest).stat().st_mtime

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import unicodedata
@@ -91,11 +92,7 @@ def materialize(
     try:
         out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o444)
         try:
-            for block in read_blocks(chunks, entries, COPY_BLOCK):
-                for observe in observers:
-                    observe(block)
-                while block:
-                    block = block[os.write(out, block) :]
+            _copy(chunks, entries, out, observers)
             if durable:
                 os.fsync(out)
         finally:
@@ -110,6 +107,117 @@ def materialize(
             raise
         raise StorageError(f"could not materialise {dest}: {exc}") from exc
     return dest
+
+
+def _copy(
+    chunks: ChunkStore,
+    entries: list[tuple[str, int]],
+    out: int,
+    observers: Sequence[Callable[[memoryview], object]],
+) -> None:
+    """Write the manifest's bytes to `out`. Where the chunks lie in local
+    files, the kernel copies them (copy_file_range: 2.8x faster than writing
+    from Python here, bench/copy_out.py); the observers still see every byte,
+    read from the same immutable ranges."""
+    ranges = local_ranges(chunks, entries)
+    kernel = _KernelCopy(ranges, out) if ranges is not None else None
+    try:
+        if kernel is not None and not observers:
+            if kernel.copy(0, sum(length for _, _, length in kernel.ranges)):
+                return
+            kernel = None
+        position = 0
+        for block in read_blocks(chunks, entries, COPY_BLOCK):
+            for observe in observers:
+                observe(block)
+            if kernel is None or not kernel.copy(position, len(block)):
+                kernel = None  # this filesystem cannot: write the bytes ourselves
+                _pwrite_all(out, block, position)
+            position += len(block)
+    finally:
+        if kernel is not None:
+            kernel.close()
+
+
+def local_ranges(
+    chunks: ChunkStore, entries: list[tuple[str, int]]
+) -> list[tuple[Path, int, int]] | None:
+    """The manifest's bytes as (file, offset, length) ranges, neighbours in the
+    same file merged; None when any chunk is not in a local file."""
+    ranges: list[tuple[Path, int, int]] = []
+    for digest, length in entries:
+        if length == 0:
+            continue
+        found = chunks.extent(digest)
+        if found is None or found[2] != length:
+            return None
+        path, offset, _ = found
+        if ranges and ranges[-1][0] == path and sum(ranges[-1][1:]) == offset:
+            ranges[-1] = (path, ranges[-1][1], ranges[-1][2] + length)
+        else:
+            ranges.append((path, offset, length))
+    return ranges
+
+
+# copy_file_range's answers that mean "not between these files" (another
+# filesystem on older kernels, or one that does not support it).
+_CANNOT_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}
+
+
+class _KernelCopy:
+    """Copies the next bytes of `ranges` to the same offsets of `out`."""
+
+    def __init__(self, ranges: list[tuple[Path, int, int]], out: int) -> None:
+        self.ranges = ranges
+        self._out = out
+        self._index = 0  # the range being copied, and how far into it
+        self._within = 0
+        self._source: tuple[Path, int] | None = None
+
+    def copy(self, position: int, size: int) -> bool:
+        """Copy `size` bytes to `position`; False (nothing to undo: the caller
+        writes them) when the filesystem cannot."""
+        while size:
+            path, offset, length = self.ranges[self._index]
+            n = min(size, length - self._within)
+            src = self._open(path)
+            done = 0
+            while done < n:
+                try:
+                    copied = os.copy_file_range(
+                        src, self._out, n - done, offset + self._within + done, position + done
+                    )
+                except OSError as exc:
+                    if exc.errno in _CANNOT_COPY:
+                        self.close()
+                        return False
+                    raise
+                if copied == 0:
+                    raise StorageError(f"{path} is shorter than its chunks' records")
+                done += copied
+            position += n
+            size -= n
+            self._within += n
+            if self._within == length:
+                self._index, self._within = self._index + 1, 0
+        return True
+
+    def _open(self, path: Path) -> int:
+        if self._source is None or self._source[0] != path:
+            self.close()
+            self._source = (path, os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+        return self._source[1]
+
+    def close(self) -> None:
+        if self._source is not None:
+            os.close(self._source[1])
+            self._source = None
+
+
+def _pwrite_all(fd: int, data: memoryview, position: int) -> None:
+    while data:
+        written = os.pwrite(fd, data, position)
+        data, position = data[written:], position + written
 
 
 def _remove_empty_dirs(directory: Path, within: Path) -> None:

@@ -314,8 +314,12 @@ class LocalPackStore(ChunkStore):
         return self.packs_dir / name[:2] / f"{name}.pack"
 
     def extent(self, digest: str) -> tuple[Path, int, int] | None:
-        """Where a chunk's bytes are: (pack file, offset, length); None for a
-        chunk of the older layout, or one that is absent."""
+        found = self._pack_extent(digest)
+        return self.legacy.extent(digest) if found is None else found
+
+    def _pack_extent(self, digest: str) -> tuple[Path, int, int] | None:
+        """Where a chunk's bytes are in a pack: (pack file, offset, length);
+        None for a chunk of the older layout, or one that is absent."""
         with self._lock:
             chunk = self._unrecorded.get(digest)
         if chunk is not None:
@@ -332,7 +336,7 @@ class LocalPackStore(ChunkStore):
         return self._pack_path(pack_id), offset, length
 
     def open(self, digest: str) -> ChunkHandle:
-        found = self.extent(digest)
+        found = self._pack_extent(digest)
         if found is None:
             return self.legacy.open(digest)
         path, offset, length = found
@@ -350,7 +354,7 @@ class LocalPackStore(ChunkStore):
         return self._recorded(digest) or self.legacy.exists(digest)
 
     def size(self, digest: str) -> int | None:
-        found = self.extent(digest)
+        found = self._pack_extent(digest)
         return self.legacy.size(digest) if found is None else found[2]
 
     def age(self, digest: str, now: float) -> float | None:
@@ -457,7 +461,7 @@ class LocalPackStore(ChunkStore):
         return count, freed
 
     def quarantine(self, digest: str) -> None:
-        if self.extent(digest) is None:
+        if self._pack_extent(digest) is None:
             self.legacy.quarantine(digest)
             return
         target = self.root / "quarantine" / digest

@@ -142,7 +142,8 @@ def test_the_older_layout_stays_readable_and_deletable(tmp_path):
     old.close()
     store = LocalPackStore(tmp_path)
     assert store.exists(legacy.hash) and store.read(legacy.hash) == data
-    assert store.extent(legacy.hash) is None  # not in a pack
+    path, offset, length = store.extent(legacy.hash)  # its own file, not a pack
+    assert (path.parent.parent.parent.name, offset, length) == ("objects", 0, len(data))
     assert set(store.iter_hashes()) == {legacy.hash}
     again = put(store, data)
     assert again.existed and pack_files(tmp_path)[0].stat().st_size == 0

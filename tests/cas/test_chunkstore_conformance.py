@@ -7,8 +7,10 @@ to the `chunk_store` fixture's params and pass the suite unchanged.
 
 from __future__ import annotations
 
+import errno
 import gc
 import hashlib
+import os
 import random
 import threading
 import time
@@ -249,6 +251,46 @@ def test_materialize_reads_every_object_once_in_whole_blocks(chunk_store, tmp_pa
             durable=False,
         )
     assert not (tmp_path / "gone").exists()
+
+
+def test_an_extent_holds_exactly_the_objects_bytes(chunk_store):
+    """A store may say where an object lies in a local file (so that copies
+    are made by the kernel); when it does, the range is the object."""
+    data = blob(30, 300_000)
+    digest = chunk_store.put(data).hash
+    found = chunk_store.extent(digest)
+    if found is not None:
+        path, offset, length = found
+        with open(path, "rb") as f:
+            f.seek(offset)
+            assert (length, f.read(length)) == (len(data), data)
+    assert chunk_store.extent(b3(b"missing")) is None
+
+
+@pytest.mark.parametrize("kernel_copy", ["supported", "unsupported"])
+def test_materialize_copies_repeats_and_empties_with_or_without_the_kernel(
+    chunk_store, tmp_path, monkeypatch, kernel_copy
+):
+    """The same chunk twice, an empty chunk, and no observers; where the
+    filesystem cannot copy_file_range the bytes are written instead."""
+    if kernel_copy == "unsupported":
+
+        def cannot(*args: object) -> int:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+        monkeypatch.setattr(os, "copy_file_range", cannot)
+    a, b = blob(31, 2_000_003), blob(32, 777)
+    entries = [(chunk_store.put(p).hash, len(p)) for p in (a, b"", b, a)]
+    for observers in ([], [hashlib.sha256().update]):
+        dest = materialize(
+            chunk_store,
+            entries,
+            tmp_path / "out" / f"{len(observers)}.bin",
+            within=tmp_path,
+            durable=True,
+            observers=observers,
+        )
+        assert hashlib.sha256(dest.read_bytes()).digest() == hashlib.sha256(a + b + a).digest()
 
 
 # -- concurrency ------------------------------------------------------------------

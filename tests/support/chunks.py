@@ -29,14 +29,9 @@ def stored_hashes(data_dir: Path) -> set[str]:
 
 
 def _extent(chunks: ChunkStore, digest: str) -> tuple[Path, int, int]:
-    if isinstance(chunks, LocalPackStore):
-        found = chunks.extent(digest)
-        if found is not None:
-            return found
-        chunks = chunks.legacy
-    assert isinstance(chunks, LocalChunkStore)
-    path = chunks._path(digest)
-    return path, 0, path.stat().st_size
+    found = chunks.extent(digest)
+    assert found is not None, f"{digest} is not in a local file"
+    return found
 
 
 def corrupt(chunks: ChunkStore, digest: str, at: int = 10) -> None:
@@ -58,7 +53,7 @@ def lose(chunks: ChunkStore, digest: str) -> None:
 
 def make_old(chunks: ChunkStore, digest: str, seconds: float) -> None:
     """Date a chunk's last write `seconds` back, as the orphan sweep judges ages."""
-    if isinstance(chunks, LocalPackStore) and chunks.extent(digest) is not None:
+    if isinstance(chunks, LocalPackStore) and chunks._pack_extent(digest) is not None:
         env = chunks._env
         assert env is not None
         layout = struct.Struct(">16sQQd")
