@@ -469,7 +469,7 @@ def _stop_leftovers(name: str, procs: dict[int, str | None]) -> None:
 def ingestd_serve_options() -> set[str]:
     """The long options `ingestd serve --help` lists (to tell whether --workers exists)."""
     r = subprocess.run(
-        [str(_ingestd_exe()), "serve", "--help"],
+        [str(ingestd_exe()), "serve", "--help"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -478,7 +478,7 @@ def ingestd_serve_options() -> set[str]:
     return set(re.findall(r"(--[a-z][a-z0-9-]*)", r.stdout))
 
 
-def _ingestd_exe() -> Path:
+def ingestd_exe() -> Path:
     ingestd = Path(sys.executable).parent / "ingestd"
     if not ingestd.exists():
         ingestd = REPO_ROOT / ".venv" / "bin" / "ingestd"
@@ -496,7 +496,7 @@ def start_ingestd(
     workers > 1 adds `--workers N` (a master process whose children serve the
     requests); workers = 1 adds nothing, so this works with a daemon without
     the option. `extra_env`: INGESTD_* settings on top."""
-    ingestd = _ingestd_exe()
+    ingestd = ingestd_exe()
     # Only the durability is forced; everything else is the daemon's default.
     env = {k: v for k, v in os.environ.items() if not k.startswith("INGESTD_")}
     env["INGESTD_STORAGE_DURABILITY"] = "fsync"

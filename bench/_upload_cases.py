@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -12,7 +14,16 @@ from typing import Any
 
 import httpx
 from _clients import REQUEST_TIMEOUT, ChunkSender, PhaseClock, SourceFile
-from _common import BENCH_DIR, MIB, BenchError, ServerProcess, log, percentile, sha256_file
+from _common import (
+    BENCH_DIR,
+    MIB,
+    BenchError,
+    ServerProcess,
+    ingestd_exe,
+    log,
+    percentile,
+    sha256_file,
+)
 from _measure import measured, upload_timeout
 from _peers import PEER_DIR
 
@@ -88,6 +99,47 @@ def ingestd_upload(
         "checks": checks,
         "ok": all(checks.values()),
     }
+
+
+CLI_PAIRS = 5
+
+
+def cli_reupload(server: ServerProcess, source: SourceFile, state_dir: Path) -> dict[str, Any]:
+    """`ingestd --version` and `ingestd upload` of the file the daemon has
+    accepted (the client state dir of its upload: its chunk list is known),
+    alternating, CLI_PAIRS times: the wall seconds of each, and their medians."""
+    env = {
+        **os.environ,
+        "INGESTD_URL": server.base_url,
+        "INGESTD_STATE_DIR": str(state_dir),
+    }
+    env.pop("INGESTD_TOKEN", None)
+    commands = {
+        "start_s": [str(ingestd_exe()), "--version"],
+        "reupload_s": [str(ingestd_exe()), "upload", "--json", "-q", str(source.path)],
+    }
+    times: dict[str, list[float]] = {key: [] for key in commands}
+    answers = []
+    for _ in range(CLI_PAIRS):
+        for key, command in commands.items():
+            started = time.perf_counter()
+            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+            times[key].append(time.perf_counter() - started)
+            if done.returncode != 0:
+                raise BenchError(f"{' '.join(command)} failed: {done.stderr.strip()[-500:]}")
+            if key == "reupload_s":
+                answers.append(json.loads(done.stdout.splitlines()[-1]))
+    sent = sum(a.get("bytes_sent") or 0 for a in answers)
+    if sent:
+        raise BenchError(f"the re-uploads of an accepted file sent {sent:,} bytes")
+    out: dict[str, Any] = {key: statistics.median(values) for key, values in times.items()}
+    out.update({f"{key}_all": values for key, values in times.items()})
+    out["ratio"] = out["reupload_s"] / out["start_s"]
+    log(
+        f"  CLI: --version {out['start_s']:.3f}s, re-upload of the accepted file "
+        f"{out['reupload_s']:.3f}s (medians of {CLI_PAIRS}), {out['ratio']:.2f}x"
+    )
+    return out
 
 
 def _num(value: float | None) -> str:

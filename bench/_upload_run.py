@@ -25,7 +25,7 @@ from _common import (
     start_ingestd,
 )
 from _peers import ensure_peer, start_peer
-from _upload_cases import ingestd_upload, peer_upload, seed_upload
+from _upload_cases import cli_reupload, ingestd_upload, peer_upload, seed_upload
 from _upload_files import INSERT_BYTES, JSONL_SEED, make_jsonl, make_jsonl_variant
 
 GIB = 1 << 30
@@ -225,6 +225,11 @@ class Bench:
                         )
 
                     self.record(round_no, key, case, workers=1)
+                log(f"[round {round_no}] CLI start-up and re-upload")
+                try:
+                    self.rounds[-1]["cli"] = cli_reupload(server, source, state)
+                except Exception as exc:  # noqa: BLE001 - reported as a missed target
+                    log(f"  CLI FAILED: {type(exc).__name__}: {exc}")
         except Exception as exc:  # noqa: BLE001 - the daemon did not start again
             for key, _ in todo:
                 if not any(c["round"] == round_no and c["key"] == key for c in self.cases):

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import httpx
 from _common import (
-    _ingestd_exe,
+    ingestd_exe,
     log,
     machine_info,
     make_tmp_dir,
@@ -53,7 +53,7 @@ def one_round(auth: bool, requests: int, tmp: Path, n: int) -> dict[str, float]:
     if auth:
         token = subprocess.run(
             [
-                str(_ingestd_exe()),
+                str(ingestd_exe()),
                 "token",
                 "create",
                 "--tenant",
