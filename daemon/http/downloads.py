@@ -18,8 +18,17 @@ from .errors import ApiError
 from .runtime import Runtime
 
 READ_BYTES = 1 << 20
-# ASCII digits only (`\d` would take any script's), at most 19 of them.
-_RANGE = re.compile(r"bytes=([0-9]{0,19})-([0-9]{0,19})")
+# ASCII digits only (`\d` would take any script's), of any length: a position
+# past the end is clamped (RFC 9110 14.1.2), however many digits it has.
+_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
+# Positions longer than this are past any file (and `int()` is not asked to
+# parse thousands of digits).
+_MAX_POSITION_DIGITS = 19
+
+
+def _position(digits: str) -> int:
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= _MAX_POSITION_DIGITS else 1 << 64
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -35,13 +44,13 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if size == 0:
         raise unsatisfiable(header, size)  # an empty file has no byte to select
     if not first:  # suffix: the last N bytes
-        n = int(last)
+        n = _position(last)
         if n == 0:
             raise unsatisfiable(header, size)
         return max(size - n, 0), size
-    start = int(first)
-    end = min(int(last) + 1, size) if last else size
-    if start >= size or (last and int(last) < start):
+    start = _position(first)
+    end = min(_position(last) + 1, size) if last else size
+    if start >= size or (last and _position(last) < start):
         raise unsatisfiable(header, size)
     return start, end
 

@@ -95,6 +95,7 @@ class FormStream:
         self._pending: list[bytes | memoryview] = []
         self._fed: bytes = b""
         self.file_seen = False  # its part has begun
+        self.file_sent_as_field = False  # a plain field had the file part's name
         self._file_ended = False
         self._file_iter: AsyncIterator[bytes | memoryview] | None = None
         self._ended = False  # the closing boundary was parsed
@@ -201,9 +202,16 @@ class FormStream:
             raise _malformed("a part name that is not UTF-8") from None
         if name in self.fields or (name == self._file_name and self.file_seen):
             raise _malformed(f"part {name!r} sent twice")
-        is_file = name == self._file_name
+        sent_as_file = b"filename" in options
+        is_file = name == self._file_name and sent_as_file
+        if name == self._file_name and not sent_as_file:
+            # The contract reads this part as a file: a plain field of that
+            # name is not it (and its bytes are skipped, not taken as text).
+            self.file_sent_as_field = True
         # A file part under another name is not a text field; it is skipped.
-        self._part = _Part(name, is_file, ignored=not is_file and b"filename" in options)
+        self._part = _Part(
+            name, is_file, ignored=not is_file and (sent_as_file or name == self._file_name)
+        )
         self._text.clear()
         if is_file:
             self.file_seen = True

@@ -140,9 +140,10 @@ async def chunk() -> ChunkResponse:
     if not form.file_seen:
         missing.append("chunk")
     if missing:
-        raise ApiError(
-            400, "missing_field", f"missing form field(s): {', '.join(missing)}", missing=missing
-        )
+        detail = f"missing form field(s): {', '.join(missing)}"
+        if form.file_sent_as_field and not form.file_seen:
+            detail += " ('chunk' must be a file part, with a filename, not a plain field)"
+        raise ApiError(400, "missing_field", detail, missing=missing)
     upload_id = fields["uploadId"]
     if not upload_id:
         raise ApiError(400, "missing_field", "form field 'uploadId' is empty", missing=["uploadId"])

@@ -124,6 +124,29 @@ async def test_multipart_edge_cases(client):
     await problem(r, 413)
 
 
+async def test_a_seed_chunk_sent_as_a_plain_field_is_missing_not_stored(client):
+    r = await client.post("/api/upload/init", json={"filename": "a", "totalSize": 10})
+    seed = (await r.get_json())["uploadId"]
+    for order in ("fields first", "chunk first"):
+        parts = [("uploadId", seed), ("chunkIndex", "0"), ("totalChunks", "1")]
+        chunk = ("chunk", "0123456789")
+        parts = [*parts, chunk] if order == "fields first" else [chunk, *parts]
+        body = b"".join(
+            f'--XyZ\r\nContent-Disposition: form-data; name="{n}"\r\n\r\n{v}\r\n'.encode()
+            for n, v in parts
+        )
+        r = await client.post(
+            "/api/upload/chunk",
+            data=body + b"--XyZ--\r\n",
+            headers={"Content-Type": "multipart/form-data; boundary=XyZ"},
+        )
+        body_json = await problem(r, 400, "missing_field")
+        assert body_json["missing"] == ["chunk"]
+        assert "file part" in body_json["detail"]
+    status = await (await client.get(f"/api/upload/status/{seed}")).get_json()
+    assert status["receivedChunks"] == []
+
+
 async def complete_v1(client, name: str, data: bytes) -> dict:
     r = await client.post("/v1/uploads", json={"filename": name, "size": len(data)})
     created = await r.get_json()
@@ -185,8 +208,24 @@ async def test_ranges_and_etags(client):
     url = f"/v1/files/{file['id']}/content"
     r = await client.get(url, headers={"Range": "bytes=٣-"})  # not ASCII digits: ignored
     assert r.status_code == 200 and len(await r.get_data()) == 3000
-    r = await client.get(url, headers={"Range": "bytes=" + "9" * 5000 + "-"})
-    assert r.status_code == 200
+    # Positions of any length: a start past the end selects nothing, a last
+    # position past the end is clamped to it (RFC 9110 14.1.2).
+    await problem(
+        await client.get(url, headers={"Range": "bytes=" + "9" * 5000 + "-"}),
+        416,
+        "range_not_satisfiable",
+    )
+    for header, (start, end) in (
+        ("bytes=0-" + "9" * 20, (0, 3000)),
+        ("bytes=2990-" + "1" * 5000, (2990, 3000)),
+        ("bytes=-" + "7" * 25, (0, 3000)),
+        ("bytes=" + "0" * 30 + "5-" + "0" * 30 + "9", (5, 10)),
+    ):
+        r = await client.get(url, headers={"Range": header})
+        assert r.status_code == 206, header[:40]
+        assert r.headers["Content-Range"] == f"bytes {start}-{end - 1}/3000"
+        got = hashlib.sha256(await r.get_data()).digest()
+        assert got == hashlib.sha256(data[start:end]).digest()
     r = await client.get(url, headers={"Range": "bytes=-5"})
     assert r.status_code == 206 and await r.get_data() == data[-5:]
     etag = r.headers["ETag"]
