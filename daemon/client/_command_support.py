@@ -25,6 +25,7 @@ from ._exit import (  # noqa: F401  (re-exported for the commands)
     USAGE,
     UsageError,
 )
+from ._output import printable, printable_json
 
 
 def exit_code(exc: BaseException) -> int:
@@ -46,11 +47,12 @@ def worst(codes: list[int]) -> int:
 
 
 def _say(message: str) -> None:
-    print(f"ingestd: {message}", file=sys.stderr, flush=True)
+    shown = "\n".join(printable(line) for line in message.split("\n"))
+    print(f"ingestd: {shown}", file=sys.stderr, flush=True)
 
 
 def _print_json(obj: object) -> None:
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    sys.stdout.write(printable_json(json.dumps(obj, ensure_ascii=False)) + "\n")
     sys.stdout.flush()
 
 

@@ -28,7 +28,7 @@ from ._command_support import (
 )
 from ._exceptions import IngestdError
 from ._models import verdict_in_words
-from ._output import human_size, print_table
+from ._output import human_size, print_table, printable_json
 
 # -- status, ls, rm ----------------------------------------------------------
 
@@ -68,7 +68,9 @@ def status(args: argparse.Namespace) -> int:
         print("findings")
         for plugin, stages in sorted(found.job.results.items()):
             for stage, answer in sorted((stages or {}).items()):
-                print(f"  {plugin}.{stage}: {json.dumps(answer, ensure_ascii=False)}")
+                print(
+                    f"  {plugin}.{stage}: {printable_json(json.dumps(answer, ensure_ascii=False))}"
+                )
     return REJECTED if found.state == "rejected" else OK
 
 

@@ -28,7 +28,7 @@ from ._command_support import (
     worst,
 )
 from ._exceptions import IngestdError, UploadError
-from ._output import human_size
+from ._output import human_size, printable
 
 MiB = 1 << 20
 
@@ -136,7 +136,7 @@ def _summary_line(result) -> str:
             f"{human_size(result.bytes_on_server)} already on the server, "
             f"in {result.seconds:.1f} s" + (", resumed" if result.resumed else "")
         )
-    return f"{result.filename} → {result.file_id}  {result.summary}  ({sent})"
+    return f"{printable(result.filename)} → {result.file_id}  {result.summary}  ({sent})"
 
 
 def _dry_run(client, items, args: argparse.Namespace, metadata) -> int:

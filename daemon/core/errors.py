@@ -14,6 +14,7 @@ __all__ = [
     "BodyStalled",
     "BodyTimeout",
     "FileTooLarge",
+    "InvalidFilename",
     "InvalidMetadata",
     "LengthExceeded",
     "MetadataTooLarge",
@@ -34,6 +35,12 @@ class FileTooLarge(cas.TooLarge):
     """The upload's size is over the tenant's (or the server's) file-size limit."""
 
     code = "file_too_large"
+
+
+class InvalidFilename(cas.ClientError):
+    """A name that cannot be stored as sent (a NUL, a lone surrogate)."""
+
+    code = "invalid_filename"
 
 
 class InvalidMetadata(cas.ClientError):

@@ -20,11 +20,8 @@ Two kinds of target for a body:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
-import re
 import shutil
-import unicodedata
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +37,7 @@ from .errors import (
     BodyStalled,
     BodyTimeout,
     FileTooLarge,
+    InvalidFilename,
     InvalidMetadata,
     LengthExceeded,
     MetadataTooLarge,
@@ -61,7 +59,6 @@ MAX_METADATA_BYTES = 64 << 10
 # Body bytes handed to a chunk's writer thread at a time.
 FLUSH_BYTES = 1 << 20
 # The characters the store keeps out of names on disk too.
-_UNSAFE_NAME = re.compile(f"[{cas.UNREADABLE_CHARS}]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,8 +151,7 @@ class Ingest:
 
     async def open_upload(self, new: NewUpload) -> Opened:
         """Check limits and the policy, then create the upload."""
-        # A name reaches logs, headers and terminals: no controls or bidi overrides.
-        new = dataclasses.replace(new, filename=clean_filename(new.filename))
+        check_filename(new.filename)
         check_metadata(new.metadata)
         self._check_free_space(new.size or 0)
         max_file_size = self.max_file_size_for(new.tenant)
@@ -561,9 +557,18 @@ def max_stream_size(config: Config) -> int:
     return min(config.tus.max_size, config.limits.max_file_size)
 
 
-def clean_filename(name: str) -> str:
-    """`name` without control or bidi-override characters (each becomes "_")."""
-    return _UNSAFE_NAME.sub("_", unicodedata.normalize("NFC", name))
+def check_filename(name: str) -> None:
+    """A name is recorded as it was sent (tabs, NFD and all); only what cannot
+    be stored is refused. Its on-disk copy's name is sanitised
+    (`cas.safe_filename`), headers and terminals escape it where they show it."""
+    if "\x00" in name:
+        raise InvalidFilename("the filename contains a NUL character", field="filename")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidFilename(
+            "the filename contains a lone surrogate (not a Unicode character)", field="filename"
+        ) from None
 
 
 async def _within(body: AsyncIterable[bytes], seconds: float, what: str) -> AsyncIterator[bytes]:

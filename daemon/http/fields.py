@@ -2,8 +2,8 @@
 
 Python's `int()` and `str.isdigit()` accept far more than a client should
 send ("²", "①", "٣", "1_000", " 7", thousands of digits); every count the
-daemon reads goes through `parse_count`. (Names are cleaned by the upload
-core: `core.ingest.clean_filename`.)
+daemon reads goes through `parse_count`. (Names are checked by the upload
+core: `core.ingest.check_filename`.)
 """
 
 from __future__ import annotations

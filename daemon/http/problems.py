@@ -55,6 +55,7 @@ ANSWERS: dict[type[cas.StoreError], Answer] = {
     cas.QuotaExceeded: Answer(507),
     cas.TooManyOpenUploads: Answer(429),
     errors.FileTooLarge: Answer(413),
+    errors.InvalidFilename: Answer(400),
     errors.InvalidMetadata: Answer(400),
     errors.MetadataTooLarge: Answer(413),
     errors.PolicyRefusal: Answer(403),  # the plugin's own status, see `refusal`

@@ -176,8 +176,11 @@ def file_metadata(metadata: Mapping[str, bytes]) -> tuple[str | None, dict[str, 
     filename = next(
         (v for k in ("filename", "name") if isinstance(v := record.get(k), str) and v), None
     )
-    if filename is not None and (len(filename) > MAX_FILENAME or "\0" in filename):
-        raise ApiError(400, "invalid_metadata", "the filename is too long or has a NUL byte")
+    if filename is not None and len(filename) > MAX_FILENAME:
+        # (What a name may hold is the upload core's to check, for every API.)
+        raise ApiError(
+            400, "invalid_filename", f"the filename is longer than {MAX_FILENAME} characters"
+        )
     return filename, record
 
 

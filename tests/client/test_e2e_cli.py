@@ -103,6 +103,20 @@ def test_upload_download_dedup_and_ls(daemon: Daemon, cli: Cli, tmp_path: Path):
     assert first["file_id"] in table and second["file_id"] in table
 
 
+def test_a_name_with_controls_is_kept_and_printed_escaped(daemon: Daemon, cli: Cli, tmp_path):
+    name = "evil\x1b[31m\u202etab\there.bin"
+    source = tmp_path / name
+    source.write_bytes(os.urandom(3000))
+    sent = cli.upload(daemon.base_url, str(source))
+    table = cli.run("ls", "--url", daemon.base_url).stdout
+    as_json = cli.run("ls", "--json", "--url", daemon.base_url).stdout
+    for shown in (table, as_json):
+        assert not any(c in shown for c in "\x1b\u202e\t"), repr(shown)
+    assert "evil\\x1b[31m\\u202etab\\there.bin" in table
+    listed = {f["id"]: f for f in map(json.loads, as_json.splitlines())}
+    assert listed[sent["file_id"]]["filename"] == name  # recorded as sent
+
+
 def test_insertion_near_start_sends_little(daemon: Daemon, cli: Cli, tmp_path: Path):
     original = jsonl_bytes(FILE_SIZE, seed=11)
     extra = jsonl_bytes(100 * KiB, seed=12)

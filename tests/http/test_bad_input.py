@@ -17,7 +17,14 @@ TUS = {"Tus-Resumable": "1.0.0"}
 OCTETS = "application/offset+octet-stream"
 JSON = {"Content-Type": "application/json"}
 DIGITS = ["²", "①", "٣", "1_0", "+1", "-1", " 1", "1" * 5000, "0x1", ""]
-NAMES = ["a\r\nb.txt", "nul\x00.bin", "esc\x1b[31m.txt", "c1\x85\x9b.txt", "rtl\u202etxt.exe"]
+NAMES = [
+    "a\r\nb.txt",
+    "tab\tdel\x7f.bin",
+    "esc\x1b[31m.txt",
+    "c1\x85\x9b.txt",
+    "rtl\u202etxt.exe",
+    "cafe\u0301.bin",  # decomposed (NFD): kept so, not recomposed
+]
 
 
 async def problem(response, status: int, code: str | None = None) -> dict:
@@ -167,11 +174,12 @@ def assert_clean(name: str) -> None:
     ), repr(name)
 
 
-async def test_filenames_with_control_characters(client, tmp_path):
+async def test_filenames_are_recorded_as_sent_and_escaped_where_shown(client, tmp_path):
     for name in NAMES:
         data = os.urandom(1500)
         file = await complete_v1(client, name, data)
-        assert_clean(file["filename"])
+        assert file["filename"] == name
+        assert file["state"] == "accepted", file
         r = await client.get(f"/v1/files/{file['id']}/content")
         assert (
             r.status_code == 200
@@ -179,11 +187,14 @@ async def test_filenames_with_control_characters(client, tmp_path):
         )
         disposition = r.headers["Content-Disposition"]
         assert all(" " <= c <= "~" for c in disposition), repr(disposition)
-    # On disk too (the materialised copies).
-    for path in (tmp_path / "data" / "completed").rglob("*"):
+    # The materialised copies' names are sanitised.
+    copies = [p for p in (tmp_path / "data" / "completed").rglob("*") if p.is_file()]
+    assert len(copies) == len(NAMES)
+    for path in copies:
         assert_clean(path.name)
     # tus metadata and the seed API go through the same core.
-    meta = "filename " + base64.b64encode("x\r\n\x85\u202e.bin".encode()).decode()
+    sent = "x\r\n\x85\u202e.bin"
+    meta = "filename " + base64.b64encode(sent.encode()).decode()
     r = await client.post("/files/", headers={**TUS, "Upload-Length": "3", "Upload-Metadata": meta})
     loc = r.headers["Location"]
     await client.patch(
@@ -193,6 +204,21 @@ async def test_filenames_with_control_characters(client, tmp_path):
     assert r.status_code == 200 and all(" " <= c <= "~" for c in r.headers["Content-Disposition"])
     r = await client.post("/api/upload/init", json={"filename": "s\r\n\x9b.txt", "totalSize": 0})
     assert r.status_code == 200
+
+
+async def test_a_filename_that_cannot_be_stored_is_refused_on_every_api(client):
+    # A lone surrogate can only come as a JSON escape: the JSON is refused.
+    for name, code, why in (
+        ("nul\x00.bin", "invalid_filename", "NUL"),
+        ("half\ud800.bin", "invalid_json", "surrogate"),
+    ):
+        r = await client.post("/v1/uploads", json={"filename": name, "size": 1})
+        assert why in (await problem(r, 400, code))["detail"]
+        r = await client.post("/api/upload/init", json={"filename": name, "totalSize": 1})
+        assert why in (await problem(r, 400, code))["detail"]
+    meta = "filename " + base64.b64encode(b"nul\x00.bin").decode()
+    r = await client.post("/files/", headers={**TUS, "Upload-Length": "3", "Upload-Metadata": meta})
+    await problem(r, 400, "invalid_filename")
 
 
 async def test_ranges_and_etags(client):
