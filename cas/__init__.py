@@ -20,6 +20,7 @@ import from here only.
 """
 
 from . import fsck
+from .backends import open_chunk_store
 from .chunkstore import ChunkHandle, ChunkStore, ChunkWriter, PutResult, is_hash
 from .completion import Completion
 from .errors import (
@@ -92,6 +93,7 @@ from .tokens import Tokens, UnknownToken
 
 __all__ = [
     "UNREADABLE_CHARS",
+    "open_chunk_store",
     "DEDUP_SCOPES",
     "Quota",
     "TenantLedger",

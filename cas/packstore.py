@@ -183,7 +183,7 @@ class LocalPackStore(ChunkStore):
 
     def _give_back(self, pack: _Pack) -> None:
         with self._lock:
-            if pack.size >= self.pack_bytes:
+            if pack.full or pack.size >= self.pack_bytes:
                 pack.full = True
                 close = pack.unrecorded == 0
             else:

@@ -122,6 +122,12 @@ class S3PackStore(LocalPackStore):
             for chunk in group:
                 chunk.stored_in = (object_id, at)
                 at += chunk.length
+            # Its bytes are in S3 now: the spool takes no more chunks, and goes
+            # once they are all recorded (the sync closes it then).
+            with self._lock:
+                pack.full = True
+                if pack in self._free:
+                    self._free.remove(pack)
 
     def _close_pack(self, pack: _Pack) -> None:
         super()._close_pack(pack)

@@ -26,7 +26,7 @@ from typing import Any
 
 import msgspec
 import trio
-from ingestd.cas import Files, FileState, Index, LocalPackStore, ManifestReader
+from ingestd.cas import Files, FileState, Index, ManifestReader, open_chunk_store
 
 from .manager import PluginSettings, build_plugins
 from .processing import Processing
@@ -41,6 +41,7 @@ def make_request(
     facts: FileFacts,
     entries: list[tuple[str, int]],
     data_dir: str,
+    chunk_store: Mapping[str, Any] | None = None,
 ) -> bytes:
     facts_map = dataclasses.asdict(facts) | {"declared_metadata": dict(facts.declared_metadata)}
     return msgspec.msgpack.encode(
@@ -49,6 +50,7 @@ def make_request(
             "facts": facts_map,
             "entries": entries,
             "data_dir": data_dir,
+            "chunk_store": dict(chunk_store or {}),
         }
     )
 
@@ -90,7 +92,8 @@ async def decide(request: dict[str, Any]) -> dict[str, Any]:
     plugins = build_plugins(settings)
     facts = FileFacts(**request["facts"])
     data_dir = Path(request["data_dir"])
-    chunks = LocalPackStore(data_dir, readonly=True)
+    opening = {k: v for k, v in request["chunk_store"].items() if k != "durable"}
+    chunks = open_chunk_store(data_dir, **opening, readonly=True)
     entries = [(h, n) for h, n in request["entries"]]
     messages: list[dict[str, Any]] = []
     run = Processing(

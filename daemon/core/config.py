@@ -86,7 +86,24 @@ class QuotasConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tenants: dict[str, TenantQuota] = {}
 
 
+class S3Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """`[storage.s3]`: the bucket of `backend = "s3"`. Empty keys are left to
+    the standard AWS variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    AWS_REGION, AWS_ENDPOINT_URL)."""
+
+    endpoint: str = ""
+    bucket: str = ""
+    # Where in the bucket, e.g. "ingestd/" (objects go under <prefix>packs/).
+    prefix: str = ""
+    region: str = ""
+    access_key_id: str = ""
+    secret_access_key: str = ""
+
+
 class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # Where chunk bytes live: "local" (packs under data_dir) or "s3".
+    backend: Literal["local", "s3"] = "local"
+    s3: S3Config = msgspec.field(default_factory=S3Config)
     data_dir: str = "data"
     # Empty means <data_dir>/completed.
     completed_dir: str = ""
@@ -281,10 +298,18 @@ def load_config(
             raise ConfigError(f"config key {name!r} must be a table [{name}]")
 
     def set_key(section: str, key: str, value: Any, origin: str) -> None:
-        fields = {f.name for f in msgspec.structs.fields(sections[section])}
-        if key not in fields:
-            raise ConfigError(f"{origin}: unknown key {section}.{key}")
-        raw.setdefault(section, {})[key] = value
+        fields = {f.name: f.type for f in msgspec.structs.fields(sections[section])}
+        if key in fields:
+            raw.setdefault(section, {})[key] = value
+            return
+        # A key of a table inside the section (INGESTD_STORAGE_S3_BUCKET).
+        for name, kind in fields.items():
+            if isinstance(kind, type) and issubclass(kind, msgspec.Struct):
+                inner = key.removeprefix(f"{name}_")
+                if inner != key and inner in {f.name for f in msgspec.structs.fields(kind)}:
+                    raw.setdefault(section, {}).setdefault(name, {})[inner] = value
+                    return
+        raise ConfigError(f"{origin}: unknown key {section}.{key}")
 
     for env_name, (section, key) in SEED_ENV.items():
         if env_name in environ:
@@ -341,6 +366,11 @@ def _name_key(message: str) -> str:
 
 
 def _check(config: Config) -> None:
+    if config.storage.backend == "s3" and not config.storage.s3.bucket:
+        raise ConfigError(
+            'invalid config storage.s3.bucket: storage.backend = "s3" needs a bucket '
+            "(or INGESTD_STORAGE_S3_BUCKET)"
+        )
     if config.storage.chunk_size > config.limits.max_chunk_size:
         raise ConfigError(
             f"invalid config storage.chunk_size: {config.storage.chunk_size} is larger than "

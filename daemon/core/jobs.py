@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,7 @@ class JobRunner:
         outbox: OutboxService,
         *,
         data_dir: Path,
+        chunk_store: Mapping[str, Any] | None = None,
         shared: bool,
         workers: int = 2,
     ) -> None:
@@ -74,6 +76,8 @@ class JobRunner:
         self._metrics = metrics
         self._outbox = outbox
         self._data_dir = data_dir
+        # How the plugin worker opens the chunk store (`cas.open_chunk_store`).
+        self._chunk_store = dict(chunk_store or {})
         self._workers = workers
         self._send, self._receive = trio.open_memory_channel[str](math.inf)
         self._finished: dict[str, trio.Event] = {}
@@ -376,7 +380,9 @@ class JobRunner:
     async def _decide_in_child(self, run: Processing, file: cas.FileRecord) -> Outcome:
         """Run the deciding stages in `python -m ingestd.plugins.worker`."""
         entries = await self._threads.run(self._store.manifest, file.id)
-        request = make_request(self._plugins.settings, run.facts, entries, str(self._data_dir))
+        request = make_request(
+            self._plugins.settings, run.facts, entries, str(self._data_dir), self._chunk_store
+        )
         # Each stage's calls are bounded by the plugin timeout inside the child;
         # this only stops a child that hangs outside them.
         limit = self._plugins.settings.timeout * 6 + 60

@@ -6,6 +6,7 @@ from here; a new backend is chosen in `open_store` and nowhere else."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 from ingestd import cas
@@ -27,9 +28,32 @@ def open_index(config: Config, *, readonly: bool = False) -> cas.Index:
     return cas.Index(config.data_dir / "index.lmdb", durable=True, readonly=readonly)
 
 
-def open_chunks(config: Config, *, readonly: bool = False) -> cas.ChunkStore:
-    """The chunk store alone (fsck of a live daemon's directory reads it)."""
-    return cas.LocalPackStore(config.data_dir, readonly=readonly)
+def chunk_store_settings(config: Config) -> dict[str, Any]:
+    """`cas.open_chunk_store`'s arguments for `config` (the plugin worker
+    opens the same store from them)."""
+    s = config.storage
+    settings: dict[str, Any] = {"backend": s.backend, "durable": s.durability == "fsync"}
+    if s.backend == "s3":
+        settings["s3"] = {
+            "bucket": s.s3.bucket,
+            "endpoint": s.s3.endpoint,
+            "region": s.s3.region,
+            "access_key_id": s.s3.access_key_id,
+            "secret_access_key": s.s3.secret_access_key,
+            "allow_http": s.s3.endpoint.startswith("http://"),
+            "prefix": s.s3.prefix,
+        }
+    return settings
+
+
+def open_chunks(
+    config: Config, *, readonly: bool = False, worker: str | None = None
+) -> cas.ChunkStore:
+    """The chunk store `config` chooses (fsck of a live daemon's directory
+    reads it). `worker`: see `open_store`."""
+    return cas.open_chunk_store(
+        config.data_dir, **chunk_store_settings(config), readonly=readonly, worker=worker
+    )
 
 
 def open_store(
@@ -51,6 +75,7 @@ def open_store(
         dedup_scope=config.auth.dedup_scope,
         quota_for=limits.quota_for,
         max_stream_size=max_stream_size(config),
+        chunks=open_chunks(config, worker=worker),
     )
 
 
@@ -111,6 +136,7 @@ def build_core(
         metrics,
         outbox,
         data_dir=config.data_dir,
+        chunk_store=chunk_store_settings(config),
         shared=worker is not None,
     )
     return Core(

@@ -13,15 +13,22 @@ import blake3
 import httpx
 import pytest
 from support.e2e import Daemon, random_spans
+from support.seaweedfs import unique_prefix
 
 pytestmark = pytest.mark.e2e
 
 SIZE = 12 << 20
 
 
-@pytest.fixture
-def daemon(tmp_path: Path):
-    with Daemon(tmp_path / "daemon") as d:
+@pytest.fixture(params=["local", "s3"])
+def daemon(request, tmp_path: Path):
+    """The daemon on each chunk store: packs on local disk, and in a real S3
+    server (SeaweedFS), the index local in both."""
+    env = {}
+    if request.param == "s3":
+        server = request.getfixturevalue("seaweedfs")
+        env = {**server.environ, "INGESTD_STORAGE_S3_PREFIX": unique_prefix()}
+    with Daemon(tmp_path / "daemon", extra_env=env) as d:
         yield d
 
 
