@@ -1,14 +1,15 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from ingestd.cas import Index, LocalPackStore, Store, fsck
-from ingestd.daemon.core.config import load_config
+from ingestd.cas import Index, Store, fsck
+from ingestd.daemon.core.config import Config, load_config
+from ingestd.daemon.core.services import open_chunks
 from ingestd.daemon.http.app import create_app
 from support.e2e import Cli, Daemon
-from support.seaweedfs import SeaweedFS, find_weed, start_seaweedfs
+from support.seaweedfs import SeaweedFS, find_weed, start_seaweedfs, unique_prefix
 
 
 @pytest.fixture(scope="session")
@@ -51,10 +52,21 @@ def store(request, tmp_path, clock):
             assert report.problems == []
 
 
+# `INGESTD_TEST_STORAGE=s3` runs the in-process API suites with their chunks
+# in the session's SeaweedFS (`make test` does, for tests/http).
+TEST_STORAGE = os.environ.get("INGESTD_TEST_STORAGE", "local")
+
+
 @pytest.fixture
-def make_config(tmp_path):
+def make_config(request, tmp_path):
+    storage: dict[str, str] = {}
+    if TEST_STORAGE == "s3":
+        server = request.getfixturevalue("seaweedfs")
+        storage = {**server.environ, "INGESTD_STORAGE_S3_PREFIX": unique_prefix()}
+
     def make(**env: str):
         base = {
+            **storage,
             "INGESTD_STORAGE_DATA_DIR": str(tmp_path / "data"),
             "INGESTD_STORAGE_DURABILITY": "none",
             # Installed third-party plugins (the example) join only where a test asks.
@@ -77,13 +89,15 @@ async def app(request, make_config):
     async with app.test_app() as test_app:
         yield test_app
     if request.node.get_closest_marker("damages_store") is None:
-        assert_consistent(Path(config.data_dir))
+        assert_consistent(config)
 
 
-def assert_consistent(data_dir: Path) -> None:
+def assert_consistent(config: Config) -> None:
     """fsck finds no problem in the data directory (its daemon stopped)."""
+    data_dir = config.data_dir
     index = Index(data_dir / "index.lmdb", readonly=True)
-    chunks = LocalPackStore(data_dir, readonly=True)
+    chunks = open_chunks(config, readonly=True)
+    assert type(chunks).__name__ == {"local": "LocalPackStore", "s3": "S3PackStore"}[TEST_STORAGE]
     try:
         report = fsck.check(index, chunks, root=data_dir)
     finally:
