@@ -55,6 +55,16 @@ def test_command_line_overrides_environment():
     assert config.server.port == 9002 and config.server.host == "127.0.0.1"
 
 
+def test_the_s3_table_from_the_file_and_the_environment(tmp_path):
+    text = "[storage]\nbackend = 's3'\n[storage.s3]\nbucket = 'b'\nprefix = 'p/'\n"
+    env = {"INGESTD_STORAGE_S3_ENDPOINT": "http://127.0.0.1:9", "INGESTD_STORAGE_S3_PREFIX": "q/"}
+    config = load_config(write(tmp_path, text), environ=env)
+    s3 = config.storage.s3
+    assert (config.storage.backend, s3.bucket, s3.prefix) == ("s3", "b", "q/")
+    assert s3.endpoint == "http://127.0.0.1:9" and s3.access_key_id == ""
+    assert load_config(None, environ={}).storage.backend == "local"
+
+
 @pytest.mark.parametrize(
     ("text", "env", "names"),
     [
@@ -74,6 +84,10 @@ def test_command_line_overrides_environment():
         ("[quotas]\nmax_bytes = 'lots'\n", {}, "quotas.max_bytes"),
         ("[quotas.tenants.a]\nmax_bytes = 'lots'\n", {}, "quotas.tenants.a.max_bytes"),
         ("[server\n", {}, "not valid TOML"),
+        ("[storage]\nbackend = 's3'\n", {}, "storage.s3.bucket"),
+        ("[storage]\nbackend = 'tape'\n", {}, "storage.backend"),
+        ("[storage.s3]\nbuckit = 'b'\n", {}, "buckit"),
+        ("", {"INGESTD_STORAGE_S3_BUCKIT": "b"}, "storage.s3_buckit"),
     ],
 )
 def test_invalid_config_names_the_key(tmp_path, text, env, names):
