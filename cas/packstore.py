@@ -40,6 +40,7 @@ import lmdb
 
 from .chunkstore import ChunkHandle, ChunkStore, ChunkWriter, PutResult
 from .errors import CorruptObject, StorageError
+from .lmdbenv import close_env, open_env
 from .localstore import LocalChunkStore, fsync_dir
 
 __all__ = ["PACK_BYTES", "LocalPackStore"]
@@ -139,7 +140,7 @@ class LocalPackStore(ChunkStore):
             return  # nothing in packs yet
         if not readonly:
             index_dir.mkdir(parents=True, exist_ok=True)
-        self._env = _open_env(index_dir, durable=durable, readonly=readonly)
+        self._env = open_env(index_dir, durable=durable, readonly=readonly)
         self._locations = self._env.open_db(b"locations", create=not readonly)
         self._uses = self._env.open_db(b"packs", create=not readonly)
 
@@ -498,48 +499,8 @@ class LocalPackStore(ChunkStore):
         for pack in packs:
             self._close_pack(pack)
         if self._env is not None:
-            _close_env(self._env)
+            close_env(self._env)
             self._env = None
-
-
-# LMDB allows one Environment per file in a process; stores of the same
-# directory in one process (tests, a command beside its own store) share it.
-_ENVS: dict[str, tuple[lmdb.Environment, int]] = {}
-_ENVS_LOCK = threading.Lock()
-
-
-def _open_env(path: Path, *, durable: bool, readonly: bool) -> lmdb.Environment:
-    key = os.path.realpath(path)
-    with _ENVS_LOCK:
-        found = _ENVS.get(key)
-        if found is not None:
-            env, users = found
-            if env.flags()["readonly"] and not readonly:
-                raise StorageError(f"{path} is open read-only in this process")
-            _ENVS[key] = (env, users + 1)
-            return env
-        env = lmdb.open(
-            key,
-            max_dbs=4,
-            map_size=1 << 36,
-            sync=durable,
-            metasync=durable,
-            max_readers=1024,
-            readonly=readonly,
-        )
-        _ENVS[key] = (env, 1)
-        return env
-
-
-def _close_env(env: lmdb.Environment) -> None:
-    with _ENVS_LOCK:
-        for key, (known, users) in list(_ENVS.items()):
-            if known is env:
-                if users > 1:
-                    _ENVS[key] = (env, users - 1)
-                    return
-                del _ENVS[key]
-        env.close()
 
 
 class _PackHandle(ChunkHandle):

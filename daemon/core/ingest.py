@@ -558,17 +558,12 @@ def max_stream_size(config: Config) -> int:
 
 
 def check_filename(name: str) -> None:
-    """A name is recorded as it was sent (tabs, NFD and all); only what cannot
-    be stored is refused. Its on-disk copy's name is sanitised
-    (`cas.safe_filename`), headers and terminals escape it where they show it."""
+    """Names are recorded as sent; only what cannot be stored is refused (the
+    copy's name is sanitised, headers and terminals escape what they show)."""
     if "\x00" in name:
         raise InvalidFilename("the filename contains a NUL character", field="filename")
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidFilename(
-            "the filename contains a lone surrogate (not a Unicode character)", field="filename"
-        ) from None
+    if not name.isascii() and any("\ud800" <= c <= "\udfff" for c in name):
+        raise InvalidFilename("the filename contains a lone surrogate", field="filename")
 
 
 async def _within(body: AsyncIterable[bytes], seconds: float, what: str) -> AsyncIterator[bytes]:

@@ -193,7 +193,7 @@ def create_app(
             rt.metrics.access_refusals.labels(exc.code).inc()
             raise
         if rt.auth.due_touch(principal):
-            app.nursery.start_soon(rt.run, rt.store.tokens.touch, principal.token_id)
+            app.nursery.start_soon(_touch_token, rt, principal.token_id)
         g.principal = principal
         logs.note(tenant=principal.tenant)
 
@@ -229,3 +229,13 @@ def create_app(
     tus_api.install(app, config)
     problems.register(app)
     return app
+
+
+async def _touch_token(rt: Runtime, token_id: str) -> None:
+    """Stamp a token's last use, in the background. Best effort: a stamp
+    missed (the store closing at shutdown, a full disk) only leaves an older
+    "last used", and must not fail the app."""
+    try:
+        await rt.run(rt.store.tokens.touch, token_id)
+    except cas.StorageError as exc:
+        log.info("token %s: last use not recorded: %s", token_id, exc)
