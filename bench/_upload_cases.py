@@ -37,7 +37,10 @@ def ingestd_upload(
     parallel: int,
     what: str,
     profile: Path | None = None,
+    wait_copy: bool = True,
 ) -> dict[str, Any]:
+    """`wait_copy`: the daemon materialises a copy after the verdict, and the
+    case waits for it (False with materialize = "none")."""
     from ingestd.daemon.client import Client
 
     clock = PhaseClock()
@@ -66,7 +69,7 @@ def ingestd_upload(
         what,
         profile,
         wait_children=True,
-        after=lambda result: wait_for_copy(server, result.file_id),
+        after=(lambda result: wait_for_copy(server, result.file_id)) if wait_copy else None,
     )
     fields = (
         "file_id",

@@ -26,6 +26,7 @@ from __future__ import annotations
 import fcntl
 import os
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,9 @@ from .errors import CorruptObject, StorageError
 from .packstore import _NO_PACK, _PACK_ID_BYTES, _PACK_USE, LocalPackStore, _Chunk, _Pack
 
 __all__ = ["S3PackStore", "s3_client"]
+
+# Pack PUTs of one sync in flight at once.
+PARALLEL_PUTS = 8
 
 
 def s3_client(
@@ -89,6 +93,7 @@ class S3PackStore(LocalPackStore):
         super().__init__(root, durable=True, readonly=readonly, worker=worker, **extra)
         self.client = client
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self._puts = ThreadPoolExecutor(PARALLEL_PUTS, thread_name_prefix="s3-put")
 
     def _key(self, object_id: bytes) -> str:
         name = object_id.hex()
@@ -97,37 +102,47 @@ class S3PackStore(LocalPackStore):
     # -- writing ------------------------------------------------------------------
 
     def _persist(self, chunks: list[_Chunk]) -> None:
-        """One new object per spool pack, holding the chunks of this sync."""
+        """One new object per spool pack, holding the chunks of this sync; the
+        packs' PUTs run at once (a sync holds every chunk acknowledgement)."""
         by_pack: dict[_Pack, list[_Chunk]] = {}
         for chunk in chunks:
             if chunk.pack is not None:
                 by_pack.setdefault(chunk.pack, []).append(chunk)
-        for pack, group in by_pack.items():
-            group.sort(key=lambda c: c.offset)
-            body = bytearray(sum(c.length for c in group))
-            view = memoryview(body)
-            at = 0
-            for chunk in group:
-                _read_exactly(pack, chunk, view[at : at + chunk.length])
-                at += chunk.length
-            del view
-            object_id = secrets.token_bytes(_PACK_ID_BYTES)
-            try:
-                obstore.put(
-                    self.client, self._key(object_id), body, mode="create", use_multipart=False
-                )
-            except Exception as exc:  # noqa: BLE001 - obstore raises its own and OSError kinds
-                raise StorageError(f"could not store a pack in S3: {exc}") from exc
-            at = 0
-            for chunk in group:
-                chunk.stored_in = (object_id, at)
-                at += chunk.length
-            # Its bytes are in S3 now: the spool takes no more chunks, and goes
-            # once they are all recorded (the sync closes it then).
-            with self._lock:
-                pack.full = True
-                if pack in self._free:
-                    self._free.remove(pack)
+        if len(by_pack) == 1:
+            self._put_pack(*next(iter(by_pack.items())))
+            return
+        futures = [self._puts.submit(self._put_pack, p, g) for p, g in by_pack.items()]
+        for future in futures:
+            future.result()  # the first failure fails the sync (after all ended)
+
+    def _put_pack(self, pack: _Pack, group: list[_Chunk]) -> None:
+        group.sort(key=lambda c: c.offset)
+        body = bytearray(sum(c.length for c in group))
+        view = memoryview(body)
+        at = 0
+        for chunk in group:
+            _read_exactly(pack, chunk, view[at : at + chunk.length])
+            at += chunk.length
+        del view
+        object_id = secrets.token_bytes(_PACK_ID_BYTES)
+        try:
+            obstore.put(self.client, self._key(object_id), body, mode="create", use_multipart=False)
+        except Exception as exc:  # noqa: BLE001 - obstore raises its own and OSError kinds
+            raise StorageError(f"could not store a pack in S3: {exc}") from exc
+        at = 0
+        for chunk in group:
+            chunk.stored_in = (object_id, at)
+            at += chunk.length
+        # Its bytes are in S3 now: the spool takes no more chunks, and goes
+        # once they are all recorded (the sync closes it then).
+        with self._lock:
+            pack.full = True
+            if pack in self._free:
+                self._free.remove(pack)
+
+    def close(self) -> None:
+        super().close()
+        self._puts.shutdown(wait=True)
 
     def _close_pack(self, pack: _Pack) -> None:
         super()._close_pack(pack)
@@ -237,9 +252,11 @@ def _read_exactly(pack: _Pack, chunk: _Chunk, into: memoryview) -> None:
 
 
 class _ObjectHandle(ChunkHandle):
-    """A chunk in an object: ranged GETs."""
+    """A chunk in an object: one ranged GET of the whole chunk at the first
+    read (readers ask in pieces of 64 KiB or so; a GET each would be a round
+    trip per piece), served from memory after."""
 
-    __slots__ = ("_store", "_digest", "_key", "_base", "_length")
+    __slots__ = ("_store", "_digest", "_key", "_base", "_length", "_bytes")
 
     def __init__(
         self, store: S3PackStore, digest: str, object_id: bytes, base: int, length: int
@@ -249,22 +266,25 @@ class _ObjectHandle(ChunkHandle):
         self._key = store._key(object_id) if object_id != _NO_PACK else ""
         self._base = base
         self._length = length
+        self._bytes: memoryview | None = None
 
     def readinto(self, buffer: memoryview, offset: int) -> int:
         n = min(len(buffer), self._length - offset)
         if n <= 0:
             return 0
-        try:
-            data = obstore.get_range(
-                self._store.client, self._key, start=self._base + offset, length=n
-            )
-        except FileNotFoundError:
-            raise CorruptObject(f"object {self._digest} is missing from the store") from None
-        except Exception as exc:  # noqa: BLE001
-            raise StorageError(f"could not read a chunk from S3: {exc}") from exc
-        got = memoryview(data)
+        if self._bytes is None:
+            try:
+                data = obstore.get_range(
+                    self._store.client, self._key, start=self._base, length=self._length
+                )
+            except FileNotFoundError:
+                raise CorruptObject(f"object {self._digest} is missing from the store") from None
+            except Exception as exc:  # noqa: BLE001
+                raise StorageError(f"could not read a chunk from S3: {exc}") from exc
+            self._bytes = memoryview(data)
+        got = self._bytes[offset : offset + n]
         buffer[: len(got)] = got
         return len(got)
 
     def close(self) -> None:
-        pass
+        self._bytes = None
