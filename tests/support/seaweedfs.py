@@ -106,7 +106,8 @@ def _ports(count: int) -> list[int]:
     raise RuntimeError("no free port pairs for SeaweedFS")
 
 
-def start_seaweedfs(workdir: Path, weed: str) -> SeaweedFS:
+def start_seaweedfs(workdir: Path, weed: str, volumes: int = 20) -> SeaweedFS:
+    """`volumes`: how many 256 MiB volumes it may make (what it can hold)."""
     master, volume, filer, s3 = _ports(4)
     (workdir / "data").mkdir(parents=True, exist_ok=True)
     identities = {
@@ -135,7 +136,7 @@ def start_seaweedfs(workdir: Path, weed: str) -> SeaweedFS:
             f"-s3.config={workdir / 'identities.json'}",
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
-            "-volume.max=20",
+            f"-volume.max={volumes}",
             "-master.volumeSizeLimitMB=256",
         ],
         stdout=log,
