@@ -59,7 +59,7 @@ _PACK_USE = struct.Struct(">QQ")
 class _Pack:
     """A pack this process appends to: one writer at a time owns it."""
 
-    __slots__ = ("id", "path", "fd", "size", "lane", "unrecorded", "full")
+    __slots__ = ("id", "path", "fd", "size", "lane", "unrecorded", "full", "writing")
 
     def __init__(self, pack_id: bytes, path: Path, fd: int) -> None:
         self.id = pack_id
@@ -72,6 +72,8 @@ class _Pack:
         # Chunks committed here whose locations are not recorded yet.
         self.unrecorded = 0
         self.full = False
+        # A writer has it (taken, not given back): it may not be closed.
+        self.writing = True
 
 
 class _Chunk:
@@ -158,6 +160,7 @@ class LocalPackStore(ChunkStore):
             pack = candidates[-1] if candidates else None
             if pack is not None:
                 self._free.remove(pack)
+                pack.writing = True
         if pack is None:
             pack = self._new_pack()
         pack.lane = None if lane is None else weakref.ref(lane)
@@ -184,6 +187,7 @@ class LocalPackStore(ChunkStore):
 
     def _give_back(self, pack: _Pack) -> None:
         with self._lock:
+            pack.writing = False
             if pack.full or pack.size >= self.pack_bytes:
                 pack.full = True
                 close = pack.unrecorded == 0
@@ -262,7 +266,7 @@ class LocalPackStore(ChunkStore):
                     pack = chunk.pack
                     if pack is not None:
                         pack.unrecorded -= 1
-                        if pack.full and pack.unrecorded == 0:
+                        if pack.full and pack.unrecorded == 0 and not pack.writing:
                             closing.append(pack)
             for pack in closing:
                 self._close_pack(pack)
@@ -411,7 +415,7 @@ class LocalPackStore(ChunkStore):
                 chunk.recorded = True  # never to be recorded now
             if pack is not None:
                 pack.unrecorded -= 1
-                if not (pack.full and pack.unrecorded == 0):
+                if not (pack.full and pack.unrecorded == 0 and not pack.writing):
                     pack = None
         if pack is not None:
             self._close_pack(pack)

@@ -135,3 +135,22 @@ def test_identical_content_from_two_stores_is_one_location(tmp_path: Path, bucke
     assert blake3.blake3(a.read(pa.hash)).hexdigest() == pa.hash
     a.close()
     b.close()
+
+
+def test_a_sync_never_closes_a_spool_under_its_writer(tmp_path: Path, bucket):
+    """A sync puts a spool's chunks in S3 while the same lane is writing its
+    next chunk there: the spool stays open until that writer is done (found
+    by bench/crash.py --s3: the writer wrote to a closed descriptor)."""
+    store = S3PackStore(tmp_path, bucket, prefix=unique_prefix())
+    lane = Lane()
+    first = put(store, blob(70, 40 * KiB), lane)
+    second = store.writer(lane=lane)
+    second.write(blob(71, 40 * KiB)[: 20 * KiB])  # in the same spool as `first`
+    store.sync([first])
+    second.write(blob(71, 40 * KiB)[20 * KiB :])
+    done = second.commit()
+    store.sync([done])
+    assert store.read(done.hash) == blob(71, 40 * KiB)
+    assert store.read(first.hash) == blob(70, 40 * KiB)
+    assert list((tmp_path / "packs").glob("??/*.pack")) == []
+    store.close()
