@@ -85,7 +85,7 @@ def test_token_lifecycle_through_the_cli(daemon: Daemon, tmp_path: Path):
     # Listing shows names, tenants and use, never a secret.
     done = cli.run("token", "list", "--data-dir", str(daemon.data_dir))
     for secret in (write, read, bob):
-        assert secret not in done.stdout and secret.rsplit("_", 1)[1] not in done.stdout
+        assert secret not in done.stdout and secret.split("_", 2)[2] not in done.stdout
     rows = [
         json.loads(line)
         for line in cli.run(
