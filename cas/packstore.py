@@ -431,7 +431,11 @@ class LocalPackStore(ChunkStore):
                         emptied = pack_id
         self.legacy.delete(digest)
         if emptied is not None:
-            self._remove_if_dead(emptied)
+            self._emptied(emptied)
+
+    def _emptied(self, pack_id: bytes) -> None:
+        """The last live chunk of a recorded pack was deleted."""
+        self._remove_if_dead(pack_id)
 
     def _remove_if_dead(self, pack_id: bytes) -> bool:
         """Delete a pack no live chunk is in, unless a writer holds it."""

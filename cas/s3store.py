@@ -23,7 +23,6 @@ radosgw).
 
 from __future__ import annotations
 
-import fcntl
 import os
 import secrets
 from concurrent.futures import ThreadPoolExecutor
@@ -173,7 +172,10 @@ class S3PackStore(LocalPackStore):
 
     # -- deleting -----------------------------------------------------------------
 
-    def _remove_if_dead(self, pack_id: bytes) -> bool:
+    def _emptied(self, pack_id: bytes) -> None:
+        self._remove_dead_object(pack_id)
+
+    def _remove_dead_object(self, pack_id: bytes) -> bool:
         """Delete an object no live chunk is in (the index says so)."""
         assert self._env is not None
         with self._env.begin(write=True) as txn:
@@ -192,7 +194,9 @@ class S3PackStore(LocalPackStore):
     def sweep(self, grace: float, now: float) -> tuple[int, int]:
         """Spool packs left by a process that died, and objects that no
         location names, older than `grace`: (removed, bytes)."""
-        count, freed = self._sweep_spools(grace, now)
+        # The local packs here are spools: the base sweep takes those no
+        # process holds (a writer that died before its sync).
+        count, freed = super().sweep(grace, now)
         if self._env is None:
             return count, freed
         try:
@@ -213,32 +217,9 @@ class S3PackStore(LocalPackStore):
             age = now - meta["last_modified"].timestamp()
             if object_id in live or age <= grace or len(object_id) != _PACK_ID_BYTES:
                 continue
-            if self._remove_if_dead(object_id):
+            if self._remove_dead_object(object_id):
                 count += 1
                 freed += meta["size"]
-        return count, freed
-
-    def _sweep_spools(self, grace: float, now: float) -> tuple[int, int]:
-        """Spool packs no process holds (their writer died before its sync)."""
-        count = freed = 0
-        for entry in self.packs_dir.glob("??/*.pack"):
-            try:
-                fd = os.open(entry, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                continue
-            try:
-                stat = os.fstat(fd)
-                if now - stat.st_mtime <= grace:
-                    continue
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # its writer is alive
-                entry.unlink(missing_ok=True)
-                count += 1
-                freed += stat.st_size
-            finally:
-                os.close(fd)
         return count, freed
 
 

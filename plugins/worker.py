@@ -92,8 +92,7 @@ async def decide(request: dict[str, Any]) -> dict[str, Any]:
     plugins = build_plugins(settings)
     facts = FileFacts(**request["facts"])
     data_dir = Path(request["data_dir"])
-    opening = {k: v for k, v in request["chunk_store"].items() if k != "durable"}
-    chunks = open_chunk_store(data_dir, **opening, readonly=True)
+    chunks = open_chunk_store(data_dir, **request["chunk_store"], readonly=True)
     entries = [(h, n) for h, n in request["entries"]]
     messages: list[dict[str, Any]] = []
     run = Processing(

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import trio
 from ingestd import cas
 from ingestd.plugins import Plugins
@@ -34,15 +35,8 @@ def chunk_store_settings(config: Config) -> dict[str, Any]:
     s = config.storage
     settings: dict[str, Any] = {"backend": s.backend, "durable": s.durability == "fsync"}
     if s.backend == "s3":
-        settings["s3"] = {
-            "bucket": s.s3.bucket,
-            "endpoint": s.s3.endpoint,
-            "region": s.s3.region,
-            "access_key_id": s.s3.access_key_id,
-            "secret_access_key": s.s3.secret_access_key,
-            "allow_http": s.s3.endpoint.startswith("http://"),
-            "prefix": s.s3.prefix,
-        }
+        allow_http = s.s3.endpoint.startswith("http://")  # as the operator wrote it
+        settings["s3"] = {**msgspec.structs.asdict(s.s3), "allow_http": allow_http}
     return settings
 
 
