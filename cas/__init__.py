@@ -10,7 +10,8 @@ Knows nothing of HTTP or plugins; usable as a library::
 
 The modules, one concept each: `chunkstore` (the interface objects are kept
 behind) with `packstore` (the default), `localstore` (the older layout) and
-`memstore`; `index` (LMDB, group commit);
+`memstore`; `index` (LMDB, group commit) and `pgindex` (PostgreSQL, its
+schema in `pgschema`), opened by `backends`;
 `records`; `sessions` (and their transition table); `parts` (the ledger of
 a session's chunks); `refs` (chunk reference counts); `tenants` (each
 tenant's chunk holdings and usage); `tokens`; `files`; `completion`; `gc`;
@@ -20,7 +21,7 @@ import from here only.
 """
 
 from . import fsck
-from .backends import open_chunk_store
+from .backends import open_chunk_store, open_index
 from .chunkstore import ChunkHandle, ChunkStore, ChunkWriter, PutResult, is_hash
 from .completion import Completion
 from .errors import (
@@ -32,6 +33,7 @@ from .errors import (
     CorruptObject,
     DamagedFile,
     IncompleteUpload,
+    IndexUnavailable,
     InvalidConcat,
     InvalidLayout,
     InvalidLength,
@@ -94,6 +96,7 @@ from .tokens import Tokens, UnknownToken
 __all__ = [
     "UNREADABLE_CHARS",
     "open_chunk_store",
+    "open_index",
     "DEDUP_SCOPES",
     "Quota",
     "TenantLedger",
@@ -132,6 +135,7 @@ __all__ = [
     "HeldLock",
     "IncompleteUpload",
     "Index",
+    "IndexUnavailable",
     "InvalidConcat",
     "InvalidLayout",
     "InvalidLength",

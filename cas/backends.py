@@ -1,5 +1,5 @@
-"""The chunk store a configuration names, opened the same way by the daemon
-and by its plugin worker processes."""
+"""The chunk store and the index a configuration names, opened the same way
+by the daemon, its plugin worker processes and the commands."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from .chunkstore import ChunkStore
+from .index import DEFAULT_MAP_SIZE, Index, SyncObjects
 from .packstore import LocalPackStore
 
 BACKENDS = ("local", "s3")
+INDEX_BACKENDS = ("lmdb", "postgres")
 
 
 def open_chunk_store(
@@ -36,3 +38,41 @@ def open_chunk_store(
             root, s3_client(**settings), prefix=prefix, readonly=readonly, worker=worker
         )
     raise ValueError(f"unknown chunk store backend {backend!r} (known: {', '.join(BACKENDS)})")
+
+
+def open_index(
+    root: str | os.PathLike[str],
+    *,
+    backend: str = "lmdb",
+    postgres: Mapping[str, Any] | None = None,
+    durable: bool = True,
+    readonly: bool = False,
+    group_commit: bool = True,
+    sync_objects: SyncObjects | None = None,
+    map_size: int = DEFAULT_MAP_SIZE,
+) -> Any:
+    """`backend` "lmdb": `root/index.lmdb`; "postgres": the schema that
+    `postgres` names (`dsn`, `schema`, `pool_size`), migrated to this
+    version on opening unless `readonly`. Both have `cas.Index`'s interface."""
+    if backend == "lmdb":
+        return Index(
+            os.path.join(root, "index.lmdb"),
+            durable=durable,
+            readonly=readonly,
+            group_commit=group_commit,
+            sync_objects=sync_objects,
+            map_size=map_size,
+        )
+    if backend == "postgres":
+        from .pgindex import PostgresIndex  # psycopg only when it is used
+
+        settings = dict(postgres or {})
+        return PostgresIndex(
+            str(settings.pop("dsn", "")),
+            **settings,
+            durable=durable,
+            readonly=readonly,
+            group_commit=group_commit,
+            sync_objects=sync_objects,
+        )
+    raise ValueError(f"unknown index backend {backend!r} (known: {', '.join(INDEX_BACKENDS)})")

@@ -98,6 +98,13 @@ class ObjectVanished(StorageError):
     code = "try_again"
 
 
+class IndexUnavailable(StorageError):
+    """The index's database cannot be reached (PostgreSQL down or restarting):
+    nothing was acknowledged; retrying later succeeds."""
+
+    code = "index_unavailable"
+
+
 class NotAStream(UnknownSession):
     """The session exists but was not created as a stream (another API's upload)."""
 

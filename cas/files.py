@@ -76,10 +76,7 @@ class Files:
         index is the next step if tenants keep millions.
         """
         out: list[FileRecord] = []
-        cursor = txn.cursor(db=self._index.db["files"])
-        if not cursor.set_range(after.encode() + b"\0" if after else b""):
-            return out
-        for _, raw in cursor:
+        for _, raw in self._index.scan(txn, "files", after=after.encode() if after else None):
             file = records.decode(FileRecord, raw)
             if file.tenant == tenant and file.filename.startswith(prefix):
                 out.append(file)

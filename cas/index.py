@@ -76,13 +76,20 @@ SyncObjects = Callable[[list[object]], None]
 
 
 def scan_prefix(
-    txn: lmdb.Transaction, db: Any, prefix: bytes, *, values: bool = True
+    txn: lmdb.Transaction,
+    db: Any,
+    prefix: bytes,
+    *,
+    values: bool = True,
+    after: bytes | None = None,
 ) -> Iterator[tuple[bytes, bytes]]:
-    """(key suffix after `prefix`, value) of every key starting with `prefix`, in order.
+    """(key suffix after `prefix`, value) of every key starting with `prefix`,
+    in order; `after`: only keys past it.
 
     With `values=False` the values are b"" (LMDB does not read them)."""
     cursor = txn.cursor(db=db)
-    if not cursor.set_range(prefix):
+    start = prefix if after is None else max(prefix, after + b"\0")
+    if not cursor.set_range(start):
         return
     n = len(prefix)
     if values:
@@ -134,7 +141,12 @@ class Index:
             return
         self.db = {name: self.env.open_db(name.encode()) for name in DATABASES}
         self._check_format()
-        self.writer = GroupCommitter(self.env, grouped=group_commit, sync_objects=sync_objects)
+        self.writer = GroupCommitter(
+            lambda: self.env.begin(write=True),
+            lambda parent: self.env.begin(write=True, parent=parent),
+            grouped=group_commit,
+            sync_objects=sync_objects,
+        )
 
     def _check_format(self) -> None:
         with self.env.begin(write=True, db=self.db["meta"]) as txn:
@@ -174,10 +186,16 @@ class Index:
         self.writer.defer(action)
 
     def scan(
-        self, txn: lmdb.Transaction, db: str, prefix: bytes = b"", *, values: bool = True
+        self,
+        txn: lmdb.Transaction,
+        db: str,
+        prefix: bytes = b"",
+        *,
+        values: bool = True,
+        after: bytes | None = None,
     ) -> Iterator[tuple[bytes, bytes]]:
         """`scan_prefix` over the named database."""
-        return scan_prefix(txn, self.db[db], prefix, values=values)
+        return scan_prefix(txn, self.db[db], prefix, values=values, after=after)
 
     def get(self, txn: lmdb.Transaction, db: str, key: bytes, kind: type) -> Any:
         raw = txn.get(key, db=self.db[db])
@@ -205,14 +223,20 @@ class _Pending:
 
 
 class GroupCommitter:
+    """The one writer thread of an index, over its engine's transactions:
+    `begin()` opens a write transaction (holding the engine's writer lock),
+    `nest(parent)` a nested one; each has `commit()` and `abort()`."""
+
     def __init__(
         self,
-        env: lmdb.Environment,
+        begin: Callable[[], Any],
+        nest: Callable[[Any], Any],
         *,
         grouped: bool = True,
         sync_objects: SyncObjects | None = None,
     ) -> None:
-        self._env = env
+        self._begin = begin
+        self._nest = nest
         self._sync_objects = sync_objects
         self._grouped = grouped
         self._queue: collections.deque[_Pending] = collections.deque()
@@ -267,9 +291,10 @@ class GroupCommitter:
                 objects = [o for p in batch for o in p.objects]
                 if objects:
                     self._sync_objects(objects)
-            with self._env.begin(write=True) as txn:
+            txn = self._begin()
+            try:
                 for p in batch:
-                    child = self._env.begin(write=True, parent=txn)
+                    child = self._nest(txn)
                     self._running = p
                     try:
                         p.result = p.op(child)
@@ -281,12 +306,18 @@ class GroupCommitter:
                         child.commit()
                     finally:
                         self._running = None
+            except BaseException:
+                txn.abort()
+                raise
+            txn.commit()
             self.commits += 1
             self.ops += len(batch)
         except Exception as exc:  # noqa: BLE001 - the writer thread must outlive any failure
             for p in batch:
                 p.after.clear()
-                if p.error is None or not isinstance(p.error, StoreError):
+                if isinstance(exc, StorageError):
+                    p.error = exc  # already says what failed (e.g. the database is unreachable)
+                elif p.error is None or not isinstance(p.error, StoreError):
                     p.error = StorageError(f"index commit failed: {exc}")
                     p.error.__cause__ = exc  # e.g. a full disk or map: the HTTP layer says 507
         else:
@@ -301,8 +332,8 @@ class GroupCommitter:
             return
         # A failure leaves objects no record names: the orphan sweep finds them.
         try:
-            txn = self._env.begin(write=True)
-        except lmdb.Error:
+            txn = self._begin()
+        except Exception:  # noqa: BLE001 - the writer thread must go on
             log.exception("no write transaction for the actions after an index commit")
             return
         try:

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lmdb
 
+from .backends import open_index
 from .chunkstore import ChunkStore, Lane, PutResult
 from .completion import Completer, Completion
 from .errors import (
@@ -33,7 +35,7 @@ from .errors import (
 )
 from .files import Files
 from .gc import GarbageCollector
-from .index import DEFAULT_MAP_SIZE, Index
+from .index import DEFAULT_MAP_SIZE
 from .intake import ChunkIntake, ChunkRun
 from .locks import LockDir
 from .materialize import remove_copy
@@ -88,6 +90,7 @@ class Store:
         dedup_scope: str = "tenant",
         quota_for: QuotaFor = no_quota,
         max_stream_size: int | None = None,
+        index: Mapping[str, Any] | None = None,
     ) -> None:
         """`process_files`: completed files wait in `processing` for `conclude`
         (the daemon's plugins decide); otherwise they are accepted at once.
@@ -95,7 +98,9 @@ class Store:
         `worker`: this process is one of several sharing the directory (its
         name keeps its temp files apart). `dedup_scope`: "tenant" (a chunk
         is attached by its hash alone only for a tenant that holds it) or
-        "global". `quota_for`: each tenant's limits (`Quota`)."""
+        "global". `quota_for`: each tenant's limits (`Quota`). `index`: where
+        the index lives, `cas.open_index`'s `backend` and `postgres`
+        (default: LMDB in the data directory)."""
         if durability not in DURABILITY_MODES:
             raise ValueError(f"durability must be one of {DURABILITY_MODES}")
         self.root = Path(root)
@@ -104,8 +109,9 @@ class Store:
         # The parts read the clock through the store, so that it can be swapped.
         clock = self._now
         self.chunks = chunks or LocalPackStore(self.root, durable=self.durable, worker=worker)
-        self.index = Index(
-            self.root / "index.lmdb",
+        self.index = open_index(
+            self.root,
+            **(index or {}),
             durable=self.durable,
             map_size=map_size,
             group_commit=group_commit,

@@ -26,7 +26,7 @@ from typing import Any
 
 import msgspec
 import trio
-from ingestd.cas import Files, FileState, Index, ManifestReader, open_chunk_store
+from ingestd.cas import Files, FileState, ManifestReader, open_chunk_store, open_index
 
 from .manager import PluginSettings, build_plugins
 from .processing import Processing
@@ -42,6 +42,7 @@ def make_request(
     entries: list[tuple[str, int]],
     data_dir: str,
     chunk_store: Mapping[str, Any] | None = None,
+    index: Mapping[str, Any] | None = None,
 ) -> bytes:
     facts_map = dataclasses.asdict(facts) | {"declared_metadata": dict(facts.declared_metadata)}
     return msgspec.msgpack.encode(
@@ -51,6 +52,7 @@ def make_request(
             "entries": entries,
             "data_dir": data_dir,
             "chunk_store": dict(chunk_store or {}),
+            "index": dict(index or {}),
         }
     )
 
@@ -60,10 +62,10 @@ def read_answer(raw: bytes) -> dict[str, Any]:
 
 
 class IndexFiles:
-    """`FileLookup` over the daemon's LMDB index, opened read-only."""
+    """`FileLookup` over the daemon's index, opened read-only."""
 
-    def __init__(self, index_path: Path, tenant: str) -> None:
-        self._index = Index(index_path, readonly=True)
+    def __init__(self, data_dir: Path, index: Mapping[str, Any], tenant: str) -> None:
+        self._index = open_index(data_dir, **index, readonly=True)
         self._files = Files(self._index, refs=None, sessions=None)
         self._tenant = tenant
 
@@ -75,6 +77,9 @@ class IndexFiles:
         with self._index.reader() as txn:
             file = self._files.find(txn, file_id)
         return file is not None and file.tenant == self._tenant and file.state != FileState.REJECTED
+
+    def close(self) -> None:
+        self._index.close()
 
 
 class CollectingOutbox:
@@ -95,14 +100,19 @@ async def decide(request: dict[str, Any]) -> dict[str, Any]:
     chunks = open_chunk_store(data_dir, **request["chunk_store"], readonly=True)
     entries = [(h, n) for h, n in request["entries"]]
     messages: list[dict[str, Any]] = []
-    run = Processing(
-        plugins,
-        facts,
-        lambda: io.BufferedReader(ManifestReader(chunks, entries), READ_BUFFER),
-        outbox_for=lambda plugin: CollectingOutbox(plugin, messages),
-        files=IndexFiles(data_dir / "index.lmdb", facts.tenant),
-    )
-    await run.decide()
+    files = IndexFiles(data_dir, request["index"], facts.tenant)
+    try:
+        run = Processing(
+            plugins,
+            facts,
+            lambda: io.BufferedReader(ManifestReader(chunks, entries), READ_BUFFER),
+            outbox_for=lambda plugin: CollectingOutbox(plugin, messages),
+            files=files,
+        )
+        await run.decide()
+    finally:
+        files.close()
+        chunks.close()
     return {"state": run.export_state(), "messages": messages}
 
 

@@ -4,11 +4,12 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from ingestd.cas import Index, Store, fsck
+from ingestd.cas import Store, fsck
 from ingestd.daemon.core.config import Config, load_config
-from ingestd.daemon.core.services import open_chunks
+from ingestd.daemon.core.services import open_chunks, open_index
 from ingestd.daemon.http.app import create_app
 from support.e2e import Cli, Daemon
+from support.postgres import Postgres, find_bindir, start_postgres, unique_schema
 from support.seaweedfs import SeaweedFS, find_weed, start_seaweedfs, unique_prefix
 
 
@@ -26,6 +27,26 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """One real PostgreSQL (Debian's) for the whole run; tests keep apart by
+    schema (`support.postgres.unique_schema`)."""
+    bindir = find_bindir()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binaries (apt-get install postgresql; .ci/run does)")
+    server = start_postgres(bindir)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_index(postgres) -> dict[str, object]:
+    """`Store(index=...)` for a fresh schema of the session's PostgreSQL."""
+    return {"backend": "postgres", "postgres": {"dsn": postgres.dsn, "schema": unique_schema()}}
+
+
 class Clock:
     """A clock the test moves by hand (`clock.now += 10`)."""
 
@@ -41,10 +62,23 @@ def clock():
     return Clock()
 
 
+# `INGESTD_TEST_INDEX=postgres` runs the store and in-process API suites with
+# their index in the session's PostgreSQL (`make test` does).
+TEST_INDEX = os.environ.get("INGESTD_TEST_INDEX", "lmdb")
+
+
 @pytest.fixture
-def store(request, tmp_path, clock):
+def store_index(request) -> dict[str, object] | None:
+    """The index a test's store uses: LMDB, or PostgreSQL under INGESTD_TEST_INDEX."""
+    return request.getfixturevalue("pg_index") if TEST_INDEX == "postgres" else None
+
+
+@pytest.fixture
+def store(request, tmp_path, clock, store_index):
     """A store without fsync, on a hand-moved clock, whose sessions live 100 s."""
-    with Store(tmp_path / "data", durability="none", clock=clock, session_ttl=100) as s:
+    with Store(
+        tmp_path / "data", durability="none", clock=clock, session_ttl=100, index=store_index
+    ) as s:
         yield s
         if request.node.get_closest_marker("damages_store") is None:
             # Whatever the test did, the store is consistent (fsck finds nothing).
@@ -63,6 +97,8 @@ def make_config(request, tmp_path):
     if TEST_STORAGE == "s3":
         server = request.getfixturevalue("seaweedfs")
         storage = {**server.environ, "INGESTD_STORAGE_S3_PREFIX": unique_prefix()}
+    if TEST_INDEX == "postgres":
+        storage.update(request.getfixturevalue("postgres").environ(unique_schema()))
 
     def make(**env: str):
         base = {
@@ -95,9 +131,10 @@ async def app(request, make_config):
 def assert_consistent(config: Config) -> None:
     """fsck finds no problem in the data directory (its daemon stopped)."""
     data_dir = config.data_dir
-    index = Index(data_dir / "index.lmdb", readonly=True)
+    index = open_index(config, readonly=True)
     chunks = open_chunks(config, readonly=True)
     assert type(chunks).__name__ == {"local": "LocalPackStore", "s3": "S3PackStore"}[TEST_STORAGE]
+    assert type(index).__name__ == {"lmdb": "Index", "postgres": "PostgresIndex"}[TEST_INDEX]
     try:
         report = fsck.check(index, chunks, root=data_dir)
     finally:

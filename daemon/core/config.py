@@ -126,6 +126,19 @@ class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     cdc_max_size: PositiveSize = 4 << 20
 
 
+class IndexConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """`[index]`: where sessions, files, jobs, tokens and tenants are recorded."""
+
+    # "lmdb" (data_dir/index.lmdb, the default) or "postgres".
+    backend: Literal["lmdb", "postgres"] = "lmdb"
+    # A libpq connection string or URI; empty: libpq's PG* environment variables.
+    dsn: str = ""
+    # The PostgreSQL schema holding the tables (made and migrated at start).
+    schema: str = "ingestd"
+    # Connections per process (the daemon's worker processes each have their own pool).
+    pool_size: int = 8
+
+
 class LimitsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_file_size: PositiveSize = 1 << 40
     max_chunk_size: PositiveSize = 64 << 20
@@ -178,6 +191,7 @@ class LoggingConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
+    index: IndexConfig = msgspec.field(default_factory=IndexConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     plugins: PluginsConfig = msgspec.field(default_factory=PluginsConfig)
     tus: TusConfig = msgspec.field(default_factory=TusConfig)
@@ -366,6 +380,13 @@ def _name_key(message: str) -> str:
 
 
 def _check(config: Config) -> None:
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", config.index.schema):
+        raise ConfigError(
+            f"invalid config index.schema: {config.index.schema!r} must be a lower-case "
+            "SQL identifier (a-z, 0-9, _)"
+        )
+    if config.index.pool_size < 1:
+        raise ConfigError("invalid config index.pool_size: must be at least 1")
     if config.storage.backend == "s3" and not config.storage.s3.bucket:
         raise ConfigError(
             'invalid config storage.s3.bucket: storage.backend = "s3" needs a bucket '

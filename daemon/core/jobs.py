@@ -66,6 +66,7 @@ class JobRunner:
         *,
         data_dir: Path,
         chunk_store: Mapping[str, Any] | None = None,
+        index: Mapping[str, Any] | None = None,
         shared: bool,
         workers: int = 2,
     ) -> None:
@@ -78,6 +79,7 @@ class JobRunner:
         self._data_dir = data_dir
         # How the plugin worker opens the chunk store (`cas.open_chunk_store`).
         self._chunk_store = dict(chunk_store or {})
+        self._index = dict(index or {})  # and the index (`cas.open_index`)
         self._workers = workers
         self._send, self._receive = trio.open_memory_channel[str](math.inf)
         self._finished: dict[str, trio.Event] = {}
@@ -381,7 +383,12 @@ class JobRunner:
         """Run the deciding stages in `python -m ingestd.plugins.worker`."""
         entries = await self._threads.run(self._store.manifest, file.id)
         request = make_request(
-            self._plugins.settings, run.facts, entries, str(self._data_dir), self._chunk_store
+            self._plugins.settings,
+            run.facts,
+            entries,
+            str(self._data_dir),
+            self._chunk_store,
+            self._index,
         )
         # Each stage's calls are bounded by the plugin timeout inside the child;
         # this only stops a child that hangs outside them.

@@ -24,9 +24,19 @@ from .outbox import OutboxService
 from .threads import Threads
 
 
-def open_index(config: Config, *, readonly: bool = False) -> cas.Index:
+def index_settings(config: Config) -> dict[str, Any]:
+    """`cas.open_index`'s `backend` and `postgres` for `config` (the plugin
+    worker and the commands open the same index from them)."""
+    settings: dict[str, Any] = {"backend": config.index.backend}
+    if config.index.backend == "postgres":
+        i = config.index
+        settings["postgres"] = {"dsn": i.dsn, "schema": i.schema, "pool_size": i.pool_size}
+    return settings
+
+
+def open_index(config: Config, *, readonly: bool = False) -> Any:
     """The index alone, for the commands that read or change only records."""
-    return cas.Index(config.data_dir / "index.lmdb", durable=True, readonly=readonly)
+    return cas.open_index(config.data_dir, **index_settings(config), readonly=readonly)
 
 
 def chunk_store_settings(config: Config) -> dict[str, Any]:
@@ -70,6 +80,7 @@ def open_store(
         quota_for=limits.quota_for,
         max_stream_size=max_stream_size(config),
         chunks=open_chunks(config, worker=worker),
+        index=index_settings(config),
     )
 
 
@@ -131,6 +142,7 @@ def build_core(
         outbox,
         data_dir=config.data_dir,
         chunk_store=chunk_store_settings(config),
+        index=index_settings(config),
         shared=worker is not None,
     )
     return Core(

@@ -69,6 +69,7 @@ ANSWERS: dict[type[cas.StoreError], Answer] = {
     cas.StorageError: Answer(500),
     cas.DamagedFile: Answer(409),  # known damage (fsck found it), never wrong bytes
     cas.ObjectVanished: Answer(503, {"Retry-After": "1"}),
+    cas.IndexUnavailable: Answer(503, {"Retry-After": "5"}),
     errors.NoRoomInReserve: Answer(507, {"Retry-After": "60"}),
     errors.PolicyUnavailable: Answer(503),
 }

@@ -1,5 +1,5 @@
 """The parsers of the data-dir commands (`ingestd token …`, `stats`, `gc`,
-`fsck`): argparse only; a command's module (`datadir_commands`: LMDB, the
+`fsck`, `migrate-schema`): argparse only; a command's module (`datadir_commands`: LMDB, the
 store) is imported when it runs, so the CLI starts quickly."""
 
 from __future__ import annotations
@@ -97,3 +97,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     check.add_argument("--json", action="store_true", help="print one JSON object")
     _datadir_options(check)
     check.set_defaults(func=_later("fsck"))
+
+    schema = sub.add_parser(
+        "migrate-schema",
+        help="bring the PostgreSQL index's schema to this version",
+        description="Apply the index schema's migrations that the configured database "
+        'lacks (index.backend = "postgres"), in order, and print its version. The daemon '
+        "applies them when it starts too; this runs them ahead, e.g. before an upgrade.",
+    )
+    schema.add_argument(
+        "--status", action="store_true", help="only print the versions, change nothing"
+    )
+    _datadir_options(schema)
+    schema.set_defaults(func=_later("migrate_schema"))

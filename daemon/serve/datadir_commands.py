@@ -1,7 +1,7 @@
 """`ingestd token …`, `ingestd stats`, `ingestd gc` and `ingestd fsck`: commands an
 operator runs on the daemon's host, against its data directory (while it runs, or not).
 
-They open the LMDB index directly, as another worker would. The config file
+They open the index (LMDB or PostgreSQL) directly, as another worker would. The config file
 (or `--data-dir`) says where the data is.
 """
 
@@ -234,7 +234,7 @@ def fsck(args: argparse.Namespace) -> int:
     """Exit 0: no problems (leftovers aside); 1: problems (repaired, with --repair)."""
     config = _config(args)
     data_dir = Path(config.data_dir)
-    if not (data_dir / "index.lmdb").is_dir():
+    if config.index.backend == "lmdb" and not (data_dir / "index.lmdb").is_dir():
         raise CommandError(f"{data_dir} holds no ingestd data (no index.lmdb)")
     try:
         held = claim(data_dir)
@@ -318,3 +318,26 @@ def _usage_dict(usage: cas.TenantUsage) -> dict[str, int]:
         "open_uploads": usage.open_uploads,
         "open_bytes": usage.open_bytes,
     }
+
+
+def migrate_schema(args: argparse.Namespace) -> int:
+    from ingestd.cas import pgindex, pgschema  # psycopg only for this backend
+
+    config = _config(args)
+    if config.index.backend != "postgres":
+        raise CommandError(
+            'migrate-schema is for index.backend = "postgres"; the LMDB index needs none'
+        )
+    schema = config.index.schema
+    try:
+        if args.status:
+            before = pgindex.schema_status(config.index.dsn, schema)
+            print(f"index schema {schema}: version {before} (this ingestd: {pgschema.LATEST})")
+            return 0
+        applied = pgindex.migrate_schema(config.index.dsn, schema)
+    except cas.StorageError as exc:
+        raise CommandError(str(exc)) from None
+    for version in applied:
+        print(f"applied migration {version}")
+    print(f"index schema {schema}: version {pgschema.LATEST}")
+    return 0
