@@ -30,8 +30,9 @@ imports: $(DEV_STAMP)
 
 test: imports
 	$(BIN)/python -m pytest
-	# The in-process API and plugin suites again, chunks in a real S3 server.
-	INGESTD_TEST_STORAGE=s3 $(BIN)/python -m pytest -q tests/http tests/plugins
+	# The store, in-process API and plugin suites again: chunks in a real S3
+	# server (SeaweedFS), the index in a real PostgreSQL.
+	INGESTD_TEST_STORAGE=s3 INGESTD_TEST_INDEX=postgres $(BIN)/python -m pytest -q tests/cas tests/http tests/plugins
 
 bench: $(DEV_STAMP)
 	$(BIN)/python bench/seed_upload.py

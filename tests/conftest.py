@@ -128,6 +128,38 @@ async def app(request, make_config):
         assert_consistent(config)
 
 
+@pytest.fixture
+def index_bytes(request):
+    """Every byte the index of a config holds: LMDB's files, or each row of
+    the PostgreSQL schema's tables as text (values as hex, records as JSON)."""
+
+    def dump(config: Config) -> bytes:
+        if config.index.backend == "lmdb":
+            return b"".join(p.read_bytes() for p in (config.data_dir / "index.lmdb").iterdir())
+        import psycopg
+
+        out = []
+        with psycopg.connect(config.index.dsn) as conn:
+            tables = conn.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
+                (config.index.schema,),
+            ).fetchall()
+            for (table,) in tables:
+                rows = conn.execute(f"SELECT t::text FROM {config.index.schema}.{table} t")
+                out += [row[0].encode() for row in rows]
+                out += (
+                    [
+                        bytes(v)
+                        for (v,) in conn.execute(f"SELECT value FROM {config.index.schema}.{table}")
+                    ]
+                    if table != "schema_version"
+                    else []
+                )
+        return b"\n".join(out)
+
+    return dump
+
+
 def assert_consistent(config: Config) -> None:
     """fsck finds no problem in the data directory (its daemon stopped)."""
     data_dir = config.data_dir

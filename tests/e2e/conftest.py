@@ -8,9 +8,26 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from support.postgres import unique_schema
+from support.seaweedfs import unique_prefix
 
 TUS_JS = Path(__file__).parent / "tus_js"
 NPM_TIMEOUT = 300.0
+
+
+@pytest.fixture(params=["local", "s3+postgres"])
+def backends(request) -> dict[str, str]:
+    """The daemon's backends as INGESTD_* variables: the embedded default
+    (packs and LMDB in the data directory), and chunks in a real S3 server
+    (SeaweedFS) with the index in a real PostgreSQL."""
+    if request.param == "local":
+        return {}
+    weed, pg = request.getfixturevalue("seaweedfs"), request.getfixturevalue("postgres")
+    return {
+        **weed.environ,
+        "INGESTD_STORAGE_S3_PREFIX": unique_prefix(),
+        **pg.environ(unique_schema()),
+    }
 
 
 @pytest.fixture(scope="session")

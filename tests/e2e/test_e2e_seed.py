@@ -29,8 +29,8 @@ WORKERS = 5
 
 
 @pytest.fixture
-def daemon(tmp_path: Path):
-    with Daemon(tmp_path / "daemon") as d:
+def daemon(tmp_path: Path, backends: dict[str, str]):
+    with Daemon(tmp_path / "daemon", extra_env=backends) as d:
         yield d
 
 

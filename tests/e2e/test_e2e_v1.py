@@ -13,6 +13,7 @@ import blake3
 import httpx
 import pytest
 from support.e2e import Daemon, random_spans
+from support.postgres import unique_schema
 from support.seaweedfs import unique_prefix
 
 pytestmark = pytest.mark.e2e
@@ -20,14 +21,17 @@ pytestmark = pytest.mark.e2e
 SIZE = 12 << 20
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", "s3+postgres"])
 def daemon(request, tmp_path: Path):
-    """The daemon on each chunk store: packs on local disk, and in a real S3
-    server (SeaweedFS), the index local in both."""
+    """The daemon on each backend: packs on local disk, packs in a real S3
+    server (SeaweedFS) with the index local, and that with the index in a
+    real PostgreSQL."""
     env = {}
-    if request.param == "s3":
+    if request.param.startswith("s3"):
         server = request.getfixturevalue("seaweedfs")
         env = {**server.environ, "INGESTD_STORAGE_S3_PREFIX": unique_prefix()}
+    if request.param.endswith("postgres"):
+        env.update(request.getfixturevalue("postgres").environ(unique_schema()))
     with Daemon(tmp_path / "daemon", extra_env=env) as d:
         yield d
 

@@ -42,8 +42,8 @@ def browser():
 
 
 @pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Daemon]:
-    with Daemon(tmp_path / "d") as d:
+def daemon(tmp_path: Path, backends: dict[str, str]) -> Iterator[Daemon]:
+    with Daemon(tmp_path / "d", extra_env=backends) as d:
         yield d
 
 

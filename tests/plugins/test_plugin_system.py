@@ -241,13 +241,16 @@ def test_invalid_plugin_table_names_the_key(make_config):
 
 async def test_a_job_interrupted_by_a_crash_runs_at_start(make_config):
     from ingestd.cas import Store
-    from ingestd.daemon.core.services import open_chunks
+    from ingestd.daemon.core.services import index_settings, open_chunks
 
     config = make_config()
     data = os.urandom(3000)
     # A previous daemon accepted the completion, then died before the job ran.
     chunks = open_chunks(config)
-    with Store(config.data_dir, durability="none", process_files=True, chunks=chunks) as store:
+    index = index_settings(config)
+    with Store(
+        config.data_dir, durability="none", process_files=True, chunks=chunks, index=index
+    ) as store:
         session = store.create_session(filename="late.bin", size=len(data), chunk_size=1024)
         for i in range(3):
             store.put_chunk(session.id, i, data[i * 1024 : (i + 1) * 1024])
