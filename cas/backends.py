@@ -23,19 +23,28 @@ def open_chunk_store(
     durable: bool = True,
     readonly: bool = False,
     worker: str | None = None,
+    pack_index: Mapping[str, Any] | None = None,
 ) -> ChunkStore:
     """`backend` "local": packs under `root`; "s3": packs in the bucket that
     `s3` describes (`s3_client`'s arguments plus `prefix`), with `root` for
-    the spool and the pack index."""
+    the spool. `pack_index`: the PostgreSQL schema that records where each
+    chunk is (`dsn`, `schema`, `pool_size`; the index's), else an LMDB in `root`."""
     if backend == "local":
-        return LocalPackStore(root, durable=durable, readonly=readonly, worker=worker)
+        return LocalPackStore(
+            root, durable=durable, readonly=readonly, worker=worker, pack_index=pack_index
+        )
     if backend == "s3":
         from .s3store import S3PackStore, s3_client  # obstore only when it is used
 
         settings = dict(s3 or {})
         prefix = str(settings.pop("prefix", ""))
         return S3PackStore(
-            root, s3_client(**settings), prefix=prefix, readonly=readonly, worker=worker
+            root,
+            s3_client(**settings),
+            prefix=prefix,
+            readonly=readonly,
+            worker=worker,
+            pack_index=pack_index,
         )
     raise ValueError(f"unknown chunk store backend {backend!r} (known: {', '.join(BACKENDS)})")
 

@@ -2,8 +2,9 @@
 
 Layout under ``<root>/packs/``: ``<id[0:2]>/<id>.pack``, files of chunks
 back to back, each written by one writer at a time and never rewritten; and
-``index/``, an LMDB of its own mapping each chunk's hash to (pack, offset,
-length, when written) and each pack to its live chunks and bytes. Which
+``index/``, an LMDB of its own (`cas.packindex`; or tables of the
+PostgreSQL index) mapping each chunk's hash to (pack, offset, length, when
+written) and each pack to its live chunks and bytes. Which
 chunks exist is what that index says, never what a listing shows
 (docs/storage-layout.md gives the measurements behind the layout).
 
@@ -33,15 +34,14 @@ import struct
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-
-import lmdb
+from typing import Any
 
 from .chunkstore import ChunkHandle, ChunkStore, ChunkWriter, PutResult
 from .errors import CorruptObject, StorageError
-from .lmdbenv import close_env, open_env
 from .localstore import LocalChunkStore, fsync_dir
+from .packindex import LmdbPackIndex, PgPackIndex
 
 __all__ = ["PACK_BYTES", "LocalPackStore"]
 
@@ -121,9 +121,12 @@ class LocalPackStore(ChunkStore):
         readonly: bool = False,
         worker: str | None = None,
         pack_bytes: int = PACK_BYTES,
+        pack_index: Mapping[str, Any] | None = None,
     ) -> None:
         """`readonly`: this process only reads; `worker`: one of several
-        processes sharing the directory (see `LocalChunkStore`)."""
+        processes sharing the directory (see `LocalChunkStore`);
+        `pack_index`: the PostgreSQL schema to record locations in (`dsn`,
+        `schema`, `pool_size`) instead of an LMDB under packs/index/."""
         self.root = Path(root)
         self.packs_dir = self.root / "packs"
         self.durable = durable
@@ -137,14 +140,13 @@ class LocalPackStore(ChunkStore):
         # Recorded chunks put again since the last `sync`: when.
         self._touched: dict[str, float] = {}
         index_dir = self.packs_dir / "index"
-        self._env: lmdb.Environment | None = None
-        if readonly and not index_dir.is_dir():
-            return  # nothing in packs yet
-        if not readonly:
-            index_dir.mkdir(parents=True, exist_ok=True)
-        self._env = open_env(index_dir, durable=durable, readonly=readonly)
-        self._locations = self._env.open_db(b"locations", create=not readonly)
-        self._uses = self._env.open_db(b"packs", create=not readonly)
+        self._index: LmdbPackIndex | PgPackIndex | None = None
+        if pack_index is not None:
+            self._index = PgPackIndex(pack_index, durable=durable, readonly=readonly)
+        elif not readonly or index_dir.is_dir():  # (read-only and none: nothing in packs yet)
+            self._index = LmdbPackIndex(index_dir, durable=durable, readonly=readonly)
+        if self._index is not None:
+            self._locations, self._uses = self._index.locations, self._index.packs
 
     # -- writing ------------------------------------------------------------------
 
@@ -245,14 +247,11 @@ class LocalPackStore(ChunkStore):
                     touched.append(item.digest)
         if not new and not touched:
             return
-        assert self._env is not None, "a read-only store does not write"
+        assert self._index is not None, "a read-only store does not write"
         with self._sync_lock:
             chunks = [c for c in new.values() if not c.recorded]
             self._persist(chunks)
-            try:
-                self._record(chunks, touched)
-            except lmdb.Error as exc:
-                raise StorageError(f"could not record chunk locations: {exc}") from exc
+            self._record(chunks, touched)
             closing = []
             with self._lock:
                 for digest in touched:
@@ -281,9 +280,9 @@ class LocalPackStore(ChunkStore):
                     raise StorageError(f"could not make a pack durable: {exc}") from exc
 
     def _record(self, chunks: list[_Chunk], touched: list[str]) -> None:
-        assert self._env is not None
+        assert self._index is not None
         now = time.time()
-        with self._env.begin(write=True) as txn:
+        with self._index.write() as txn:
             for chunk in chunks:
                 key = bytes.fromhex(chunk.digest)
                 # A racing process may have stored the same bytes first: its copy stays.
@@ -298,7 +297,7 @@ class LocalPackStore(ChunkStore):
                     pack_id, offset, length, _ = _LOCATION.unpack(raw)
                     txn.put(key, _LOCATION.pack(pack_id, offset, length, now), db=self._locations)
 
-    def _count(self, txn: lmdb.Transaction, pack_id: bytes, chunks: int, size: int) -> int:
+    def _count(self, txn: Any, pack_id: bytes, chunks: int, size: int) -> int:
         """Add to a pack's live figures; its live chunks after."""
         raw = txn.get(pack_id, db=self._uses)
         live, live_bytes = _PACK_USE.unpack(raw) if raw is not None else (0, 0)
@@ -309,10 +308,10 @@ class LocalPackStore(ChunkStore):
     # -- reading ------------------------------------------------------------------
 
     def _location(self, digest: str) -> tuple[bytes, int, int, float] | None:
-        if self._env is None:
+        if self._index is None:
             return None
-        with self._env.begin(db=self._locations) as txn:
-            raw = txn.get(bytes.fromhex(digest))
+        with self._index.read() as txn:
+            raw = txn.get(bytes.fromhex(digest), db=self._locations)
         return None if raw is None else _LOCATION.unpack(raw)
 
     def _recorded(self, digest: str) -> bool:
@@ -394,9 +393,11 @@ class LocalPackStore(ChunkStore):
         with self._lock:
             seen.update(self._unrecorded)
         yield from list(seen)
-        if self._env is not None:
-            with self._env.begin(db=self._locations) as txn:
-                recorded = [key.hex() for key in txn.cursor().iternext(values=False)]
+        if self._index is not None:
+            with self._index.read() as txn:
+                recorded = [
+                    k.hex() for k, _ in self._index.items(txn, self._locations, values=False)
+                ]
             for digest in recorded:
                 if digest not in seen:
                     seen.add(digest)
@@ -420,8 +421,8 @@ class LocalPackStore(ChunkStore):
         if pack is not None:
             self._close_pack(pack)
         emptied = None
-        if self._env is not None:
-            with self._env.begin(write=True) as txn:
+        if self._index is not None:
+            with self._index.write() as txn:
                 key = bytes.fromhex(digest)
                 raw = txn.get(key, db=self._locations)
                 if raw is not None:
@@ -439,7 +440,7 @@ class LocalPackStore(ChunkStore):
 
     def _remove_if_dead(self, pack_id: bytes) -> bool:
         """Delete a pack no live chunk is in, unless a writer holds it."""
-        assert self._env is not None
+        assert self._index is not None
         path = self._pack_path(pack_id)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -451,7 +452,7 @@ class LocalPackStore(ChunkStore):
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     return False  # still being written: its writer's sweep comes later
-            with self._env.begin(write=True) as txn:
+            with self._index.write() as txn:
                 raw = txn.get(pack_id, db=self._uses)
                 if raw is not None and _PACK_USE.unpack(raw)[0] > 0:
                     return False
@@ -468,10 +469,10 @@ class LocalPackStore(ChunkStore):
     def sweep(self, grace: float, now: float) -> tuple[int, int]:
         """Delete packs with no live chunk (left by writers that died, or
         emptied while still written), older than `grace`: (packs, bytes)."""
-        if self._env is None or not self.packs_dir.is_dir():
+        if self._index is None or not self.packs_dir.is_dir():
             return 0, 0
-        with self._env.begin(db=self._uses) as txn:
-            live = {k: _PACK_USE.unpack(v)[0] for k, v in txn.cursor()}
+        with self._index.read() as txn:
+            live = {k: _PACK_USE.unpack(v)[0] for k, v in self._index.items(txn, self._uses)}
         count = freed = 0
         for entry in self.packs_dir.glob("??/*.pack"):
             try:
@@ -506,9 +507,9 @@ class LocalPackStore(ChunkStore):
             self._free.clear()
         for pack in packs:
             self._close_pack(pack)
-        if self._env is not None:
-            close_env(self._env)
-            self._env = None
+        if self._index is not None:
+            self._index.close()
+            self._index = None
 
 
 class _PackHandle(ChunkHandle):

@@ -85,7 +85,7 @@ class PgTxn:
 
     def __init__(
         self,
-        index: PostgresIndex,
+        index: PgDatabase,
         conn: psycopg.Connection[Any],
         *,
         write: bool,
@@ -238,17 +238,20 @@ def _table(db: Table | None) -> Table:
     return db
 
 
-class PostgresIndex:
-    """`cas.Index`'s interface over a PostgreSQL schema."""
+class PgDatabase:
+    """A pool on one schema of a PostgreSQL database, migrated on opening
+    (unless `readonly`), and its transactions: snapshots to read, and write
+    transactions that hold the advisory lock named `writer_lock` (one writer
+    at a time on the schema, across processes and hosts)."""
 
     def __init__(
         self,
         dsn: str,
         *,
         schema: str = "ingestd",
+        tables: Iterable[str],
+        writer_lock: str,
         durable: bool = True,
-        group_commit: bool = True,
-        sync_objects: SyncObjects | None = None,
         readonly: bool = False,
         pool_size: int = 8,
     ) -> None:
@@ -259,12 +262,10 @@ class PostgresIndex:
         self.schema = schema
         self.readonly = readonly
         self.durable = durable
-        # Writers of every process and host on this schema take this lock (LMDB's writer lock).
-        digest = blake3.blake3(f"ingestd-index:{schema}".encode()).digest()
-        self._lock_key = int.from_bytes(digest[:8], "big", signed=True)
+        self._lock_key = _lock_key(f"{writer_lock}:{schema}")
         self.db = {
             name: Table(name, f'"{schema}".{name}', name in pgschema.RECORD_TABLES)
-            for name in DATABASES
+            for name in tables
         }
         try:
             self._pool = psycopg_pool.ConnectionPool(
@@ -287,21 +288,6 @@ class PostgresIndex:
         except BaseException:
             self._pool.close()
             raise
-        self.writer = None
-        if not readonly:
-            self.writer = GroupCommitter(
-                self._begin_write,
-                lambda parent: parent.nested(),
-                grouped=group_commit,
-                sync_objects=sync_objects,
-            )
-
-    # -- the Index interface -----------------------------------------------------
-
-    def format_version(self) -> int:
-        with self.reader() as txn:
-            raw = txn.get(b"format_version", db=self.db["meta"])
-        return int(raw) if raw is not None else records.FORMAT_VERSION
 
     def reader(self) -> PgTxn:
         """A read-only snapshot; use it as a context manager, on one thread."""
@@ -313,6 +299,91 @@ class PostgresIndex:
             txn.abort()
             raise
         return txn
+
+    def begin_write(self) -> PgTxn:
+        """A write transaction, once no other writer holds the schema's lock;
+        commits on leaving its `with` block (rolls back on an error)."""
+        if self.readonly:
+            raise StorageError("the index is open read-only")
+        conn = self._acquire()
+        txn = PgTxn(self, conn, write=True)
+        try:
+            txn._execute("BEGIN", ())
+            if not self.durable:
+                txn._execute("SET LOCAL synchronous_commit = off", ())
+            txn._execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
+        except BaseException:
+            txn.abort()
+            raise
+        return txn
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def _acquire(self) -> psycopg.Connection[Any]:
+        try:
+            return self._pool.getconn()
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            raise _database_error(exc, "connect") from exc
+
+    def _release(self, conn: psycopg.Connection[Any]) -> None:
+        try:
+            self._pool.putconn(conn)
+        except Exception:  # noqa: BLE001 - a broken connection is only dropped
+            log.debug("returning an index connection", exc_info=True)
+
+    def _check_version(self) -> None:
+        try:
+            with self._pool.connection() as conn:
+                version = schema_version(conn, self.schema)
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            raise _database_error(exc, "reading the schema version") from exc
+        if version > pgschema.LATEST:
+            raise StorageError(_too_new(self.schema, version))
+
+
+def _lock_key(name: str) -> int:
+    return int.from_bytes(blake3.blake3(name.encode()).digest()[:8], "big", signed=True)
+
+
+class PostgresIndex(PgDatabase):
+    """`cas.Index`'s interface over a PostgreSQL schema."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "ingestd",
+        durable: bool = True,
+        group_commit: bool = True,
+        sync_objects: SyncObjects | None = None,
+        readonly: bool = False,
+        pool_size: int = 8,
+    ) -> None:
+        super().__init__(
+            dsn,
+            schema=schema,
+            tables=DATABASES,
+            writer_lock="ingestd-index",
+            durable=durable,
+            readonly=readonly,
+            pool_size=pool_size,
+        )
+        self.writer = None
+        if not readonly:
+            self.writer = GroupCommitter(
+                self.begin_write,
+                lambda parent: parent.nested(),
+                grouped=group_commit,
+                sync_objects=sync_objects,
+            )
+
+    # -- the Index interface -----------------------------------------------------
+
+    def format_version(self) -> int:
+        with self.reader() as txn:
+            raw = txn.get(b"format_version", db=self.db["meta"])
+        return int(raw) if raw is not None else records.FORMAT_VERSION
 
     def write(self, op: Callable[[PgTxn], Any], objects: Iterable[object] = ()) -> Any:
         if self.writer is None:
@@ -345,40 +416,7 @@ class PostgresIndex:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
-        self._pool.close()
-
-    # -- connections ---------------------------------------------------------------
-
-    def _begin_write(self) -> PgTxn:
-        conn = self._acquire()
-        txn = PgTxn(self, conn, write=True)
-        try:
-            txn._execute("BEGIN", ())
-            if not self.durable:
-                txn._execute("SET LOCAL synchronous_commit = off", ())
-            txn._execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
-        except BaseException:
-            txn.abort()
-            raise
-        return txn
-
-    def _acquire(self) -> psycopg.Connection[Any]:
-        try:
-            return self._pool.getconn()
-        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
-            raise _database_error(exc, "connect") from exc
-
-    def _release(self, conn: psycopg.Connection[Any]) -> None:
-        try:
-            self._pool.putconn(conn)
-        except Exception:  # noqa: BLE001 - a broken connection is only dropped
-            log.debug("returning an index connection", exc_info=True)
-
-    def _check_version(self) -> None:
-        with self._pool.connection() as conn:
-            version = schema_version(conn, self.schema)
-        if version > pgschema.LATEST:
-            raise StorageError(_too_new(self.schema, version))
+        super().close()
 
 
 def schema_version(conn: psycopg.Connection[Any], schema: str) -> int:
@@ -426,9 +464,7 @@ def migrate_schema(pool_or_dsn: psycopg_pool.ConnectionPool | str, schema: str) 
 
 
 def _migrate(conn: psycopg.Connection[Any], schema: str) -> list[int]:
-    lock = int.from_bytes(
-        blake3.blake3(f"ingestd-migrate:{schema}".encode()).digest()[:8], "big", signed=True
-    )
+    lock = _lock_key(f"ingestd-migrate:{schema}")
     applied: list[int] = []
     conn.execute("SELECT pg_advisory_lock(%s)", (lock,))
     try:

@@ -185,22 +185,61 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {
 }
 
 
-def _tables_v1(schema: str) -> list[str]:
-    out = [f'CREATE SCHEMA IF NOT EXISTS "{schema}"']
-    for table, columns in COLUMNS.items():
+# The pack index of the chunk store (`cas.packindex`), in the same schema
+# when the index is in PostgreSQL: chunk -> (pack or object, offset, length,
+# written) and pack -> (live chunks, live bytes); 16-byte ids, big-endian.
+PACK_COLUMNS: dict[str, list[tuple[str, str, str]]] = {
+    "pack_locations": [
+        ("blake3", "text", "encode(key, 'hex')"),
+        (
+            "pack",
+            "text",
+            _when("length(value) = 40", "encode(substring(value from 1 for 16), 'hex')"),
+        ),
+        (
+            "pack_offset",
+            "bigint",
+            _when("length(value) = 40", _be_int("value", "17", 8) + "::bigint"),
+        ),
+        ("length", "bigint", _when("length(value) = 40", _be_int("value", "25", 8) + "::bigint")),
+    ],
+    "pack_uses": [
+        ("pack", "text", "encode(key, 'hex')"),
+        (
+            "live_chunks",
+            "bigint",
+            _when("length(value) = 16", _be_int("value", "1", 8) + "::bigint"),
+        ),
+        (
+            "live_bytes",
+            "bigint",
+            _when("length(value) = 16", _be_int("value", "9", 8) + "::bigint"),
+        ),
+    ],
+}
+
+
+def _tables(schema: str, columns: dict[str, list[tuple[str, str, str]]]) -> list[str]:
+    out = []
+    for table, readable in columns.items():
         lines = ["key bytea PRIMARY KEY", "value bytea NOT NULL"]
         if table in RECORD_TABLES:
             lines.append("record jsonb")
         lines += [
-            f"{name} {kind} GENERATED ALWAYS AS ({expr}) STORED" for name, kind, expr in columns
+            f"{name} {kind} GENERATED ALWAYS AS ({expr}) STORED" for name, kind, expr in readable
         ]
         out.append(f'CREATE TABLE "{schema}".{table} (\n  ' + ",\n  ".join(lines) + "\n)")
-    out += [
+    return out
+
+
+def _v1(schema: str) -> list[str]:
+    return [
+        f'CREATE SCHEMA IF NOT EXISTS "{schema}"',
+        *_tables(schema, COLUMNS),
         f'CREATE INDEX ON "{schema}".sessions (tenant, state)',
         f'CREATE INDEX ON "{schema}".files (tenant, filename)',
         f'CREATE INDEX ON "{schema}".jobs (state)',
     ]
-    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +251,10 @@ class Migration:
 
 def migrations(schema: str) -> list[Migration]:
     """Every migration of the schema, oldest first; never edit one that shipped."""
-    return [Migration(1, "the index's tables, with readable columns", _tables_v1(schema))]
+    return [
+        Migration(1, "the index's tables, with readable columns", _v1(schema)),
+        Migration(2, "the chunk store's pack index", _tables(schema, PACK_COLUMNS)),
+    ]
 
 
-LATEST = 1
+LATEST = 2

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -84,12 +85,16 @@ class S3PackStore(LocalPackStore):
         readonly: bool = False,
         worker: str | None = None,
         pack_bytes: int | None = None,
+        pack_index: Mapping[str, Any] | None = None,
     ) -> None:
-        """`root`: a local directory for the spool packs and the pack index;
-        `client`: the bucket (`s3_client`); `prefix`: where in it, e.g. "ingestd/"."""
+        """`root`: a local directory for the spool packs (and the pack index,
+        unless `pack_index` puts it in PostgreSQL); `client`: the bucket
+        (`s3_client`); `prefix`: where in it, e.g. "ingestd/"."""
         extra = {} if pack_bytes is None else {"pack_bytes": pack_bytes}
         # The local fsyncs are S3's answers here; the index is still made durable.
-        super().__init__(root, durable=True, readonly=readonly, worker=worker, **extra)
+        super().__init__(
+            root, durable=True, readonly=readonly, worker=worker, pack_index=pack_index, **extra
+        )
         self.client = client
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self._puts = ThreadPoolExecutor(PARALLEL_PUTS, thread_name_prefix="s3-put")
@@ -177,8 +182,8 @@ class S3PackStore(LocalPackStore):
 
     def _remove_dead_object(self, pack_id: bytes) -> bool:
         """Delete an object no live chunk is in (the index says so)."""
-        assert self._env is not None
-        with self._env.begin(write=True) as txn:
+        assert self._index is not None
+        with self._index.write() as txn:
             raw = txn.get(pack_id, db=self._uses)
             if raw is not None and _PACK_USE.unpack(raw)[0] > 0:
                 return False
@@ -197,7 +202,7 @@ class S3PackStore(LocalPackStore):
         # The local packs here are spools: the base sweep takes those no
         # process holds (a writer that died before its sync).
         count, freed = super().sweep(grace, now)
-        if self._env is None:
+        if self._index is None:
             return count, freed
         try:
             listed = [
@@ -207,8 +212,9 @@ class S3PackStore(LocalPackStore):
             ]
         except Exception as exc:  # noqa: BLE001
             raise StorageError(f"could not list the bucket: {exc}") from exc
-        with self._env.begin(db=self._uses) as txn:
-            live = {k for k, v in txn.cursor() if _PACK_USE.unpack(v)[0] > 0}
+        with self._index.read() as txn:
+            uses = self._index.items(txn, self._uses)
+            live = {k for k, v in uses if _PACK_USE.unpack(v)[0] > 0}
         for meta in listed:
             try:
                 object_id = bytes.fromhex(meta["path"].rsplit("/", 1)[-1])

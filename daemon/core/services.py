@@ -44,6 +44,9 @@ def chunk_store_settings(config: Config) -> dict[str, Any]:
     opens the same store from them)."""
     s = config.storage
     settings: dict[str, Any] = {"backend": s.backend, "durable": s.durability == "fsync"}
+    if config.index.backend == "postgres":
+        # Where each chunk lives is recorded beside the index, not on this host's disk.
+        settings["pack_index"] = index_settings(config)["postgres"]
     if s.backend == "s3":
         allow_http = s.s3.endpoint.startswith("http://")  # as the operator wrote it
         settings["s3"] = {**msgspec.structs.asdict(s.s3), "allow_http": allow_http}

@@ -38,13 +38,22 @@ def blob(seed: int, size: int) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
-@pytest.fixture(params=["packs", "local", "memory", "s3"])
+@pytest.fixture(params=["packs", "local", "memory", "s3", "s3+postgres"])
 def chunk_store(request, tmp_path):
     if request.param == "packs":
         store: ChunkStore = LocalPackStore(tmp_path, durable=True)
-    elif request.param == "s3":
+    elif request.param.startswith("s3"):
+        # "s3+postgres": the pack index in PostgreSQL, as with index.backend = "postgres".
         server = request.getfixturevalue("seaweedfs")
-        store = S3PackStore(tmp_path, s3_client(**server.settings), prefix=unique_prefix())
+        pack_index = None
+        if request.param == "s3+postgres":
+            pack_index = request.getfixturevalue("pg_index")["postgres"]
+        store = S3PackStore(
+            tmp_path,
+            s3_client(**server.settings),
+            prefix=unique_prefix(),
+            pack_index=pack_index,
+        )
     elif request.param == "local":
         store = LocalChunkStore(tmp_path, durable=True)
     else:

@@ -341,7 +341,7 @@ def test_the_schema_is_readable_with_sql(pg_index, postgres, tmp_path):
 
 def test_migrations_apply_once_and_a_newer_schema_is_refused(postgres, tmp_path):
     schema = pg_index_schema = f"mig_{os.getpid()}"
-    assert migrate_schema(postgres.dsn, schema) == [pgschema.LATEST]
+    assert migrate_schema(postgres.dsn, schema) == list(range(1, pgschema.LATEST + 1))
     assert migrate_schema(postgres.dsn, schema) == []
     with psycopg.connect(postgres.dsn, autocommit=True) as conn:
         assert schema_version(conn, schema) == pgschema.LATEST
@@ -387,3 +387,26 @@ def test_a_lost_connection_fails_the_write_and_the_next_one_succeeds(pg_index, p
             assert txn.get(b"after", db=db) == b"1"
     finally:
         index.close()
+
+
+def test_an_older_schema_is_migrated_when_the_index_opens(postgres, tmp_path):
+    """A schema left at version 1 (as a release before the pack tables made it)
+    gets the later migrations, in order, and keeps its rows."""
+    schema = f"old_{os.getpid()}"
+    settings = {"dsn": postgres.dsn, "schema": schema}
+    index = open_index(tmp_path, backend="postgres", postgres=settings)
+    index.write(lambda txn: index.put(txn, "sessions", b"s1", _session(1)))
+    index.close()
+    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+        conn.execute(f"DROP TABLE {schema}.pack_locations, {schema}.pack_uses")
+        conn.execute(f"DELETE FROM {schema}.schema_version WHERE version > 1")
+        assert schema_version(conn, schema) == 1
+    index = open_index(tmp_path, backend="postgres", postgres=settings)
+    try:
+        with index.reader() as txn:
+            assert index.get(txn, "sessions", b"s1", Session) == _session(1)
+    finally:
+        index.close()
+    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+        assert schema_version(conn, schema) == pgschema.LATEST
+        assert conn.execute(f"SELECT count(*) FROM {schema}.pack_uses").fetchone() == (0,)

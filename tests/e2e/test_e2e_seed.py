@@ -88,14 +88,14 @@ def _upload(daemon: Daemon, path: Path, sha: str, *, seed: int) -> dict:
 def test_concurrent_shuffled_upload_then_dedup(daemon: Daemon, source: tuple[Path, str]):
     path, sha = source
     first = _upload(daemon, path, sha, seed=1)
-    before = len(stored_hashes(daemon.data_dir))
+    before = len(stored_hashes(daemon.config))
     assert before == FILE_SIZE // MiB  # one object per (random, hence distinct) chunk
 
     second = _upload(daemon, path, sha, seed=2)
     assert second["metadata"]["uploadId"] != first["metadata"]["uploadId"]
     assert second["filepath"] != first["filepath"]
     assert second["downstreamJobId"] != first["downstreamJobId"]
-    assert len(stored_hashes(daemon.data_dir)) == before
+    assert len(stored_hashes(daemon.config)) == before
     # The first file is untouched by the second upload.
     assert sha256_file(first["filepath"]) == sha
 

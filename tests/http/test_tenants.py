@@ -39,8 +39,8 @@ def layout(data: bytes) -> list[dict]:
     ]
 
 
-def objects(data_dir) -> set[str]:
-    return stored_hashes(data_dir)
+def objects(config) -> set[str]:
+    return stored_hashes(config)
 
 
 class World:
@@ -315,7 +315,7 @@ async def test_dedup_answers_do_not_tell_b_what_a_holds(world):
     w, c = world, world.client
     known = os.urandom(4 * CHUNK)
     await w.v1_upload(w.a, known, "a.bin", declare=True)
-    held = objects(w.data_dir)
+    held = objects(w.rt.config)
     # B declares A's content, and content nobody has: the answers are alike.
     theirs = await w.v1_upload(w.b, known, "b.bin", declare=True, complete=False)
     new = os.urandom(4 * CHUNK)
@@ -331,7 +331,7 @@ async def test_dedup_answers_do_not_tell_b_what_a_holds(world):
     assert (r1.status_code, one["stored"], one["received_chunks"]) == (200, True, 1)
     assert _shape(one) == _shape(two) | {"hash": one["hash"]}
     assert blake3.blake3(known[:CHUNK]).hexdigest() in held
-    assert objects(w.data_dir) - held == {blake3.blake3(new[:CHUNK]).hexdigest()}
+    assert objects(w.rt.config) - held == {blake3.blake3(new[:CHUNK]).hexdigest()}
     # Completing after sending the rest: B's own file, B's own verdict.
     for i in range(1, 4):
         r = await c.put(

@@ -12,6 +12,8 @@ import struct
 from pathlib import Path
 
 from ingestd.cas import ChunkStore, LocalChunkStore, LocalPackStore
+from ingestd.daemon.core.config import Config
+from ingestd.daemon.core.services import open_chunks as configured_chunks
 
 
 def open_chunks(data_dir: Path) -> LocalPackStore:
@@ -19,9 +21,13 @@ def open_chunks(data_dir: Path) -> LocalPackStore:
     return LocalPackStore(data_dir, readonly=True)
 
 
-def stored_hashes(data_dir: Path) -> set[str]:
-    """Every chunk the data directory's store holds."""
-    chunks = open_chunks(data_dir)
+def stored_hashes(where: Path | Config) -> set[str]:
+    """Every chunk a store holds: a data directory's packs, or those of the
+    backends a config names (S3, a pack index in PostgreSQL)."""
+    if isinstance(where, Config):
+        chunks: ChunkStore = configured_chunks(where, readonly=True)
+    else:
+        chunks = open_chunks(where)
     try:
         return set(chunks.iter_hashes())
     finally:
@@ -54,13 +60,15 @@ def lose(chunks: ChunkStore, digest: str) -> None:
 def make_old(chunks: ChunkStore, digest: str, seconds: float) -> None:
     """Date a chunk's last write `seconds` back, as the orphan sweep judges ages."""
     if isinstance(chunks, LocalPackStore) and chunks._pack_extent(digest) is not None:
-        env = chunks._env
-        assert env is not None
+        index = chunks._index
+        assert index is not None
         layout = struct.Struct(">16sQQd")
-        with env.begin(write=True, db=chunks._locations) as txn:
+        with index.write() as txn:
             key = bytes.fromhex(digest)
-            pack_id, offset, length, written = layout.unpack(txn.get(key))
-            txn.put(key, layout.pack(pack_id, offset, length, written - seconds))
+            pack_id, offset, length, written = layout.unpack(txn.get(key, db=index.locations))
+            txn.put(
+                key, layout.pack(pack_id, offset, length, written - seconds), db=index.locations
+            )
         chunks._touched.pop(digest, None)
         return
     legacy = chunks.legacy if isinstance(chunks, LocalPackStore) else chunks

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import blake3
 import httpx
+from ingestd.daemon.core.config import Config, load_config
 
 HOST = "127.0.0.1"
 STARTUP_TIMEOUT = 20.0
@@ -212,6 +213,15 @@ class Daemon:
         env["PYTHONUNBUFFERED"] = "1"
         env.update(self.extra_env)
         return env
+
+    @property
+    def config(self) -> Config:
+        """The daemon's configuration, as it reads it (file, environment, data dir)."""
+        return load_config(
+            self.config_path,
+            environ=self._env(),
+            overrides={("storage", "data_dir"): str(self.data_dir)},
+        )
 
     def log_tail(self, limit: int = _LOG_TAIL_BYTES) -> str:
         if self.log_path is None or not self.log_path.exists():
