@@ -20,8 +20,8 @@ tenant's chunk holdings and usage); `tokens`; `files`; `completion`; `gc`;
 import from here only.
 """
 
-from . import fsck
-from .backends import open_chunk_store, open_index
+from . import fsck, migrate
+from .backends import index_schema_status, migrate_index_schema, open_chunk_store, open_index
 from .chunkstore import ChunkHandle, ChunkStore, ChunkWriter, PutResult, is_hash
 from .completion import Completion
 from .errors import (
@@ -97,6 +97,8 @@ __all__ = [
     "UNREADABLE_CHARS",
     "open_chunk_store",
     "open_index",
+    "index_schema_status",
+    "migrate_index_schema",
     "DEDUP_SCOPES",
     "Quota",
     "TenantLedger",
@@ -171,5 +173,6 @@ __all__ = [
     "clear_temp",
     "is_hash",
     "fsck",
+    "migrate",
     "safe_filename",
 ]

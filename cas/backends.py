@@ -85,3 +85,18 @@ def open_index(
             sync_objects=sync_objects,
         )
     raise ValueError(f"unknown index backend {backend!r} (known: {', '.join(INDEX_BACKENDS)})")
+
+
+def migrate_index_schema(dsn: str, schema: str) -> list[int]:
+    """Apply the PostgreSQL index schema's missing migrations; the versions applied."""
+    from .pgindex import migrate_schema
+
+    return migrate_schema(dsn, schema)
+
+
+def index_schema_status(dsn: str, schema: str) -> tuple[int, int]:
+    """(the schema's version in the database, the version this ingestd writes)."""
+    from .pgindex import schema_status
+    from .pgschema import LATEST
+
+    return schema_status(dsn, schema), LATEST

@@ -1,6 +1,7 @@
 """The parsers of the data-dir commands (`ingestd token …`, `stats`, `gc`,
-`fsck`, `migrate-schema`): argparse only; a command's module (`datadir_commands`: LMDB, the
-store) is imported when it runs, so the CLI starts quickly."""
+`fsck`, `migrate`, `migrate-schema`): argparse only; a command's module
+(`datadir_commands`: the index, the store) is imported when it runs, so the
+CLI starts quickly."""
 
 from __future__ import annotations
 
@@ -97,6 +98,22 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     check.add_argument("--json", action="store_true", help="print one JSON object")
     _datadir_options(check)
     check.set_defaults(func=_later("fsck"))
+
+    move = sub.add_parser(
+        "migrate",
+        help="copy this installation into the backends another config names",
+        description="Copy every chunk and every record of this data directory (its daemon "
+        "stopped) into the chunk store and index that --to names (e.g. an S3 bucket and "
+        "PostgreSQL), then read every file back through them and check its BLAKE3. Safe "
+        "to run again: an interrupted move resumes. Exit status: 0 when every file "
+        "verified, 1 otherwise.",
+    )
+    move.add_argument(
+        "--to", required=True, metavar="CONFIG", help="the config file of the new backends"
+    )
+    move.add_argument("--json", action="store_true", help="print one JSON object")
+    _datadir_options(move)
+    move.set_defaults(func=_later("migrate"))
 
     schema = sub.add_parser(
         "migrate-schema",

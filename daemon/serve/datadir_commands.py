@@ -8,10 +8,12 @@ They open the index (LMDB or PostgreSQL) directly, as another worker would. The 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from ingestd import cas
@@ -321,23 +323,85 @@ def _usage_dict(usage: cas.TenantUsage) -> dict[str, int]:
 
 
 def migrate_schema(args: argparse.Namespace) -> int:
-    from ingestd.cas import pgindex, pgschema  # psycopg only for this backend
-
     config = _config(args)
     if config.index.backend != "postgres":
         raise CommandError(
             'migrate-schema is for index.backend = "postgres"; the LMDB index needs none'
         )
-    schema = config.index.schema
+    dsn, schema = config.index.dsn, config.index.schema
     try:
         if args.status:
-            before = pgindex.schema_status(config.index.dsn, schema)
-            print(f"index schema {schema}: version {before} (this ingestd: {pgschema.LATEST})")
+            current, latest = cas.index_schema_status(dsn, schema)
+            print(f"index schema {schema}: version {current} (this ingestd: {latest})")
             return 0
-        applied = pgindex.migrate_schema(config.index.dsn, schema)
+        applied = cas.migrate_index_schema(dsn, schema)
+        current, _ = cas.index_schema_status(dsn, schema)
     except cas.StorageError as exc:
         raise CommandError(str(exc)) from None
     for version in applied:
         print(f"applied migration {version}")
-    print(f"index schema {schema}: version {pgschema.LATEST}")
+    print(f"index schema {schema}: version {current}")
     return 0
+
+
+def migrate(args: argparse.Namespace) -> int:
+    source = _config(args)
+    try:
+        target = load_config(args.to)
+    except ConfigError as exc:
+        raise CommandError(f"--to: {exc}") from None
+    if _same_index(source, target):
+        raise CommandError("--to names the same index as the source: nothing to move")
+    if source.index.backend == "lmdb" and not (source.data_dir / "index.lmdb").is_dir():
+        raise CommandError(f"{source.data_dir} holds no ingestd data (no index.lmdb)")
+    try:
+        held = claim(source.data_dir)
+    except DataDirBusy as exc:
+        raise CommandError(f"stop the daemon before moving its data: {exc}") from None
+    say = (lambda line: None) if args.json else (lambda line: print(line, file=sys.stderr))
+    opened: list[Any] = []
+    try:
+        source_index = open_index(source, readonly=True)
+        opened.append(source_index)
+        source_chunks = open_chunks(source, readonly=True)
+        opened.append(source_chunks)
+        target_chunks = open_chunks(target, worker="migrate")
+        opened.append(target_chunks)
+        target_index = open_index(target)
+        opened.append(target_index)
+        report = cas.migrate.migrate(
+            source_index,
+            source_chunks,
+            target_index,
+            target_chunks,
+            source_name=cas.migrate.source_name(source.data_dir),
+            progress=say,
+        )
+    except cas.StorageError as exc:
+        raise CommandError(str(exc)) from None
+    finally:
+        for thing in reversed(opened):
+            thing.close()
+        held.release()
+    if args.json:
+        print(json.dumps(dataclasses.asdict(report) | {"ok": report.ok}))
+    else:
+        print(
+            f"chunks: {report.chunks_copied} copied ({human_size(report.bytes_copied)}), "
+            f"{report.chunks_present} already there; records: {report.records_copied}; "
+            f"files verified: {report.files_verified} ({human_size(report.bytes_verified)})"
+        )
+        for digest in report.chunks_unreadable:
+            print(f"not copied: chunk {digest} is missing or damaged in the source (see fsck)")
+        for file_id, why in report.files_failed:
+            print(f"problem: file {file_id}: {why}")
+        print("moved: start the daemon with --config " + args.to if report.ok else "not finished")
+    return 0 if report.ok else 1
+
+
+def _same_index(a: Any, b: Any) -> bool:
+    if a.index.backend != b.index.backend:
+        return False
+    if a.index.backend == "lmdb":
+        return a.data_dir == b.data_dir
+    return (a.index.dsn, a.index.schema) == (b.index.dsn, b.index.schema)

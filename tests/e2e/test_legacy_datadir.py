@@ -22,7 +22,9 @@ from typing import Any
 
 import httpx
 import pytest
-from support.e2e import Daemon
+from support.e2e import Cli, Daemon
+from support.postgres import unique_schema
+from support.seaweedfs import unique_prefix
 
 pytestmark = pytest.mark.e2e
 
@@ -272,3 +274,90 @@ def test_tenant_usage_is_built_from_the_old_index(client: httpx.Client):
         < usage["physical_bytes"]
         <= usage["logical_bytes"] + sum(e["size"] for e in MANIFEST["open_uploads"])
     )
+
+
+def _target_config(path: Path, seaweedfs: Any, postgres: Any, data_dir: Path) -> Path:
+    """A config file naming a bucket prefix and a schema of their own."""
+    s3 = seaweedfs.settings
+    schema = unique_schema()
+    path.write_text(
+        f"""
+[storage]
+backend = "s3"
+data_dir = "{data_dir}"
+
+[storage.s3]
+endpoint = "{s3["endpoint"]}"
+bucket = "{s3["bucket"]}"
+prefix = "{unique_prefix()}"
+region = "{s3["region"]}"
+access_key_id = "{s3["access_key_id"]}"
+secret_access_key = "{s3["secret_access_key"]}"
+
+[index]
+backend = "postgres"
+dsn = "{postgres.dsn}"
+schema = "{schema}"
+"""
+    )
+    return path
+
+
+def test_the_old_data_dir_moves_to_s3_and_postgres_and_serves_from_there(
+    tmp_path: Path, seaweedfs: Any, postgres: Any, cli: Cli
+):
+    """`ingestd migrate --to`: every chunk and record copied, every file
+    verified, a second run copies nothing again, and a daemon on the new
+    backends alone (a fresh data directory) serves the files and resumes the
+    open upload."""
+    source = tmp_path / "data"
+    with tarfile.open(FIXTURES / "legacy-datadir.tar.gz") as tar:
+        tar.extractall(source, filter="data")
+    target = _target_config(tmp_path / "target.toml", seaweedfs, postgres, tmp_path / "scratch")
+    cli.env.update(MANIFEST["config_env"])
+    first = json.loads(
+        cli.run("migrate", "--data-dir", str(source), "--to", str(target), "--json").stdout
+    )
+    assert first["ok"] is True and first["files_failed"] == []
+    assert first["files_verified"] == len(MANIFEST["files"])
+    assert first["chunks_copied"] > 0 and first["chunks_present"] == 0
+    again = json.loads(
+        cli.run("migrate", "--data-dir", str(source), "--to", str(target), "--json").stdout
+    )
+    assert again["ok"] is True and again["chunks_copied"] == 0
+    assert again["chunks_present"] == first["chunks_copied"]
+    assert again["files_verified"] == first["files_verified"]
+
+    daemon = Daemon(
+        tmp_path / "daemon",
+        data_dir=tmp_path / "scratch",
+        config_path=target,
+        extra_env=dict(MANIFEST["config_env"]),
+    ).start()
+    try:
+        with httpx.Client(base_url=daemon.base_url, timeout=30) as client:
+            for entry in MANIFEST["files"]:
+                assert_serves(client, entry["id"], entry, expected_bytes(entry["role"]))
+            test_open_v1_upload_resumes_where_it_stopped(client)
+    finally:
+        daemon.stop()
+    # The source is untouched: its own daemon would serve it as before.
+    assert (source / "index.lmdb").is_dir()
+
+
+def test_a_move_into_an_index_with_uploads_of_its_own_is_refused(
+    tmp_path: Path, seaweedfs: Any, postgres: Any, cli: Cli
+):
+    source = tmp_path / "data"
+    with tarfile.open(FIXTURES / "legacy-datadir.tar.gz") as tar:
+        tar.extractall(source, filter="data")
+    target = _target_config(tmp_path / "target.toml", seaweedfs, postgres, tmp_path / "scratch")
+    daemon = Daemon(tmp_path / "daemon", data_dir=tmp_path / "scratch", config_path=target).start()
+    try:
+        r = httpx.post(f"{daemon.base_url}/v1/uploads", json={"filename": "a", "size": 3})
+        assert r.status_code == 201, r.text
+    finally:
+        daemon.stop()
+    cli.env.update(MANIFEST["config_env"])
+    done = cli.run("migrate", "--data-dir", str(source), "--to", str(target), expect=2)
+    assert "already holds sessions" in done.stderr
