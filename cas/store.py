@@ -21,7 +21,6 @@ from typing import Any
 
 import lmdb
 
-from . import migrate
 from .backends import open_index
 from .chunkstore import ChunkStore, Lane, PutResult
 from .completion import Completer, Completion
@@ -118,14 +117,6 @@ class Store:
             group_commit=group_commit,
             sync_objects=self.chunks.sync,
         )
-        unfinished = migrate.incomplete(self.index)
-        if unfinished is not None:
-            self.index.close()
-            self.chunks.close()
-            raise StorageError(
-                f"this index is the target of an unfinished move from {unfinished}: "
-                "run `ingestd migrate --to` again to finish it"
-            )
         self.locks = LockDir(self.root / "locks")
         self.tenants = TenantLedger(self.index)
         self.tenants.ensure_built()

@@ -8,6 +8,7 @@ from ingestd.cas import Store, fsck
 from ingestd.daemon.core.config import Config, load_config
 from ingestd.daemon.core.services import open_chunks, open_index
 from ingestd.daemon.http.app import create_app
+from support.ceph import Ceph, find_ceph, start_ceph
 from support.e2e import Cli, Daemon
 from support.postgres import Postgres, find_bindir, start_postgres, unique_schema
 from support.seaweedfs import SeaweedFS, find_weed, start_seaweedfs, unique_prefix
@@ -25,6 +26,19 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def radosgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ceph]:
+    """One real Ceph cluster with radosgw (Debian's) for the whole run, only
+    for the suites that name it (the chunk-store conformance suite)."""
+    if not find_ceph():
+        pytest.skip("no Ceph (apt-get install ceph-mon ceph-osd radosgw; .ci/run does)")
+    cluster = start_ceph(tmp_path_factory.mktemp("ceph"))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="session")

@@ -34,9 +34,12 @@ def index_settings(config: Config) -> dict[str, Any]:
     return settings
 
 
-def open_index(config: Config, *, readonly: bool = False) -> Any:
-    """The index alone, for the commands that read or change only records."""
-    return cas.open_index(config.data_dir, **index_settings(config), readonly=readonly)
+def open_index(config: Config, *, readonly: bool = False, moving_into: bool = False) -> Any:
+    """The index alone, for the commands that read or change only records
+    (`moving_into`: `ingestd migrate` opens its target)."""
+    return cas.open_index(
+        config.data_dir, **index_settings(config), readonly=readonly, moving_into=moving_into
+    )
 
 
 def chunk_store_settings(config: Config) -> dict[str, Any]:

@@ -367,7 +367,7 @@ def migrate(args: argparse.Namespace) -> int:
         opened.append(source_chunks)
         target_chunks = open_chunks(target, worker="migrate")
         opened.append(target_chunks)
-        target_index = open_index(target)
+        target_index = open_index(target, moving_into=True)
         opened.append(target_index)
         report = cas.migrate.migrate(
             source_index,

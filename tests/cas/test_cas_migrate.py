@@ -49,7 +49,7 @@ def test_an_interrupted_move_resumes_and_only_then_the_target_opens(
     source_index = open_index(tmp_path / "source", readonly=True)
     source_chunks = LocalPackStore(tmp_path / "source", readonly=True)
     try:
-        target_index = open_index(tmp_path / "target", **pg_index)
+        target_index = open_index(tmp_path / "target", **pg_index, moving_into=True)
         broken = FailingAfter(tmp_path / "target", syncs=2)
         with pytest.raises(StorageError, match="disk failed"):
             migrate.migrate(source_index, source_chunks, target_index, broken, source_name="here")
@@ -58,7 +58,7 @@ def test_an_interrupted_move_resumes_and_only_then_the_target_opens(
         with pytest.raises(StorageError, match="unfinished move from here"):
             Store(tmp_path / "target", durability="none", index=pg_index)
 
-        target_index = open_index(tmp_path / "target", **pg_index)
+        target_index = open_index(tmp_path / "target", **pg_index, moving_into=True)
         target_chunks = LocalPackStore(tmp_path / "target", durable=False)
         report = migrate.migrate(
             source_index, source_chunks, target_index, target_chunks, source_name="here"

@@ -38,13 +38,14 @@ def blob(seed: int, size: int) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
-@pytest.fixture(params=["packs", "local", "memory", "s3", "s3+postgres"])
+@pytest.fixture(params=["packs", "local", "memory", "s3", "s3+postgres", "radosgw"])
 def chunk_store(request, tmp_path):
     if request.param == "packs":
         store: ChunkStore = LocalPackStore(tmp_path, durable=True)
-    elif request.param.startswith("s3"):
-        # "s3+postgres": the pack index in PostgreSQL, as with index.backend = "postgres".
-        server = request.getfixturevalue("seaweedfs")
+    elif request.param.startswith("s3") or request.param == "radosgw":
+        # "s3": SeaweedFS; "s3+postgres": the pack index in PostgreSQL, as with
+        # index.backend = "postgres"; "radosgw": Ceph's S3 gateway.
+        server = request.getfixturevalue("radosgw" if request.param == "radosgw" else "seaweedfs")
         pack_index = None
         if request.param == "s3+postgres":
             pack_index = request.getfixturevalue("pg_index")["postgres"]

@@ -1,18 +1,25 @@
 """The daemon with its chunks in a real S3 server (SeaweedFS): what lands in
-the bucket, what stays on local disk, and the data-dir commands on it."""
+the bucket, what stays on local disk, and the data-dir commands on it; and
+with its index in PostgreSQL too, what survives losing the local disk."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
+import httpx
 import obstore
 import pytest
 from ingestd.cas.s3store import s3_client
 from support.e2e import Cli, Daemon, cli_command
+from support.postgres import unique_schema
+from support.proxy import ThrottledProxy
 from support.seaweedfs import unique_prefix
 
 pytestmark = pytest.mark.e2e
@@ -68,3 +75,75 @@ def test_a_cli_upload_lands_in_the_bucket_as_packs(tmp_path: Path, seaweedfs, cl
     stats = datadir_command(env, "stats", "--json")
     assert stats.returncode == 0, stats.stderr
     assert json.loads(stats.stdout)["store"]["object_bytes"] == SIZE
+
+
+def test_on_s3_and_postgres_a_daemon_killed_mid_upload_restarts_with_an_empty_scratch_dir(
+    tmp_path: Path, seaweedfs, postgres, cli: Cli
+):
+    """Nothing that matters is on the daemon's disk: SIGKILL it mid-upload,
+    delete its data directory, start it again on an empty one; the CLI
+    resumes where the acknowledged chunks end, and the file verifies."""
+    env = {
+        **seaweedfs.environ,
+        "INGESTD_STORAGE_S3_PREFIX": unique_prefix(),
+        **postgres.environ(unique_schema()),
+    }
+    source = tmp_path / "checkpoint.bin"
+    source.write_bytes(os.urandom(RESUME_SIZE))
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    with Daemon(tmp_path / "d", extra_env=env) as daemon:
+        proxy = ThrottledProxy(daemon.port, rate=4 << 20)  # caught midway, surely
+        try:
+            proc = cli.popen("upload", str(source), "--url", proxy.url, "--parallel", "1", "--json")
+            try:
+                upload_id = _wait_for(lambda: _state_upload_id(cli), proc)
+                _wait_for(lambda: _received(daemon.base_url, upload_id) >= 3, proc)
+                daemon.kill()
+            finally:
+                if proc.poll() is None:
+                    os.kill(proc.pid, signal.SIGKILL)
+                proc.communicate(timeout=10)
+            shutil.rmtree(daemon.data_dir)
+            daemon.start()
+            status = httpx.get(f"{daemon.base_url}/v1/uploads/{upload_id}", timeout=10).json()
+            assert status["state"] == "open", status
+            kept = status["received_bytes"]
+            assert 0 < kept < RESUME_SIZE
+            proxy.rate = None
+            resumed = cli.upload(proxy.url, str(source))
+        finally:
+            proxy.close()
+        assert resumed["resumed"] is True and resumed["upload_id"] == upload_id
+        assert resumed["bytes_sent"] <= RESUME_SIZE - kept
+        out = tmp_path / "back.bin"
+        cli.run("download", resumed["file_id"], "-o", str(out), "--url", daemon.base_url)
+        assert hashlib.sha256(out.read_bytes()).hexdigest() == digest
+    env["INGESTD_STORAGE_DATA_DIR"] = str(daemon.data_dir)
+    fsck = datadir_command(env, "fsck", "--json")
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    assert json.loads(fsck.stdout)["clean"]
+
+
+RESUME_SIZE = 32 << 20
+WAIT_TIMEOUT = 60.0
+
+
+def _state_upload_id(cli: Cli) -> str | None:
+    files = cli.state_files()
+    return json.loads(files[0].read_text())["upload_id"] if files else None
+
+
+def _received(base: str, upload_id: str) -> int:
+    return httpx.get(f"{base}/v1/uploads/{upload_id}", timeout=10).json()["received_chunks"]
+
+
+def _wait_for(check, proc: subprocess.Popen[str]):
+    deadline = time.monotonic() + WAIT_TIMEOUT
+    while time.monotonic() < deadline:
+        if found := check():
+            return found
+        if proc.poll() is not None:
+            out, err = proc.communicate(timeout=10)
+            pytest.fail(f"the upload ended ({proc.returncode}) first: {out[-500:]} {err[-2000:]}")
+        time.sleep(0.05)
+    pytest.fail(f"not reached within {WAIT_TIMEOUT}s")

@@ -17,7 +17,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 START_TIMEOUT = 60
@@ -44,6 +44,8 @@ class Postgres:
     workdir: Path
     socket_dir: Path
     port: int = 5432
+    # Server settings on top (`-c name=value`), e.g. shared_preload_libraries.
+    settings: dict[str, str] = field(default_factory=dict)
 
     @property
     def dsn(self) -> str:
@@ -61,11 +63,20 @@ class Postgres:
         path = self.workdir / "postgres.log"
         return path.read_text(errors="replace")[-size:] if path.exists() else ""
 
+    def pg_ctl(self, action: str, *, check: bool = True) -> None:
+        """`pg_ctl start` (listening on the socket directory only) or `stop`."""
+        argv = [str(self.bindir / "pg_ctl"), "-D", str(self.workdir / "data")]
+        if action == "start":
+            options = f"-k {self.socket_dir} -p {self.port} -c listen_addresses=''"
+            options += "".join(f" -c {k}={v}" for k, v in self.settings.items())
+            argv += ["-l", str(self.workdir / "postgres.log"), "-o", options]
+            argv += ["-w", "-t", str(START_TIMEOUT), "start"]
+        else:
+            argv += ["-m", "immediate" if action == "kill" else "fast", "stop"]
+        _run_as_owner(argv, check=check)
+
     def stop(self) -> None:
-        _run_as_owner(
-            [str(self.bindir / "pg_ctl"), "-D", str(self.workdir / "data"), "-m", "fast", "stop"],
-            check=False,
-        )
+        self.pg_ctl("stop", check=False)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
@@ -74,7 +85,7 @@ def unique_schema() -> str:
     return f"t{os.getpid()}_{next(_schemas)}"
 
 
-def start_postgres(bindir: Path) -> Postgres:
+def start_postgres(bindir: Path, settings: dict[str, str] | None = None) -> Postgres:
     workdir = Path(tempfile.mkdtemp(prefix="ingestd-pg-"))
     socket_dir = workdir / "sock"
     socket_dir.mkdir()
@@ -82,27 +93,20 @@ def start_postgres(bindir: Path) -> Postgres:
         owner = pwd.getpwnam("postgres")
         for path in (workdir, socket_dir):
             os.chown(path, owner.pw_uid, owner.pw_gid)
-    server = Postgres(bindir, workdir, socket_dir)
-    data = workdir / "data"
-    _run_as_owner(
-        [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]
-    )
-    options = f"-k {socket_dir} -p {server.port} -c listen_addresses='' -c fsync=on"
+    server = Postgres(bindir, workdir, socket_dir, settings=dict(settings or {}))
     _run_as_owner(
         [
-            str(bindir / "pg_ctl"),
+            str(bindir / "initdb"),
             "-D",
-            str(data),
-            "-l",
-            str(workdir / "postgres.log"),
-            "-o",
-            options,
-            "-w",
-            "-t",
-            str(START_TIMEOUT),
-            "start",
+            str(workdir / "data"),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
         ]
     )
+    server.pg_ctl("start")
     return server
 
 
