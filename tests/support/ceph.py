@@ -93,10 +93,17 @@ def start_ceph(workdir: Path) -> Ceph:
     conf.write_text(
         f"""[global]
 fsid = {fsid}
-mon host = 127.0.0.1:{mon_port}
+mon host = [v1:127.0.0.1:{mon_port}]
 mon initial members = a
 public addr = 127.0.0.1
+cluster addr = 127.0.0.1
+public network = 127.0.0.0/8
+cluster network = 127.0.0.0/8
+ms bind ipv4 = true
+ms bind ipv6 = false
 ms bind msgr2 = false
+mon data avail warn = 2
+mon data avail crit = 1
 auth cluster required = cephx
 auth service required = cephx
 auth client required = cephx
@@ -136,7 +143,7 @@ rgw data = {workdir}/rgw
         cap_args = [arg for entity, cap in caps.items() for arg in ("--cap", entity, cap)]
         _run([*authtool, "--gen-key", "-n", name, *cap_args])
     monmap = workdir / "monmap"
-    _run(["monmaptool", "--create", "--add", "a", f"127.0.0.1:{mon_port}", "--fsid", fsid,
+    _run(["monmaptool", "--create", "--addv", "a", f"[v1:127.0.0.1:{mon_port}]", "--fsid", fsid,
           str(monmap)])  # fmt: skip
     base = ["-c", str(conf)]
     _run(
