@@ -38,6 +38,8 @@ log = logging.getLogger("ingestd.cas")
 
 SCAN_BATCH = 1000
 CONNECT_TIMEOUT = 10.0
+# How long a transaction waits for a pooled connection (the database down: a 503 then).
+ACQUIRE_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,24 +293,15 @@ class PgDatabase:
 
     def reader(self) -> PgTxn:
         """A read-only snapshot; use it as a context manager, on one thread."""
-        conn = self._acquire()
-        txn = PgTxn(self, conn, write=False)
-        try:
-            txn._execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", ())
-        except BaseException:
-            txn.abort()
-            raise
-        return txn
+        return self._begin(False, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
 
     def begin_write(self) -> PgTxn:
         """A write transaction, once no other writer holds the schema's lock;
         commits on leaving its `with` block (rolls back on an error)."""
         if self.readonly:
             raise StorageError("the index is open read-only")
-        conn = self._acquire()
-        txn = PgTxn(self, conn, write=True)
+        txn = self._begin(True, "BEGIN")
         try:
-            txn._execute("BEGIN", ())
             if not self.durable:
                 txn._execute("SET LOCAL synchronous_commit = off", ())
             txn._execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
@@ -317,12 +310,30 @@ class PgDatabase:
             raise
         return txn
 
+    def _begin(self, write: bool, begin: str) -> PgTxn:
+        # A pooled connection may have died while idle (the server restarted):
+        # its BEGIN fails before anything is done, so another one is tried,
+        # up to one more than the pool holds.
+        for attempt in range(self._pool.max_size + 1):
+            txn = PgTxn(self, self._acquire(), write=write)
+            try:
+                txn._execute(begin, ())
+                return txn
+            except IndexUnavailable:
+                txn.abort()
+                if attempt == self._pool.max_size:
+                    raise
+            except BaseException:
+                txn.abort()
+                raise
+        raise AssertionError("unreachable")
+
     def close(self) -> None:
         self._pool.close()
 
     def _acquire(self) -> psycopg.Connection[Any]:
         try:
-            return self._pool.getconn()
+            return self._pool.getconn(timeout=ACQUIRE_TIMEOUT)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             raise _database_error(exc, "connect") from exc
 
