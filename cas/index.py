@@ -338,9 +338,14 @@ class GroupCommitter:
             return
         try:
             for action in actions:
+                # Each in a nested transaction: on PostgreSQL a failed statement
+                # would otherwise fail every later action of the batch.
+                child = self._nest(txn)
                 try:
-                    action(txn)
+                    action(child)
                 except Exception:  # noqa: BLE001 - the writer thread must go on
                     log.exception("an action after an index commit failed")
+                finally:
+                    child.abort()
         finally:
             txn.abort()  # it only held the lock: nothing to write

@@ -59,7 +59,8 @@ class MigrationReport:
 
     @property
     def ok(self) -> bool:
-        return not self.files_failed
+        # A chunk not copied may be one an open upload needs: not finished either.
+        return not self.files_failed and not self.chunks_unreadable
 
 
 class MigrationRefused(StorageError):
@@ -76,6 +77,12 @@ def begin(target_index: Any, source_name: str) -> None:
         if source is not None and source.decode() != source_name:
             raise MigrationRefused(
                 f"the target index is the destination of a move from {source.decode()!r}"
+            )
+        if source is not None and txn.get(INCOMPLETE_KEY, db=meta) is None:
+            # Its daemon may serve it now: copying the old records again would
+            # undo what happened since (files deleted, references dropped).
+            raise MigrationRefused(
+                f"the move from {source_name!r} into this index finished already"
             )
         if source is None:
             for name in ("sessions", "files"):

@@ -237,7 +237,8 @@ def _v1(schema: str) -> list[str]:
         f'CREATE SCHEMA IF NOT EXISTS "{schema}"',
         *_tables(schema, COLUMNS),
         f'CREATE INDEX ON "{schema}".sessions (tenant, state)',
-        f'CREATE INDEX ON "{schema}".files (tenant, filename)',
+        # Not on filename: a name of up to 4096 bytes could pass B-tree's row limit.
+        f'CREATE INDEX ON "{schema}".files (tenant, created)',
         f'CREATE INDEX ON "{schema}".jobs (state)',
     ]
 

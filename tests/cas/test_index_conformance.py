@@ -298,6 +298,16 @@ def test_a_whole_upload_on_each_engine_is_consistent(settings, tmp_path):
         assert store.collect_garbage(0) == (6, len(data))
 
 
+def test_a_long_incompressible_filename_is_recorded(settings, tmp_path):
+    """A name as long as the APIs allow fits every engine (no index refuses it)."""
+    name = os.urandom(2000).hex()[:4000]
+    with Store(tmp_path / "data", durability="none", index=settings) as store:
+        s = store.create_session(filename=name, size=3, chunk_size=1000)
+        store.put_chunk(s.id, 0, b"abc")
+        file = store.complete(s.id).file
+        assert store.file(file.id).filename == name
+
+
 # -- PostgreSQL only: its schema, migrations and failures -------------------------------
 
 

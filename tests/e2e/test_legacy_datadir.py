@@ -307,7 +307,7 @@ def test_the_old_data_dir_moves_to_s3_and_postgres_and_serves_from_there(
     tmp_path: Path, seaweedfs: Any, postgres: Any, cli: Cli
 ):
     """`ingestd migrate --to`: every chunk and record copied, every file
-    verified, a second run copies nothing again, and a daemon on the new
+    verified, a second run refused once it finished, and a daemon on the new
     backends alone (a fresh data directory) serves the files and resumes the
     open upload."""
     source = tmp_path / "data"
@@ -321,12 +321,9 @@ def test_the_old_data_dir_moves_to_s3_and_postgres_and_serves_from_there(
     assert first["ok"] is True and first["files_failed"] == []
     assert first["files_verified"] == len(MANIFEST["files"])
     assert first["chunks_copied"] > 0 and first["chunks_present"] == 0
-    again = json.loads(
-        cli.run("migrate", "--data-dir", str(source), "--to", str(target), "--json").stdout
-    )
-    assert again["ok"] is True and again["chunks_copied"] == 0
-    assert again["chunks_present"] == first["chunks_copied"]
-    assert again["files_verified"] == first["files_verified"]
+    # Finished: a second run is refused (its daemon may serve the target by now).
+    again = cli.run("migrate", "--data-dir", str(source), "--to", str(target), expect=2)
+    assert "finished already" in again.stderr
 
     daemon = Daemon(
         tmp_path / "daemon",
