@@ -68,9 +68,29 @@ def open_index(
     version on opening unless `readonly`. Both have `cas.Index`'s interface.
     An index that an unfinished `ingestd migrate` is moving into is refused,
     unless `moving_into` (the move itself)."""
-    index = _open_index(
-        root, backend, postgres, durable, readonly, group_commit, sync_objects, map_size
-    )
+    if backend == "lmdb":
+        index: Any = Index(
+            os.path.join(root, "index.lmdb"),
+            durable=durable,
+            readonly=readonly,
+            group_commit=group_commit,
+            sync_objects=sync_objects,
+            map_size=map_size,
+        )
+    elif backend == "postgres":
+        from .pgindex import PostgresIndex  # psycopg only when it is used
+
+        settings = dict(postgres or {})
+        index = PostgresIndex(
+            str(settings.pop("dsn", "")),
+            **settings,
+            durable=durable,
+            readonly=readonly,
+            group_commit=group_commit,
+            sync_objects=sync_objects,
+        )
+    else:
+        raise ValueError(f"unknown index backend {backend!r} (known: {', '.join(INDEX_BACKENDS)})")
     unfinished = None if moving_into else migrate.incomplete(index)
     if unfinished is not None:
         index.close()
@@ -79,40 +99,6 @@ def open_index(
             "run `ingestd migrate --to` again to finish it"
         )
     return index
-
-
-def _open_index(
-    root: str | os.PathLike[str],
-    backend: str,
-    postgres: Mapping[str, Any] | None,
-    durable: bool,
-    readonly: bool,
-    group_commit: bool,
-    sync_objects: SyncObjects | None,
-    map_size: int,
-) -> Any:
-    if backend == "lmdb":
-        return Index(
-            os.path.join(root, "index.lmdb"),
-            durable=durable,
-            readonly=readonly,
-            group_commit=group_commit,
-            sync_objects=sync_objects,
-            map_size=map_size,
-        )
-    if backend == "postgres":
-        from .pgindex import PostgresIndex  # psycopg only when it is used
-
-        settings = dict(postgres or {})
-        return PostgresIndex(
-            str(settings.pop("dsn", "")),
-            **settings,
-            durable=durable,
-            readonly=readonly,
-            group_commit=group_commit,
-            sync_objects=sync_objects,
-        )
-    raise ValueError(f"unknown index backend {backend!r} (known: {', '.join(INDEX_BACKENDS)})")
 
 
 def migrate_index_schema(dsn: str, schema: str) -> list[int]:

@@ -104,7 +104,40 @@ def scan_prefix(
             yield key[n:], b""
 
 
-class Index:
+class IndexOps:
+    """What both engines' indexes do the same way over their `db` handles
+    and `writer` (a `GroupCommitter`, None when opened read-only)."""
+
+    db: dict[str, Any]
+    writer: GroupCommitter | None
+
+    def write(self, op: WriteOp, objects: Iterable[object] = ()) -> Any:
+        """Apply `op(txn)` in the next group commit and wait until it is durable.
+
+        `objects`: the chunk commits (`PutResult`s) `op` refers to; they are
+        made durable first, in the same batch."""
+        if self.writer is None:
+            raise StorageError("the index is open read-only")
+        return self.writer.submit(op, tuple(objects))
+
+    def after_commit(self, action: Callable[[Any], None]) -> None:
+        """From inside a write operation: run `action(txn)` once this
+        operation's changes are committed (never, if the operation fails or
+        the commit does), on the writer thread, with a write transaction (not
+        committed: for re-checking, under the writer lock, what it acts on)."""
+        if self.writer is None:
+            raise StorageError("the index is open read-only")
+        self.writer.defer(action)
+
+    def get(self, txn: Any, db: str, key: bytes, kind: type) -> Any:
+        raw = txn.get(key, db=self.db[db])
+        return None if raw is None else records.decode(kind, raw)
+
+    def put(self, txn: Any, db: str, key: bytes, record: Any) -> None:
+        txn.put(key, records.encode(record), db=self.db[db])
+
+
+class Index(IndexOps):
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -167,24 +200,6 @@ class Index:
         """A read-only snapshot; use it as a context manager, on one thread."""
         return self.env.begin()
 
-    def write(self, op: WriteOp, objects: Iterable[object] = ()) -> Any:
-        """Apply `op(txn)` in the next group commit and wait until it is durable.
-
-        `objects`: the chunk commits (`PutResult`s) `op` refers to; they are
-        made durable first, in the same batch."""
-        if self.writer is None:
-            raise StorageError("the index is open read-only")
-        return self.writer.submit(op, tuple(objects))
-
-    def after_commit(self, action: Callable[[lmdb.Transaction], None]) -> None:
-        """From inside a write operation: run `action(txn)` once this
-        operation's changes are committed (never, if the operation fails or
-        the commit does), on the writer thread, with a write transaction (not
-        committed: for re-checking, under the writer lock, what it acts on)."""
-        if self.writer is None:
-            raise StorageError("the index is open read-only")
-        self.writer.defer(action)
-
     def scan(
         self,
         txn: lmdb.Transaction,
@@ -196,13 +211,6 @@ class Index:
     ) -> Iterator[tuple[bytes, bytes]]:
         """`scan_prefix` over the named database."""
         return scan_prefix(txn, self.db[db], prefix, values=values, after=after)
-
-    def get(self, txn: lmdb.Transaction, db: str, key: bytes, kind: type) -> Any:
-        raw = txn.get(key, db=self.db[db])
-        return None if raw is None else records.decode(kind, raw)
-
-    def put(self, txn: lmdb.Transaction, db: str, key: bytes, record: Any) -> None:
-        txn.put(key, records.encode(record), db=self.db[db])
 
     def close(self) -> None:
         if self.writer is not None:

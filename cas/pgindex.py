@@ -32,7 +32,7 @@ import psycopg_pool
 
 from . import pgschema, records
 from .errors import IndexUnavailable, StorageError
-from .index import DATABASES, GroupCommitter, SyncObjects
+from .index import DATABASES, GroupCommitter, IndexOps, SyncObjects
 
 log = logging.getLogger("ingestd.cas")
 
@@ -357,7 +357,7 @@ def _lock_key(name: str) -> int:
     return int.from_bytes(blake3.blake3(name.encode()).digest()[:8], "big", signed=True)
 
 
-class PostgresIndex(PgDatabase):
+class PostgresIndex(PgDatabase, IndexOps):
     """`cas.Index`'s interface over a PostgreSQL schema."""
 
     def __init__(
@@ -416,13 +416,6 @@ class PostgresIndex(PgDatabase):
         after: bytes | None = None,
     ) -> Iterator[tuple[bytes, bytes]]:
         return txn.scan(self.db[db], prefix, values=values, after=after)
-
-    def get(self, txn: PgTxn, db: str, key: bytes, kind: type) -> Any:
-        raw = txn.get(key, db=self.db[db])
-        return None if raw is None else records.decode(kind, raw)
-
-    def put(self, txn: PgTxn, db: str, key: bytes, record: Any) -> None:
-        txn.put(key, records.encode(record), db=self.db[db])
 
     def close(self) -> None:
         if self.writer is not None:

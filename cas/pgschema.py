@@ -70,6 +70,13 @@ _PART_INDEX = _when(_PART_KEY, _be_int("key", "length(key) - 3", 4) + "::bigint"
 _ENTRY = "length(value) = 40"
 _ENTRY_HASH = _when(_ENTRY, "encode(substring(value from 1 for 32), 'hex')")
 _ENTRY_LENGTH = _when(_ENTRY, _be_int("value", "33", 8) + "::bigint")
+# parts (attached) and declared (announced): upload, index -> chunk, length.
+_PART_COLUMNS = [
+    ("upload_id", "text", _PART_UPLOAD),
+    ("chunk_index", "bigint", _PART_INDEX),
+    ("blake3", "text", _ENTRY_HASH),
+    ("length", "bigint", _ENTRY_LENGTH),
+]
 # A tenant's holding: tenant name, NUL, 32-byte BLAKE3 -> uses (4 bytes), size (8).
 _HOLDING_KEY = "length(key) >= 33"
 
@@ -96,18 +103,8 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         ("file_id", "text", _text("file_id")),
         ("tus", "boolean", _bool("stream")),
     ],
-    "parts": [
-        ("upload_id", "text", _PART_UPLOAD),
-        ("chunk_index", "bigint", _PART_INDEX),
-        ("blake3", "text", _ENTRY_HASH),
-        ("length", "bigint", _ENTRY_LENGTH),
-    ],
-    "declared": [
-        ("upload_id", "text", _PART_UPLOAD),
-        ("chunk_index", "bigint", _PART_INDEX),
-        ("blake3", "text", _ENTRY_HASH),
-        ("length", "bigint", _ENTRY_LENGTH),
-    ],
+    "parts": _PART_COLUMNS,
+    "declared": _PART_COLUMNS,
     "files": [
         ("id", "text", _text("id")),
         ("tenant", "text", _text("tenant")),

@@ -10,7 +10,7 @@ from ingestd.daemon.core.services import open_chunks, open_index
 from ingestd.daemon.http.app import create_app
 from support.ceph import Ceph, find_ceph, start_ceph
 from support.e2e import Cli, Daemon
-from support.postgres import Postgres, find_bindir, start_postgres, unique_schema
+from support.postgres import Postgres, running_postgres, unique_schema
 from support.seaweedfs import SeaweedFS, find_weed, start_seaweedfs, unique_prefix
 
 
@@ -45,14 +45,8 @@ def radosgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ceph]:
 def postgres() -> Iterator[Postgres]:
     """One real PostgreSQL (Debian's) for the whole run; tests keep apart by
     schema (`support.postgres.unique_schema`)."""
-    bindir = find_bindir()
-    if bindir is None:
-        pytest.skip("no PostgreSQL server binaries (apt-get install postgresql; .ci/run does)")
-    server = start_postgres(bindir)
-    try:
+    with running_postgres() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -3,37 +3,10 @@ import time
 
 import lmdb
 import pytest
-from ingestd.cas import Index, Session, SessionState, StorageError, records
+from ingestd.cas import Index, Session, StorageError, records
+from support.records import sample_session
 
 pytestmark = pytest.mark.unit
-
-
-def _session(i: int) -> Session:
-    return Session(
-        id=f"s{i}",
-        tenant="default",
-        filename=f"f{i}.jsonl",
-        size=10,
-        chunk_size=4,
-        total_chunks=3,
-        state=SessionState.OPEN,
-        created=1.0,
-        updated=1.0,
-        expires=2.0,
-        metadata={"k": [1, "two"]},
-    )
-
-
-def test_record_round_trip_through_lmdb(tmp_path):
-    index = Index(tmp_path / "idx")
-    s = _session(1)
-    index.write(lambda txn: index.put(txn, "sessions", b"s1", s))
-    index.close()
-    index = Index(tmp_path / "idx")
-    with index.reader() as txn:
-        assert index.get(txn, "sessions", b"s1", Session) == s
-    assert index.format_version() == records.FORMAT_VERSION
-    index.close()
 
 
 def test_manifest_packing_round_trip():
@@ -62,10 +35,10 @@ def test_failing_op_does_not_undo_others_in_its_group(tmp_path):
         gate.wait(5)
 
     def good(i):
-        return lambda txn: index.put(txn, "sessions", f"s{i}".encode(), _session(i))
+        return lambda txn: index.put(txn, "sessions", f"s{i}".encode(), sample_session(i))
 
     def bad(txn):
-        index.put(txn, "sessions", b"half-written", _session(99))
+        index.put(txn, "sessions", b"half-written", sample_session(99))
         raise ValueError("refused")
 
     def call(name, op):
@@ -94,18 +67,10 @@ def test_failing_op_does_not_undo_others_in_its_group(tmp_path):
     with index.reader() as txn:
         assert index.get(txn, "sessions", b"half-written", Session) is None
         for i in range(5):
-            assert index.get(txn, "sessions", f"s{i}".encode(), Session) == _session(i)
+            assert index.get(txn, "sessions", f"s{i}".encode(), Session) == sample_session(i)
     # The six queued operations shared one commit.
     assert index.writer.commits == 2
     index.close()
-
-
-def test_write_after_close_is_a_storage_error(tmp_path):
-    index = Index(tmp_path / "idx")
-    writer = index.writer
-    index.close()
-    with pytest.raises(StorageError):
-        writer.submit(lambda txn: None)
 
 
 def test_actions_after_commit_run_only_for_committed_operations(tmp_path):

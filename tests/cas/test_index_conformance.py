@@ -19,7 +19,6 @@ import pytest
 from ingestd.cas import (
     IndexUnavailable,
     Session,
-    SessionState,
     StorageError,
     Store,
     fsck,
@@ -28,6 +27,7 @@ from ingestd.cas import (
 )
 from ingestd.cas.index import DATABASES
 from ingestd.cas.pgindex import migrate_schema, schema_version
+from support.records import sample_session
 
 ENGINES = ["lmdb", "postgres"]
 
@@ -46,25 +46,9 @@ def index(settings, tmp_path):
     idx.close()
 
 
-def _session(i: int) -> Session:
-    return Session(
-        id=f"s{i}",
-        tenant="default",
-        filename=f"f{i}.jsonl",
-        size=10,
-        chunk_size=4,
-        total_chunks=3,
-        state=SessionState.OPEN,
-        created=1.0,
-        updated=1.0,
-        expires=2.0,
-        metadata={"k": [1, "two"], "nul": "a\0b"},
-    )
-
-
 def test_records_round_trip_and_survive_reopening(settings, tmp_path):
     index = open_index(tmp_path, **settings)
-    s = _session(1)
+    s = sample_session(1)
     index.write(lambda txn: index.put(txn, "sessions", b"s1", s))
     index.close()
     index = open_index(tmp_path, **settings)
@@ -225,6 +209,8 @@ def test_actions_after_commit_run_only_for_committed_operations(index):
     with pytest.raises(ValueError):
         index.write(failing)
     assert ran == ["ok:1"]
+    with pytest.raises(RuntimeError):
+        index.after_commit(lambda t: None)  # outside a write operation
 
 
 def _add_one_each_round(root: str, settings: dict[str, object], rounds: int) -> None:
@@ -264,7 +250,7 @@ def test_one_writer_at_a_time_across_processes(settings, tmp_path):
 
 def test_readonly_opening_reads_and_refuses_writes(settings, tmp_path):
     writer = open_index(tmp_path, **settings)
-    writer.write(lambda txn: writer.put(txn, "sessions", b"s1", _session(1)))
+    writer.write(lambda txn: writer.put(txn, "sessions", b"s1", sample_session(1)))
     writer.close()
     reader = open_index(tmp_path, **settings, readonly=True)
     try:
@@ -318,7 +304,9 @@ def test_every_index_database_is_a_table_of_the_schema():
 def test_the_schema_is_readable_with_sql(pg_index, postgres, tmp_path):
     data = b"line one\nline two\n" * 100
     with Store(tmp_path / "data", durability="none", index=pg_index) as store:
-        session = store.create_session(filename="notes.jsonl", size=len(data), chunk_size=1024)
+        session = store.create_session(
+            filename="notes.jsonl", size=len(data), chunk_size=1024
+        )
         store.put_chunk(session.id, 0, data[:1024])
         store.put_chunk(session.id, 1, data[1024:])
         file = store.complete(session.id).file
@@ -405,7 +393,7 @@ def test_an_older_schema_is_migrated_when_the_index_opens(postgres, tmp_path):
     schema = f"old_{os.getpid()}"
     settings = {"dsn": postgres.dsn, "schema": schema}
     index = open_index(tmp_path, backend="postgres", postgres=settings)
-    index.write(lambda txn: index.put(txn, "sessions", b"s1", _session(1)))
+    index.write(lambda txn: index.put(txn, "sessions", b"s1", sample_session(1)))
     index.close()
     with psycopg.connect(postgres.dsn, autocommit=True) as conn:
         conn.execute(f"DROP TABLE {schema}.pack_locations, {schema}.pack_uses")
@@ -414,7 +402,7 @@ def test_an_older_schema_is_migrated_when_the_index_opens(postgres, tmp_path):
     index = open_index(tmp_path, backend="postgres", postgres=settings)
     try:
         with index.reader() as txn:
-            assert index.get(txn, "sessions", b"s1", Session) == _session(1)
+            assert index.get(txn, "sessions", b"s1", Session) == sample_session(1)
     finally:
         index.close()
     with psycopg.connect(postgres.dsn, autocommit=True) as conn:

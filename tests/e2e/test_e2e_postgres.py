@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from support.e2e import Daemon
-from support.postgres import Postgres, find_bindir, start_postgres
+from support.postgres import Postgres, running_postgres
 
 pytestmark = pytest.mark.e2e
 
@@ -23,14 +23,8 @@ RECOVERY_TIMEOUT = 60.0
 @pytest.fixture
 def own_postgres() -> Iterator[Postgres]:
     """A PostgreSQL of this test's own: it is stopped and started again."""
-    bindir = find_bindir()
-    if bindir is None:
-        pytest.skip("no PostgreSQL server binaries (apt-get install postgresql; .ci/run does)")
-    server = start_postgres(bindir)
-    try:
+    with running_postgres() as server:
         yield server
-    finally:
-        server.stop()
 
 
 def upload(base: str, data: bytes, name: str) -> str:

@@ -10,6 +10,7 @@ postmaster by its PID file.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import itertools
 import os
@@ -17,6 +18,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,6 +110,21 @@ def start_postgres(bindir: Path, settings: dict[str, str] | None = None) -> Post
     )
     server.pg_ctl("start")
     return server
+
+
+@contextlib.contextmanager
+def running_postgres() -> Iterator[Postgres]:
+    """A started server, stopped afterwards; the test skips where none is installed."""
+    import pytest
+
+    bindir = find_bindir()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binaries (apt-get install postgresql; .ci/run does)")
+    server = start_postgres(bindir)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def _run_as_owner(argv: list[str], *, check: bool = True) -> None:
